@@ -1,0 +1,301 @@
+"""Event schemas and the columnar batch that carries them.
+
+Every event kind FleetWarden handles is declared here once, as an Arrow schema whose
+fields carry a one-line doc.  Field names follow the ecosystem: Zeek's ``conn.log`` and
+``dns.log`` names for network records, ECS-style names for the rest.  Records travel in
+:class:`EventBatch` objects (an Arrow table plus its kind) so one Python call handles
+thousands of records; nothing on the hot path builds a Python object per record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+__all__ = [
+    "KINDS",
+    "SCHEMAS",
+    "EventBatch",
+    "field_docs",
+    "required_fields",
+    "schema_for",
+]
+
+
+def _f(name: str, type_: pa.DataType, doc: str, required: bool = False) -> pa.Field:
+    meta = {b"doc": doc.encode(), b"required": b"1" if required else b"0"}
+    return pa.field(name, type_, nullable=True, metadata=meta)
+
+
+_S = pa.string()
+_F64 = pa.float64()
+_I64 = pa.int64()
+_I32 = pa.int32()
+_B = pa.bool_()
+
+# Columns every kind may carry: who the record belongs to in the inventory and, for
+# labelled data (IoT-23, the simulator's scenarios), the ground truth.
+_COMMON = [
+    _f("device_id", _S, "inventory id of the device this record belongs to, when known"),
+    _f("label", _S, "ground-truth label when the data is labelled (Benign/Malicious or a scenario)"),
+    _f("detailed_label", _S, "finer ground truth: attack family or scenario step"),
+]
+
+FLOW = pa.schema(
+    [
+        _f("ts", _F64, "time of the first packet, seconds since the epoch", required=True),
+        _f("uid", _S, "unique id of the connection (Zeek's uid)"),
+        _f("id.orig_h", _S, "originator's IP address", required=True),
+        _f("id.orig_p", _I32, "originator's port (ICMP: type)"),
+        _f("id.resp_h", _S, "responder's IP address", required=True),
+        _f("id.resp_p", _I32, "responder's port (ICMP: code)"),
+        _f("proto", _S, "transport protocol: tcp, udp or icmp", required=True),
+        _f("service", _S, "application protocol detected on the connection (dns, http, ssl…)"),
+        _f("duration", _F64, "seconds between first and last packet"),
+        _f("orig_bytes", _I64, "payload bytes sent by the originator"),
+        _f("resp_bytes", _I64, "payload bytes sent by the responder"),
+        _f("conn_state", _S, "Zeek connection state (S0, S1, SF, REJ, RSTO, OTH…)"),
+        _f("local_orig", _B, "originator is inside the monitored network"),
+        _f("local_resp", _B, "responder is inside the monitored network"),
+        _f("missed_bytes", _I64, "bytes missed in content gaps"),
+        _f("history", _S, "Zeek connection history string (ShADadFf…)"),
+        _f("orig_pkts", _I64, "packets sent by the originator"),
+        _f("orig_ip_bytes", _I64, "IP-level bytes sent by the originator"),
+        _f("resp_pkts", _I64, "packets sent by the responder"),
+        _f("resp_ip_bytes", _I64, "IP-level bytes sent by the responder"),
+        _f("orig_l2_addr", _S, "originator's link-layer (MAC) address"),
+        _f("resp_l2_addr", _S, "responder's link-layer (MAC) address"),
+        *_COMMON,
+    ]
+)
+
+DNS = pa.schema(
+    [
+        _f("ts", _F64, "time of the query, seconds since the epoch", required=True),
+        _f("uid", _S, "uid of the connection that carried the query"),
+        _f("id.orig_h", _S, "client IP address", required=True),
+        _f("id.orig_p", _I32, "client port"),
+        _f("id.resp_h", _S, "resolver IP address", required=True),
+        _f("id.resp_p", _I32, "resolver port"),
+        _f("proto", _S, "transport protocol: udp or tcp"),
+        _f("trans_id", _I32, "DNS transaction id"),
+        _f("query", _S, "queried domain name", required=True),
+        _f("qtype_name", _S, "query type (A, AAAA, TXT, NULL…)"),
+        _f("rcode_name", _S, "response code (NOERROR, NXDOMAIN…); null when unanswered"),
+        _f("answers", _S, "answers, comma separated"),
+        _f("rejected", _B, "the resolver rejected the query"),
+        *_COMMON,
+    ]
+)
+
+AUTH = pa.schema(
+    [
+        _f("ts", _F64, "time of the attempt, seconds since the epoch", required=True),
+        _f("user", _S, "account that tried to log in (device identity or operator)", required=True),
+        _f("src_ip", _S, "address the attempt came from"),
+        _f("src_country", _S, "ISO country code of src_ip, when known"),
+        _f("src_lat", _F64, "latitude of src_ip, when known"),
+        _f("src_lon", _F64, "longitude of src_ip, when known"),
+        _f("service", _S, "where the login happened: ssh, telnet, web, api, console, vpn"),
+        _f("success", _B, "the attempt succeeded", required=True),
+        _f("reason", _S, "why it failed (bad password, unknown user, locked…)"),
+        *_COMMON,
+    ]
+)
+
+TELEMETRY = pa.schema(
+    [
+        _f("ts", _F64, "time of the reading, seconds since the epoch", required=True),
+        _f("metric", _S, "what was measured (temperature, cpu, flow_rate…)", required=True),
+        _f("value", _F64, "the reading", required=True),
+        _f("unit", _S, "unit of the reading"),
+        *_COMMON,
+    ]
+)
+
+FIRMWARE_REPORT = pa.schema(
+    [
+        _f("ts", _F64, "time of the report, seconds since the epoch", required=True),
+        _f("version", _S, "firmware version the device reports", required=True),
+        _f("image_sha256", _S, "SHA-256 of the running image, hex"),
+        _f("signature", _S, "signature status: valid, invalid, unsigned or unknown"),
+        *_COMMON,
+    ]
+)
+
+PROVISION = pa.schema(
+    [
+        _f("ts", _F64, "time of the enrolment request, seconds since the epoch", required=True),
+        _f("serial", _S, "hardware serial number claimed by the device"),
+        _f("vendor", _S, "vendor claimed by the device"),
+        _f("model", _S, "model claimed by the device"),
+        _f("pubkey_sha256", _S, "SHA-256 of the public key (or CSR) presented, hex"),
+        _f("attestation", _S, "attestation result: ok, failed or missing"),
+        _f("src_ip", _S, "address the request came from"),
+        *_COMMON,
+    ]
+)
+
+COMMAND = pa.schema(
+    [
+        _f("ts", _F64, "time the command was sent, seconds since the epoch", required=True),
+        _f("operator", _S, "account or system that sent the command"),
+        _f("command", _S, "command name (write_register, reboot, set_point…)", required=True),
+        _f("args", _S, "arguments, as sent"),
+        _f("src_ip", _S, "address the command came from"),
+        *_COMMON,
+    ]
+)
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "flow": FLOW,
+    "dns": DNS,
+    "auth": AUTH,
+    "telemetry": TELEMETRY,
+    "firmware_report": FIRMWARE_REPORT,
+    "provision": PROVISION,
+    "command": COMMAND,
+}
+KINDS = tuple(SCHEMAS)
+
+# Kinds whose records are about a device that must be named in the record itself.
+_DEVICE_REQUIRED = {"telemetry", "firmware_report", "provision", "command"}
+
+
+def schema_for(kind: str) -> pa.Schema:
+    try:
+        return SCHEMAS[kind]
+    except KeyError:
+        raise ValueError(f"unknown event kind {kind!r}; known kinds: {', '.join(KINDS)}") from None
+
+
+def required_fields(kind: str) -> list[str]:
+    schema = schema_for(kind)
+    names = [f.name for f in schema if f.metadata and f.metadata.get(b"required") == b"1"]
+    if kind in _DEVICE_REQUIRED:
+        names.append("device_id")
+    return names
+
+
+def field_docs(kind: str) -> dict[str, str]:
+    return {f.name: f.metadata[b"doc"].decode() for f in schema_for(kind)}
+
+
+@dataclass(frozen=True)
+class EventBatch:
+    """A batch of records of one kind, held as an Arrow table with the kind's full schema.
+
+    Build one with :meth:`from_columns` (missing optional columns become nulls) or
+    :meth:`from_table`; read columns as Arrow (``batch["id.orig_h"]``) or numpy
+    (``batch.np("orig_bytes")``).
+    """
+
+    kind: str
+    table: pa.Table
+
+    def __post_init__(self) -> None:
+        expected = schema_for(self.kind)
+        if not self.table.schema.equals(expected, check_metadata=False):
+            raise ValueError(f"{self.kind} batch does not match the {self.kind} schema")
+
+    # construction -------------------------------------------------------------------
+    @classmethod
+    def from_columns(cls, kind: str, columns: Mapping[str, Any], length: int | None = None) -> EventBatch:
+        """Build a batch from column name -> sequence (numpy array, list or Arrow array).
+
+        Unknown column names are an error (they signal a mapping mistake upstream);
+        missing optional columns are filled with nulls.
+        """
+        schema = schema_for(kind)
+        unknown = set(columns) - set(schema.names)
+        if unknown:
+            raise ValueError(f"unknown {kind} field(s): {', '.join(sorted(unknown))}")
+        if length is None:
+            length = len(next(iter(columns.values()))) if columns else 0
+        arrays = []
+        for field in schema:
+            if field.name in columns:
+                arrays.append(_to_arrow(columns[field.name], field, length))
+            else:
+                arrays.append(pa.nulls(length, type=field.type))
+        return cls(kind, pa.Table.from_arrays(arrays, schema=schema))
+
+    @classmethod
+    def from_table(cls, kind: str, table: pa.Table) -> EventBatch:
+        """Conform an Arrow table whose columns are a subset of the kind's fields."""
+        return cls.from_columns(kind, {n: table.column(n) for n in table.column_names}, table.num_rows)
+
+    @classmethod
+    def empty(cls, kind: str) -> EventBatch:
+        return cls(kind, schema_for(kind).empty_table())
+
+    @classmethod
+    def concat(cls, batches: Iterable[EventBatch]) -> EventBatch:
+        batches = list(batches)
+        if not batches:
+            raise ValueError("cannot concatenate zero batches")
+        kinds = {b.kind for b in batches}
+        if len(kinds) != 1:
+            raise ValueError(f"cannot concatenate batches of different kinds: {sorted(kinds)}")
+        table = pa.concat_tables([b.table for b in batches])
+        return cls(batches[0].kind, table.combine_chunks())
+
+    # access -----------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def __getitem__(self, name: str) -> pa.ChunkedArray:
+        return self.table.column(name)
+
+    def np(self, name: str, fill: Any = None) -> np.ndarray:
+        """Column as numpy; nulls replaced by ``fill`` (default: 0, NaN, '' or False by type)."""
+        col = self.table.column(name)
+        if fill is None:
+            fill = _default_fill(col.type)
+        if col.null_count:
+            col = pc.fill_null(col, fill)
+        if pa.types.is_string(col.type):
+            return np.asarray(col.to_numpy(zero_copy_only=False), dtype=object)
+        return col.to_numpy()
+
+    def slice(self, offset: int, length: int | None = None) -> EventBatch:
+        return EventBatch(self.kind, self.table.slice(offset, length))
+
+    def filter(self, mask: np.ndarray | pa.Array) -> EventBatch:
+        return EventBatch(self.kind, self.table.filter(pa.array(mask, type=pa.bool_())))
+
+    def sort_by_time(self) -> EventBatch:
+        return EventBatch(self.kind, self.table.sort_by("ts"))
+
+    def to_pylist(self) -> list[dict[str, Any]]:
+        return self.table.to_pylist()
+
+
+def _default_fill(type_: pa.DataType) -> Any:
+    if pa.types.is_string(type_):
+        return ""
+    if pa.types.is_floating(type_):
+        return float("nan")
+    if pa.types.is_boolean(type_):
+        return False
+    return 0
+
+
+def _to_arrow(values: Any, field: pa.Field, length: int) -> pa.Array:
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    try:
+        if isinstance(values, pa.Array):
+            arr = values if values.type == field.type else pc.cast(values, field.type)
+        else:
+            arr = pa.array(values, type=field.type, from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
+        raise ValueError(f"field {field.name!r}: cannot read values as {field.type}: {exc}") from None
+    if len(arr) != length:
+        raise ValueError(f"field {field.name!r} has {len(arr)} values, expected {length}")
+    return arr
