@@ -1,0 +1,116 @@
+"""Findings and incidents: what the detection engine and the correlator produce.
+
+A :class:`Finding` is one signal from one detector about one entity, with the evidence
+that drove it.  An :class:`Incident` is the correlator's story for one entity and one
+category, built from findings, with a 0-100 risk score.  Both are plain dataclasses:
+they are rare compared with events, so a Python object each is fine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+CATEGORIES = (
+    "scan",
+    "c2-beacon",
+    "ddos",
+    "brute-force",
+    "exfiltration",
+    "dns-tunnel",
+    "lateral-movement",
+    "firmware-tamper",
+    "credential-misuse",
+    "cloned-device",
+    "policy-violation",
+    "unknown-device",
+    "anomaly",
+)
+SEVERITIES = ("low", "medium", "high", "critical")
+
+
+def severity_for(score: float) -> str:
+    """Map a [0,1] confidence-weighted score onto the four severities."""
+    if score >= 0.9:
+        return "critical"
+    if score >= 0.7:
+        return "high"
+    if score >= 0.4:
+        return "medium"
+    return "low"
+
+
+@dataclass
+class Finding:
+    """One detector's signal about one entity.
+
+    ``entity`` is the inventory's device id when known, else the IP address.
+    ``score`` in [0,1] is how sure the detector is that this is malicious.
+    ``evidence`` holds human sentences ("47 distinct hosts on tcp/23 in 60 s vs
+    baseline 1.2"); ``record_ids`` the uids of the raw records behind it.
+    """
+
+    entity: str
+    category: str
+    detector: str
+    score: float
+    first_seen: float
+    last_seen: float
+    evidence: list[str] = field(default_factory=list)
+    mitre: list[str] = field(default_factory=list)
+    ip: str | None = None
+    mac: str | None = None
+    device_id: str | None = None
+    record_ids: list[str] = field(default_factory=list)
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.category not in CATEGORIES:
+            raise ValueError(f"unknown finding category {self.category!r}")
+        self.score = float(min(1.0, max(0.0, self.score)))
+
+    @property
+    def severity(self) -> str:
+        return severity_for(self.score)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["severity"] = self.severity
+        return d
+
+
+@dataclass
+class Incident:
+    """The correlator's story about one entity in one category."""
+
+    entity: str
+    category: str
+    severity: str
+    risk: int
+    first_seen: float
+    last_seen: float
+    evidence: list[str] = field(default_factory=list)
+    mitre: list[str] = field(default_factory=list)
+    ip: str | None = None
+    mac: str | None = None
+    findings: list[Finding] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``analyze --json`` shape (DESIGN.md's command-line contract)."""
+        return {
+            "entity": self.entity,
+            "ip": self.ip,
+            "mac": self.mac,
+            "category": self.category,
+            "severity": self.severity,
+            "risk": self.risk,
+            "first_seen": _iso(self.first_seen),
+            "last_seen": _iso(self.last_seen),
+            "evidence": list(self.evidence),
+            "mitre": list(self.mitre),
+        }
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat().replace("+00:00", "Z")

@@ -1,0 +1,80 @@
+"""Shared fixtures: paths to the shared data and the services tests may need.
+
+A test that needs a service asks for its fixture.  On a laptop without the service the
+test is skipped with the reason; in CI (``CI=true``) a missing service is a failure,
+because there the service must be running.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = (ROOT.parent / "shared" / "data").resolve()
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _reachable(host: str, port: int, timeout: float = 1.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def need_service(name: str, host: str, port: int) -> None:
+    """Skip (laptop) or fail (CI) when a service is not listening."""
+    if _reachable(host, port):
+        return
+    reason = f"{name} is not reachable on {host}:{port}"
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: service-backed tests must run in CI)")
+    pytest.skip(reason)
+
+
+def need_data(*parts: str) -> Path:
+    """Path under ../shared/data; skip (laptop) or fail (CI) when it is absent."""
+    path = DATA.joinpath(*parts)
+    if not path.exists():
+        reason = f"shared data not found at {path}"
+        if IN_CI:
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return path
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return need_data()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """URL of a scratch database on the local PostgreSQL (trust auth, database ``test``)."""
+    need_service("PostgreSQL", "127.0.0.1", 5432)
+    return os.environ.get("FLEETWARDEN_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(scope="session")
+def mqtt_broker() -> tuple[str, int]:
+    need_service("Mosquitto MQTT", "127.0.0.1", 1883)
+    return ("127.0.0.1", 1883)
+
+
+@pytest.fixture(scope="session")
+def nats_url() -> str:
+    need_service("NATS", "127.0.0.1", 4222)
+    return "nats://127.0.0.1:4222"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory, monkeypatch):
+    """Keep every test's FleetWarden state (SQLite file, CA, models) out of the real home."""
+    home = tmp_path_factory.mktemp("fwhome")
+    monkeypatch.setenv("FLEETWARDEN_HOME", str(home))
+    monkeypatch.delenv("FLEETWARDEN_DB", raising=False)
+    yield home
