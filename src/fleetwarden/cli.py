@@ -1,13 +1,224 @@
-"""Command-line interface (placeholder while the commands land)."""
+"""Command-line interface: parse, call a service, render.
+
+Exit codes follow DESIGN.md: 0 on success, 2 on bad usage or bad input, with a one-line
+reason on stderr.  Services live in their own modules; nothing here computes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
-app = typer.Typer(no_args_is_help=True, add_completion=False)
+from fleetwarden import __version__
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="FleetWarden: AI-powered threat detection for IoT fleets.",
+)
+out = Console()
+err = Console(stderr=True)
+
+Files = Annotated[list[Path], typer.Argument(help="input files: pcap/pcapng, Zeek logs, IoT-23 CSV, JSONL")]
+ModelDir = Annotated[Path, typer.Option("--model", help="model directory")]
+SkipBad = Annotated[bool, typer.Option("--skip-bad", help="skip malformed records and report how many")]
+DbUrl = Annotated[str | None, typer.Option("--db", help="database URL (default: FLEETWARDEN_DB or SQLite)")]
+
+
+class InputError(Exception):
+    """Bad input or usage detected by a command: reported in one line, exit code 2."""
+
+
+def _fail(message: str) -> None:
+    err.print(f"fleetwarden: error: {message}", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from fleetwarden.sources import SourceError
+
+    return (SourceError, InputError, FileNotFoundError, IsADirectoryError, PermissionError, ValueError)
+
+
+def _check_inputs(files: list[Path]) -> None:
+    for f in files:
+        if not f.exists():
+            raise InputError(f"{f}: no such file")
+        if f.is_dir():
+            raise InputError(f"{f}: is a directory, expected a capture or log file")
+
+
+def _report_skips(stats_by_file: dict[str, object]) -> None:
+    for name, stats in stats_by_file.items():
+        skipped = getattr(stats, "skipped", 0)
+        if skipped:
+            err.print(f"{name}: skipped {skipped} bad record(s)", markup=False, highlight=False)
+            for problem in getattr(stats, "problems", [])[:3]:
+                err.print(f"  {problem}", markup=False, highlight=False)
+
+
+def _run(fn, *args, **kwargs):
+    """Call a service; turn expected input errors into one line and exit code 2."""
+    try:
+        return fn(*args, **kwargs)
+    except _known_errors() as exc:
+        _fail(str(exc) or exc.__class__.__name__)
 
 
 @app.callback()
-def _root() -> None:
-    """FleetWarden: IoT fleet security."""
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="print the version and exit")] = False,
+) -> None:
+    """FleetWarden: AI-powered threat detection for IoT fleets."""
+    if version:
+        out.print(f"fleetwarden {__version__}")
+        raise typer.Exit(0)
+
+
+@app.command()
+def inspect(files: Files, skip_bad: SkipBad = False) -> None:
+    """Read input files and show what they hold: format, records per event kind, time span."""
+    from fleetwarden.sources import ReadStats, detect_format, read_events
+
+    def work() -> None:
+        _check_inputs(files)
+        table = Table("file", "format", "kind", "records", "first", "last", "skipped")
+        for f in files:
+            stats = ReadStats()
+            fmt = detect_format(f)
+            counts: dict[str, list[float]] = {}
+            for batch in read_events(f, skip_bad=skip_bad, stats=stats):
+                if not len(batch):
+                    continue
+                ts = batch.np("ts")
+                c = counts.setdefault(batch.kind, [0, float("inf"), float("-inf")])
+                c[0] += len(batch)
+                c[1] = min(c[1], float(ts.min()))
+                c[2] = max(c[2], float(ts.max()))
+            if not counts:
+                table.add_row(str(f), fmt, "-", "0", "-", "-", str(stats.skipped))
+            for kind, (n, lo, hi) in counts.items():
+                table.add_row(str(f), fmt, kind, str(int(n)), _fmt_ts(lo), _fmt_ts(hi), str(stats.skipped))
+            _report_skips({str(f): stats})
+        out.print(table)
+
+    _run(work)
+
+
+@app.command()
+def train(
+    files: Files,
+    model: ModelDir,
+    skip_bad: SkipBad = False,
+    target_fpr: Annotated[
+        float, typer.Option(help="false-positive rate the alert threshold is set for")
+    ] = 0.01,
+) -> None:
+    """Train the flow models (unsupervised baseline + supervised classifier when labels exist)."""
+    from fleetwarden.detection import flowmodel
+
+    _check_inputs_or_fail(files)
+    summary = _run(flowmodel.train, list(files), model, skip_bad=skip_bad, target_fpr=target_fpr)
+    out.print_json(json.dumps(summary, default=str))
+
+
+@app.command()
+def score(
+    files: Files,
+    model: ModelDir,
+    out_csv: Annotated[Path, typer.Option("--out", help="CSV to write: uid,score,alert,reasons")],
+    skip_bad: SkipBad = False,
+) -> None:
+    """Score every flow: one CSV row per input flow with uid, score, alert and reasons."""
+    from fleetwarden.detection import flowmodel
+
+    _check_inputs_or_fail(files)
+    summary = _run(flowmodel.score, list(files), model, out_csv, skip_bad=skip_bad)
+    err.print_json(json.dumps(summary, default=str))
+
+
+@app.command()
+def evaluate(files: Files, model: ModelDir, skip_bad: SkipBad = False) -> None:
+    """Metrics JSON (AUC-ROC, average precision, TPR at 1 % FPR, per label) on labelled input."""
+    from fleetwarden.detection import flowmodel
+
+    _check_inputs_or_fail(files)
+    metrics = _run(flowmodel.evaluate, list(files), model, skip_bad=skip_bad)
+    sys.stdout.write(json.dumps(metrics, indent=2, default=str) + "\n")
+
+
+@app.command()
+def analyze(
+    files: Files,
+    model: Annotated[Path | None, typer.Option("--model", help="flow model directory (optional)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print incidents as a JSON list")] = False,
+    skip_bad: SkipBad = False,
+    db: DbUrl = None,
+) -> None:
+    """Run the whole pipeline over captures or logs and print the incidents."""
+    from fleetwarden.detection.engine import analyze_paths
+
+    _check_inputs_or_fail(files)
+    result = _run(analyze_paths, list(files), model_dir=model, skip_bad=skip_bad)
+    if db is not None:
+        _run(_record_analysis, db, files, result)
+    _report_skips(getattr(result, "stats", {}) or {})
+    if as_json:
+        sys.stdout.write(json.dumps([i.to_dict() for i in result.incidents], indent=2) + "\n")
+        return
+    from fleetwarden.report import incident_table
+
+    if not result.incidents:
+        out.print("No incidents.")
+        return
+    out.print(incident_table(result.incidents))
+
+
+def _record_analysis(db: str, files: list[Path], result) -> None:
+    from fleetwarden.config import database_url
+    from fleetwarden.store import open_store
+
+    store = open_store(database_url(db))
+    try:
+        store.record_results(", ".join(str(f) for f in files), result.findings, result.incidents)
+    finally:
+        store.close()
+
+
+@app.command()
+def demo(
+    devices: Annotated[int, typer.Option(min=5, max=100_000, help="devices in the simulated fleet")] = 300,
+    hours: Annotated[float, typer.Option(min=1, max=24 * 14, help="simulated hours")] = 24,
+    seed: Annotated[int, typer.Option(help="random seed: same seed, same fleet")] = 7,
+    db: DbUrl = None,
+) -> None:
+    """Simulate a fleet with tabletop attack scenarios and run the whole pipeline on it."""
+    from fleetwarden.demo import render_report, run_demo
+
+    report = _run(run_demo, devices=devices, hours=hours, seed=seed, db=db, console=out)
+    render_report(report, out)
+
+
+def _check_inputs_or_fail(files: list[Path]) -> None:
+    try:
+        _check_inputs(files)
+    except InputError as exc:
+        _fail(str(exc))
+
+
+def _fmt_ts(ts: float) -> str:
+    from datetime import UTC, datetime
+
+    if ts != ts or ts in (float("inf"), float("-inf")):
+        return "-"
+    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def main() -> None:
