@@ -206,6 +206,27 @@ def demo(
     render_report(report, out)
 
 
+@app.command()
+def simulate(
+    out_dir: Annotated[Path, typer.Option("--out", help="directory to write the simulated fleet's files to")],
+    devices: Annotated[int, typer.Option(min=24, max=100_000, help="devices in the fleet")] = 300,
+    hours: Annotated[float, typer.Option(min=1, max=24 * 14, help="simulated hours")] = 24,
+    seed: Annotated[int, typer.Option(help="random seed: same seed, same fleet")] = 7,
+) -> None:
+    """Write a simulated fleet to files: Zeek conn.log/dns.log, events.jsonl, inventory, scenario truth."""
+    from fleetwarden.simulate import simulate_fleet, write_files
+
+    def work() -> dict:
+        fleet = simulate_fleet(devices=devices, hours=hours, seed=seed)
+        return write_files(fleet, out_dir)
+
+    written = _run(work)
+    table = Table("file", "bytes")
+    for _name, path in sorted(written.items()):
+        table.add_row(str(path), f"{Path(path).stat().st_size:,}")
+    out.print(table)
+
+
 def _check_inputs_or_fail(files: list[Path]) -> None:
     try:
         _check_inputs(files)
