@@ -41,6 +41,8 @@ class Context:
     ip_to_device: dict[str, str] = field(default_factory=dict)
     # operating hours (local to the fleet), used for off-hours checks
     working_hours: tuple[int, int] = (7, 19)
+    # known-good firmware images: (vendor, model, version) -> SHA-256 hex digests
+    firmware_catalog: dict[tuple[str, str, str], set[str]] = field(default_factory=dict)
 
     def add_device(self, info: DeviceInfo) -> None:
         self.devices[info.device_id] = info

@@ -1,0 +1,298 @@
+"""Device identity analytics: cloned identities, attestation policy, devices the inventory lacks.
+
+:class:`ClonedIdentity` (category ``cloned-device``, MITRE T1078, T1036)
+    *Contract.* Follows every enrolment (``provision`` event) of an identity, where the identity
+    is the ``device_id`` (or ``serial:<serial>`` when the request names no device).  Within
+    ``overlap_s`` seconds of each other, these are clone evidence:
+
+    - two different public keys (``pubkey_sha256``) for one identity (0.5); the old key used
+      again after the new one (alternation: two live devices) scores 0.9;
+    - the same identity enrolling from addresses that alternate (A, B, A): two devices taking
+      turns, not a device that moved;
+    - one serial number claimed under two different device ids.
+
+    A re-enrolment from the same key (from the same or a new address) is normal and silent, and
+    so is a key rotation after the old key has been quiet for ``overlap_s``.
+    *Blind spots.* A perfect clone (same key, same address behind one NAT) is indistinguishable
+    here; telemetry and firmware reports carry no address or key, so only enrolments count.
+
+:class:`AttestationPolicy` (category ``policy-violation``, MITRE T1200)
+    *Contract.* An enrolment whose ``attestation`` is ``failed`` (score 0.7) or ``missing``
+    (0.45) violates the onboarding policy; one finding per device and status.
+    *Blind spots.* Trusts the attestation verdict the enrolment service wrote in the record.
+
+:class:`UnknownDevice` (category ``unknown-device``, MITRE T1200)
+    *Contract.* A ``device_id`` on telemetry, firmware reports, commands or logins that is
+    neither in ``ctx.devices`` nor enrolled earlier in the stream: one finding per device id
+    (per batch a vectorised set difference).  Silent when the context has no inventory at all
+    (nothing to compare with).
+    *Blind spots.* A rogue device that reuses a known device id (that is a clone, see above).
+
+*Reference.* MITRE ATT&CK T1200 (Hardware Additions), T1036 (Masquerading), T1078; NIST IR 8259A
+(device identification); IETF RFC 9334 (RATS remote attestation architecture).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from fleetwarden.detection.analytics.auth import lru_get, noisy_or
+from fleetwarden.detection.analytics.base import Context
+from fleetwarden.events import EventBatch
+from fleetwarden.findings import Finding
+
+__all__ = ["ANALYTICS", "AttestationPolicy", "ClonedIdentity", "UnknownDevice"]
+
+
+def _fmt_dur(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+@dataclass
+class _Enrolment:
+    ts: float
+    key: str
+    ip: str
+
+
+@dataclass
+class _IdentityState:
+    recent: deque[_Enrolment] = field(default_factory=lambda: deque(maxlen=16))
+    reported: OrderedDict[str, None] = field(default_factory=OrderedDict)
+
+
+class ClonedIdentity:
+    """One identity enrolled with two keys, or from alternating addresses, or one serial twice."""
+
+    name = "identity.clone"
+    kinds = ("provision",)
+
+    def __init__(self, overlap_s: float = 6 * 3600.0, max_identities: int = 1_000_000) -> None:
+        self.overlap_s = overlap_s
+        self.max_identities = max_identities
+        self.identities_: OrderedDict[str, _IdentityState] = OrderedDict()
+        self.serials_: OrderedDict[str, tuple[str, float]] = OrderedDict()  # serial -> (device_id, ts)
+
+    def update(self, batch: EventBatch, ctx: Context) -> list[Finding]:
+        ts = batch.np("ts").tolist()
+        dev = batch.np("device_id").tolist()
+        serial = batch.np("serial").tolist()
+        key = pc.utf8_lower(pc.fill_null(batch["pubkey_sha256"], "")).to_pylist()
+        ip = batch.np("src_ip").tolist()
+        out: list[Finding] = []
+        for i in range(len(ts)):  # enrolments are rare: one per device per (re)install
+            ident = dev[i] or (f"serial:{serial[i]}" if serial[i] else "")
+            if not ident:
+                continue
+            reasons: list[tuple[float, str, str]] = []
+            if serial[i] and dev[i]:
+                prev = self.serials_.get(serial[i])
+                if prev is not None and prev[0] != dev[i]:
+                    reasons.append(
+                        (
+                            0.8,
+                            f"serial {serial[i]} already enrolled as {prev[0]} "
+                            f"{_fmt_dur(ts[i] - prev[1])} earlier, now claimed by {dev[i]}",
+                            f"serial:{prev[0]}",
+                        )
+                    )
+                lru_get(self.serials_, serial[i], lambda: ("", 0.0), self.max_identities)
+                self.serials_[serial[i]] = (dev[i], float(ts[i]))
+            st = lru_get(self.identities_, ident, _IdentityState, self.max_identities)
+            reasons += self._key_and_address(st, float(ts[i]), key[i], ip[i])
+            st.recent.append(_Enrolment(float(ts[i]), key[i], ip[i]))
+            fresh = [r for r in reasons if r[2] not in st.reported]
+            if not fresh:
+                continue
+            for r in fresh:
+                st.reported[r[2]] = None
+                if len(st.reported) > 8:
+                    st.reported.popitem(last=False)
+            window = [e for e in st.recent if ts[i] - e.ts <= self.overlap_s]
+            info = ctx.devices.get(dev[i]) if dev[i] else None
+            out.append(
+                Finding(
+                    entity=ident,
+                    category="cloned-device",
+                    detector=self.name,
+                    score=noisy_or(w for w, _, _ in fresh),
+                    first_seen=min(e.ts for e in window),
+                    last_seen=float(ts[i]),
+                    evidence=[s for _, s, _ in fresh],
+                    mitre=["T1078", "T1036"],
+                    ip=ip[i] or None,
+                    mac=info.mac if info else None,
+                    device_id=dev[i] or None,
+                    attributes={
+                        "keys": sorted({e.key[:16] for e in window if e.key}),
+                        "addresses": sorted({e.ip for e in window if e.ip}),
+                    },
+                )
+            )
+        return out
+
+    def _key_and_address(
+        self, st: _IdentityState, ts: float, key: str, ip: str
+    ) -> list[tuple[float, str, str]]:
+        window = [e for e in st.recent if ts - e.ts <= self.overlap_s]
+        reasons: list[tuple[float, str, str]] = []
+        if key:
+            keys_in_order = [e.key for e in window if e.key]
+            others = {k for k in keys_in_order if k != key}
+            if others:
+                # the key came back after another one was used: two devices hold the identity
+                alternating = key in keys_in_order and keys_in_order[-1] != key
+                last_other = max(e.ts for e in window if e.key in others)
+                reasons.append(
+                    (
+                        0.9 if alternating else 0.5,
+                        f"{'alternating' if alternating else 'two'} keys for one identity: {key[:12]} and "
+                        f"{sorted(others)[0][:12]} within {_fmt_dur(ts - last_other)} "
+                        f"(overlap window {_fmt_dur(self.overlap_s)})",
+                        ("key-alternating:" if alternating else "key:") + "|".join(sorted(others | {key})),
+                    )
+                )
+        if ip:
+            ips = [e.ip for e in window if e.ip]
+            if ip in ips and ips[-1] != ip:
+                between = sorted({x for x in ips[ips.index(ip) :] if x != ip})
+                reasons.append(
+                    (
+                        0.6,
+                        f"enrolments alternate between addresses {ip} and {', '.join(between[:3])} within "
+                        f"{_fmt_dur(self.overlap_s)}",
+                        "ip:" + "|".join(sorted({ip, *between})),
+                    )
+                )
+        return reasons
+
+    def flush(self, ctx: Context) -> list[Finding]:
+        return []
+
+
+class AttestationPolicy:
+    """Enrolments whose attestation failed or is missing."""
+
+    name = "identity.attestation"
+    kinds = ("provision",)
+    WEIGHTS = {"failed": 0.7, "missing": 0.45}
+
+    def __init__(self, max_devices: int = 1_000_000) -> None:
+        self.max_devices = max_devices
+        self.reported_: OrderedDict[tuple[str, str], None] = OrderedDict()
+
+    def update(self, batch: EventBatch, ctx: Context) -> list[Finding]:
+        status = pc.utf8_lower(pc.fill_null(batch["attestation"], "missing"))
+        bad = pc.is_in(status, value_set=pa.array(list(self.WEIGHTS))).to_numpy(zero_copy_only=False)
+        if not bad.any():
+            return []
+        idx = np.flatnonzero(bad)
+        ts, dev, serial = batch.np("ts"), batch.np("device_id"), batch.np("serial")
+        ip, vendor, model = batch.np("src_ip"), batch.np("vendor"), batch.np("model")
+        st = np.asarray(status.to_numpy(zero_copy_only=False), dtype=object)
+        out: list[Finding] = []
+        for i in idx:
+            ident = dev[i] or (f"serial:{serial[i]}" if serial[i] else ip[i] or "unknown")
+            if (ident, st[i]) in self.reported_:
+                continue
+            lru_get(self.reported_, (ident, st[i]), lambda: None, self.max_devices)
+            self.reported_[(ident, st[i])] = None
+            claimed = " ".join(x for x in (vendor[i], model[i]) if x) or "unknown model"
+            out.append(
+                Finding(
+                    entity=ident,
+                    category="policy-violation",
+                    detector=self.name,
+                    score=self.WEIGHTS[st[i]],
+                    first_seen=float(ts[i]),
+                    last_seen=float(ts[i]),
+                    evidence=[
+                        f"enrolment of {ident} ({claimed}, serial {serial[i] or 'none'}) from "
+                        f"{ip[i] or 'unknown address'} with attestation {st[i]}; policy requires 'ok'"
+                    ],
+                    mitre=["T1200"],
+                    ip=ip[i] or None,
+                    device_id=dev[i] or None,
+                    attributes={"attestation": st[i]},
+                )
+            )
+        return out
+
+    def flush(self, ctx: Context) -> list[Finding]:
+        return []
+
+
+class UnknownDevice:
+    """Device ids in the stream that neither the inventory nor an enrolment introduced."""
+
+    name = "identity.unknown_device"
+    kinds = ("telemetry", "firmware_report", "command", "auth", "provision")
+
+    def __init__(self, max_devices: int = 1_000_000) -> None:
+        self.max_devices = max_devices
+        self.enrolled_: OrderedDict[str, None] = OrderedDict()
+        self.reported_: OrderedDict[str, None] = OrderedDict()
+        self._known_key: tuple[int, int] | None = None
+        self._known = pa.array([], type=pa.string())
+
+    def update(self, batch: EventBatch, ctx: Context) -> list[Finding]:
+        if len(batch) == 0:
+            return []
+        ids = pc.drop_null(batch["device_id"])
+        if batch.kind == "provision":
+            for d in pc.unique(ids).to_pylist():
+                if d:
+                    lru_get(self.enrolled_, d, lambda: None, self.max_devices)
+            return []
+        if not ctx.devices or len(ids) == 0:
+            return []
+        key = (id(ctx.devices), len(ctx.devices))
+        if key != self._known_key:  # the inventory rarely changes; rebuild its id set only then
+            self._known = pa.array(list(ctx.devices), type=pa.string())
+            self._known_key = key
+        known = self._known
+        unknown = pc.filter(ids, pc.invert(pc.is_in(ids, value_set=known)))
+        if len(unknown) == 0:
+            return []
+        ts = batch["ts"]
+        dev_col = pc.fill_null(batch["device_id"], "")
+        out: list[Finding] = []
+        for d in pc.unique(unknown).to_pylist():
+            if not d or d in self.enrolled_ or d in self.reported_:
+                continue
+            lru_get(self.reported_, d, lambda: None, self.max_devices)
+            mask = pc.equal(dev_col, d)
+            t = pc.filter(ts, mask)
+            n = len(t)
+            out.append(
+                Finding(
+                    entity=d,
+                    category="unknown-device",
+                    detector=self.name,
+                    score=0.55,
+                    first_seen=float(pc.min(t).as_py()),
+                    last_seen=float(pc.max(t).as_py()),
+                    evidence=[
+                        f"{n} {batch.kind} record(s) from device {d}, which is not among the "
+                        f"{len(ctx.devices)} inventoried devices and never enrolled"
+                    ],
+                    mitre=["T1200"],
+                    device_id=d,
+                )
+            )
+        return out
+
+    def flush(self, ctx: Context) -> list[Finding]:
+        return []
+
+
+ANALYTICS = [ClonedIdentity, AttestationPolicy, UnknownDevice]

@@ -1,0 +1,379 @@
+"""Telemetry range analytics: readings outside a device's learned robust range.
+
+:class:`TelemetryRange` (category ``anomaly``, MITRE ICS T0832, T0856)
+
+*Contract.* For every (device, metric) the analytic keeps a damped reservoir of ``reservoir``
+recent accepted readings (float32, so 256 bytes per metric at the default 64) and judges each
+new reading by its robust z-score ``|x - median| / scale`` against the reservoir as it stood
+before the batch, where ``scale = max(1.4826·MAD, (q90 - q10)/2.563, rel_floor·|median|,
+abs_floor)``: the MAD of a Gaussian, widened by the inter-decile range so that discrete
+metrics (on/off, 0/1) do not get a zero scale, and floored so a constant metric still has one.
+A reading with z > ``k`` is flagged.  Until a key holds ``warmup`` readings it is judged
+against its cohort's reservoir (same ``device_class``, else vendor/model, same metric) when
+that is warm, and not at all otherwise.  Accepted readings enter the reservoir (all of them
+until it is full, then with probability ``max(reservoir/n, reservoir/horizon)``: an exponential
+forgetting over about ``horizon`` readings); flagged readings enter with probability
+``flagged_learn_rate`` only, so an attack does not become the baseline quickly but a genuine
+level shift (a benign firmware rollout, a new season) is absorbed eventually.  Flagged readings
+of one (device, metric) form an episode (closed after ``episode_gap`` s of quiet, or
+``max_open`` s) reported as one finding with the count, the extreme value and the baseline.
+:meth:`TelemetryRange.observe` exposes the per-row verdicts (z, flagged) for evaluation.
+
+*Blind spots.* Attacks that keep values inside the normal range (replayed or plausible
+injected readings, or attacks on the service that leave the readings alone: on TON_IoT's
+fridge and thermostat the attack rows have the same value distribution as the normal ones, so
+no value detector can find them); contextual anomalies (a normal value at the wrong time of
+day) and relations between metrics; very slow drifts, which the forgetting follows.
+
+*Reference.* Rousseeuw & Croux 1993 (MAD as a robust scale); Hampel filter; the damped
+reservoir follows Aggarwal 2006 ("On biased reservoir sampling in the presence of stream
+evolution", VLDB).
+
+*Measured* on TON_IoT (Moustafa et al. 2020) telemetry, ``tests/test_analytics_control.py``
+(learn on the first half of the normal rows, judge every later row, k=5): weather station
+precision 0.997, recall 0.049, FPR 0.0004 (scanning rows 98 % found, injection 8 %, backdoor 5 %,
+ddos/password/ransomware/xss ~0 %); fridge, garage door, thermostat: nothing flagged, FPR 0,
+because their attack rows carry the same values as the normal ones.  k=4: weather recall
+0.083 at FPR 0.006; k=6: recall 0.035 at FPR 0.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from fleetwarden.detection.analytics.auth import EpisodeBook
+from fleetwarden.detection.analytics.base import Context, DeviceInfo
+from fleetwarden.events import EventBatch
+from fleetwarden.findings import Finding
+
+__all__ = ["ANALYTICS", "RowVerdict", "TelemetryRange"]
+
+
+@dataclass
+class RowVerdict:
+    """Per-row outcome of :meth:`TelemetryRange.observe` (arrays aligned with the batch)."""
+
+    z: np.ndarray  # robust z-score; NaN where the row was not judged (warm-up, bad value)
+    flagged: np.ndarray  # bool
+    median: np.ndarray  # baseline median the row was held against (NaN when not judged)
+    scale: np.ndarray  # baseline scale (NaN when not judged)
+    cohort: np.ndarray  # bool: judged against the cohort, not the device's own history
+
+
+class _Reservoirs:
+    """Damped reservoirs for many keys in one 2-D array, with LRU reuse of slots."""
+
+    def __init__(self, size: int, max_keys: int, rng: np.random.Generator) -> None:
+        self.size = size
+        self.max_keys = max_keys
+        self.rng = rng
+        self.slot_of: OrderedDict[str, int] = OrderedDict()
+        self.free: list[int] = []
+        cap = min(1024, max_keys)
+        self.buf = np.full((cap, size), np.nan, dtype=np.float32)
+        self.seen = np.zeros(cap, dtype=np.int64)
+        # damped envelope of accepted readings: a value inside it was normal before
+        self.lo = np.full(cap, np.inf)
+        self.hi = np.full(cap, -np.inf)
+
+    def __len__(self) -> int:
+        return len(self.slot_of)
+
+    def slots(self, keys: np.ndarray) -> np.ndarray:
+        """Slot per distinct key (creating or recycling slots as needed)."""
+        out = np.empty(len(keys), dtype=np.int64)
+        for j, k in enumerate(keys.tolist()):
+            s = self.slot_of.get(k)
+            if s is None:
+                s = self._new_slot()
+                self.slot_of[k] = s
+            else:
+                self.slot_of.move_to_end(k)
+            out[j] = s
+        return out
+
+    def peek(self, keys: np.ndarray) -> np.ndarray:
+        """Slot per key, -1 when unknown; creates nothing."""
+        return np.array([self.slot_of.get(k, -1) for k in keys.tolist()], dtype=np.int64)
+
+    def _new_slot(self) -> int:
+        if self.free:
+            s = self.free.pop()
+        elif len(self.slot_of) >= self.max_keys:
+            _, s = self.slot_of.popitem(last=False)  # forget the stalest key
+        else:
+            s = len(self.slot_of)
+            if s >= len(self.buf):
+                grow = min(len(self.buf) * 2, self.max_keys)
+                buf = np.full((grow, self.size), np.nan, dtype=np.float32)
+                buf[: len(self.buf)] = self.buf
+                seen = np.zeros(grow, dtype=np.int64)
+                seen[: len(self.seen)] = self.seen
+                lo, hi = np.full(grow, np.inf), np.full(grow, -np.inf)
+                lo[: len(self.lo)], hi[: len(self.hi)] = self.lo, self.hi
+                self.buf, self.seen, self.lo, self.hi = buf, seen, lo, hi
+        self.buf[s] = np.nan
+        self.seen[s] = 0
+        self.lo[s], self.hi[s] = np.inf, -np.inf
+        return s
+
+    def shrink_envelope(self, slots: np.ndarray, med: np.ndarray, factor: np.ndarray) -> None:
+        """Pull the envelope of each slot toward its median (forgetting old extremes)."""
+        ok = np.isfinite(med) & np.isfinite(self.lo[slots])
+        s, m, f = slots[ok], med[ok], factor[ok]
+        self.lo[s] = m - (m - self.lo[s]) * f
+        self.hi[s] = m + (self.hi[s] - m) * f
+
+    def stats(self, slots: np.ndarray, rel_floor: float, abs_floor: float) -> tuple[np.ndarray, ...]:
+        rows = self.buf[slots].astype(np.float64)
+        n = self.seen[slots]
+        # NaN-aware quantiles by sorting once (numpy's nan* functions loop per row)
+        srt = np.sort(rows, axis=1)  # NaNs (empty places) sort last
+        filled = np.count_nonzero(~np.isnan(rows), axis=1)
+        med = _sorted_quantile(srt, filled, 0.5)
+        dev = np.sort(np.abs(rows - med[:, None]), axis=1)
+        mad = _sorted_quantile(dev, filled, 0.5)
+        q10 = _sorted_quantile(srt, filled, 0.1)
+        q90 = _sorted_quantile(srt, filled, 0.9)
+        scale = np.maximum.reduce(
+            [1.4826 * mad, (q90 - q10) / 2.5631, rel_floor * np.abs(med), np.full_like(med, abs_floor)]
+        )
+        return med, scale, n
+
+    def add(self, slots: np.ndarray, values: np.ndarray, horizon: float, keep_prob: np.ndarray) -> None:
+        if len(slots) == 0:
+            return
+        order = np.argsort(slots, kind="stable")
+        s, v, kp = slots[order], values[order], keep_prob[order]
+        kept = self.rng.random(len(s)) < kp
+        s, v = s[kept], v[kept]
+        if len(s) == 0:
+            return
+        np.minimum.at(self.lo, s, v)
+        np.maximum.at(self.hi, s, v)
+        starts = np.r_[0, np.flatnonzero(np.diff(s)) + 1]
+        rank = np.arange(len(s)) - np.repeat(starts, np.diff(np.r_[starts, len(s)]))
+        n_eff = self.seen[s] + rank
+        filling = n_eff < self.size
+        p = np.maximum(self.size / (n_eff + 1.0), self.size / horizon)
+        take = filling | (self.rng.random(len(s)) < p)
+        pos = np.where(filling, n_eff, self.rng.integers(0, self.size, len(s)))
+        self.buf[s[take], pos[take]] = v[take]
+        np.add.at(self.seen, s, 1)
+
+
+def _sorted_quantile(srt: np.ndarray, filled: np.ndarray, q: float) -> np.ndarray:
+    """Linear-interpolated quantile per row of an ascending array whose first ``filled`` are valid."""
+    pos = q * np.maximum(filled - 1, 0)
+    lo = np.floor(pos).astype(np.int64)
+    hi = np.minimum(lo + 1, np.maximum(filled - 1, 0))
+    a = np.take_along_axis(srt, lo[:, None], axis=1)[:, 0]
+    b = np.take_along_axis(srt, hi[:, None], axis=1)[:, 0]
+    out = a + (b - a) * (pos - lo)
+    return np.where(filled > 0, out, np.nan)
+
+
+def _cohort_of(info: DeviceInfo | None) -> str:
+    if info is None:
+        return ""
+    if info.device_class:
+        return "class:" + info.device_class.lower()
+    if info.vendor and info.model:
+        return f"model:{info.vendor.lower()}/{info.model.lower()}"
+    return ""
+
+
+class TelemetryRange:
+    """Robust per-(device, metric) range check with cohort fallback and damped learning."""
+
+    name = "telemetry.range"
+    kinds = ("telemetry",)
+
+    def __init__(
+        self,
+        k: float = 5.0,
+        warmup: int = 30,
+        reservoir: int = 64,
+        horizon: float = 2000.0,
+        flagged_learn_rate: float = 0.02,
+        rel_floor: float = 0.01,
+        abs_floor: float = 1e-6,
+        episode_gap: float = 900.0,
+        max_open: float = 3600.0,
+        max_keys: int = 200_000,
+        seed: int = 0,
+    ) -> None:
+        self.k = k
+        self.warmup = warmup
+        self.horizon = horizon
+        self.flagged_learn_rate = flagged_learn_rate
+        self.rel_floor = rel_floor
+        self.abs_floor = abs_floor
+        rng = np.random.default_rng(seed)
+        self.own_ = _Reservoirs(reservoir, max_keys, rng)
+        self.cohort_ = _Reservoirs(reservoir, max(1, max_keys // 16), rng)
+        self.episodes = EpisodeBook(gap=episode_gap, max_open=max_open, cap=max_keys)
+
+    # -- scoring + learning -----------------------------------------------------------
+    def observe(self, batch: EventBatch, ctx: Context) -> RowVerdict:
+        """Judge every row against the baselines as they stood before the batch, then learn."""
+        n = len(batch)
+        z = np.full(n, np.nan)
+        med_out = np.full(n, np.nan)
+        scale_out = np.full(n, np.nan)
+        used_cohort = np.zeros(n, dtype=bool)
+        if n == 0:
+            return RowVerdict(z, np.zeros(0, bool), med_out, scale_out, used_cohort)
+        value = batch.np("value")
+        good = np.isfinite(value) & pc.is_valid(batch["device_id"]).to_numpy(zero_copy_only=False)
+        dev = pc.fill_null(batch["device_id"], "")
+        metric = pc.fill_null(batch["metric"], "")
+        keys = pc.binary_join_element_wise(dev, metric, "\x1f")
+        enc = pc.dictionary_encode(keys).combine_chunks()
+        codes = np.asarray(enc.indices.to_numpy(), dtype=np.int64)
+        uniq = np.asarray(enc.dictionary.to_numpy(zero_copy_only=False), dtype=object)
+
+        own_slots = self.own_.slots(uniq)
+        o_med, o_scale, o_n = self.own_.stats(own_slots, self.rel_floor, self.abs_floor)
+        # cohort keys per distinct (device, metric)
+        ck = np.array(
+            [
+                (c + "\x1f" + u.split("\x1f", 1)[1])
+                if (c := _cohort_of(ctx.devices.get(u.split("\x1f", 1)[0])))
+                else ""
+                for u in uniq.tolist()
+            ],
+            dtype=object,
+        )
+        has_cohort = ck != ""
+        c_slots = np.full(len(uniq), -1, dtype=np.int64)
+        if has_cohort.any():
+            c_slots[has_cohort] = self.cohort_.slots(ck[has_cohort])
+        c_med = np.full(len(uniq), np.nan)
+        c_scale = np.full(len(uniq), np.nan)
+        c_n = np.zeros(len(uniq), dtype=np.int64)
+        if has_cohort.any():
+            m, s, cn = self.cohort_.stats(c_slots[has_cohort], self.rel_floor, self.abs_floor)
+            c_med[has_cohort], c_scale[has_cohort], c_n[has_cohort] = m, s, cn
+
+        own_ok = o_n >= self.warmup
+        coh_ok = ~own_ok & (c_n >= self.warmup)
+        k_med = np.where(own_ok, o_med, np.where(coh_ok, c_med, np.nan))
+        k_scale = np.where(own_ok, o_scale, np.where(coh_ok, c_scale, np.nan))
+        c_safe = np.maximum(c_slots, 0)
+        k_lo = np.where(own_ok, self.own_.lo[own_slots], np.where(coh_ok, self.cohort_.lo[c_safe], np.nan))
+        k_hi = np.where(own_ok, self.own_.hi[own_slots], np.where(coh_ok, self.cohort_.hi[c_safe], np.nan))
+
+        med_out = k_med[codes]
+        scale_out = k_scale[codes]
+        used_cohort = coh_ok[codes]
+        judged = good & np.isfinite(med_out)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            z = np.where(judged, np.abs(value - med_out) / scale_out, np.nan)
+        # far from the median AND outside every value accepted before: discrete metrics (a
+        # door that is open 5 % of the time) have a tiny MAD but a known support
+        flagged = judged & (z > self.k) & ((value < k_lo[codes]) | (value > k_hi[codes]))
+        per_key = np.bincount(codes[good], minlength=len(uniq))
+        factor = (1.0 - 1.0 / self.horizon) ** per_key
+        self.own_.shrink_envelope(own_slots, o_med, factor)
+        if has_cohort.any():
+            self.cohort_.shrink_envelope(c_slots[has_cohort], c_med[has_cohort], factor[has_cohort])
+
+        keep = np.where(flagged, self.flagged_learn_rate, 1.0)
+        self.own_.add(own_slots[codes[good]], value[good].astype(np.float32), self.horizon, keep[good])
+        row_c = c_slots[codes]
+        to_c = good & (row_c >= 0)
+        self.cohort_.add(row_c[to_c], value[to_c].astype(np.float32), self.horizon, keep[to_c])
+        return RowVerdict(z, flagged, med_out, scale_out, used_cohort)
+
+    # -- streaming contract -----------------------------------------------------------
+    def update(self, batch: EventBatch, ctx: Context) -> list[Finding]:
+        if len(batch) == 0:
+            return []
+        v = self.observe(batch, ctx)
+        idx = np.flatnonzero(v.flagged)
+        if len(idx):
+            sub = batch.table.take(pa.array(idx))
+            t = pa.table(
+                {
+                    "device_id": sub.column("device_id"),
+                    "metric": sub.column("metric"),
+                    "ts": sub.column("ts"),
+                    "value": sub.column("value"),
+                    "z": v.z[idx],
+                    "median": v.median[idx],
+                    "scale": v.scale[idx],
+                    "cohort": v.cohort[idx],
+                    "unit": pc.fill_null(sub.column("unit"), ""),
+                }
+            )
+            g = t.group_by(["device_id", "metric"], use_threads=False).aggregate(
+                [
+                    ("ts", "min"),
+                    ("ts", "max"),
+                    ("ts", "count"),
+                    ("z", "max"),
+                    ("value", "min"),
+                    ("value", "max"),
+                    ("median", "last"),
+                    ("scale", "last"),
+                    ("cohort", "any"),
+                    ("unit", "last"),
+                ]
+            )
+            for r in g.sort_by("ts_min").to_pylist():
+                ep = self.episodes.get((r["device_id"], r["metric"]), r["ts_min"])
+                ep.last = max(ep.last, r["ts_max"])
+                a = ep.attrs
+                a["count"] = a.get("count", 0) + r["ts_count"]
+                a["zmax"] = max(a.get("zmax", 0.0), r["z_max"])
+                a["vmin"] = min(a.get("vmin", np.inf), r["value_min"])
+                a["vmax"] = max(a.get("vmax", -np.inf), r["value_max"])
+                a["median"], a["scale"] = r["median_last"], r["scale_last"]
+                a["cohort"] = a.get("cohort", False) or r["cohort_any"]
+                a["unit"] = r["unit_last"]
+        return self._emit(self.episodes.close_due(float(batch.np("ts").max())), ctx)
+
+    def flush(self, ctx: Context) -> list[Finding]:
+        return self._emit(self.episodes.close_all(), ctx)
+
+    def _emit(self, closed, ctx: Context) -> list[Finding]:
+        out = []
+        for (dev, metric), ep in closed:
+            a = ep.attrs
+            if not a.get("count"):
+                continue
+            info = ctx.devices.get(dev)
+            unit = f" {a['unit']}" if a.get("unit") else ""
+            lo, hi = a["median"] - self.k * a["scale"], a["median"] + self.k * a["scale"]
+            base = "its cohort's" if a["cohort"] else "its own"
+            out.append(
+                Finding(
+                    entity=dev,
+                    category="anomaly",
+                    detector=self.name,
+                    score=1.0 - 0.5 * self.k / max(a["zmax"], self.k),
+                    first_seen=ep.first,
+                    last_seen=ep.last,
+                    evidence=[
+                        f"{a['count']} {metric} reading(s) outside {base} learned range "
+                        f"{lo:.4g}..{hi:.4g}{unit} (median {a['median']:.4g}, robust scale {a['scale']:.3g}, "
+                        f"k={self.k:g}): values {a['vmin']:.4g}..{a['vmax']:.4g}{unit}, "
+                        f"up to {a['zmax']:.1f} scales from the median",
+                    ],
+                    mitre=["T0832", "T0856"],
+                    ip=info.ip if info else None,
+                    mac=info.mac if info else None,
+                    device_id=dev,
+                    attributes={"metric": metric, "count": a["count"], "z_max": a["zmax"]},
+                )
+            )
+        return out
+
+
+ANALYTICS = [TelemetryRange]
