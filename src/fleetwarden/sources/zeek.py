@@ -770,6 +770,12 @@ def _fast_json(data: bytes, schema: pa.Schema, expected: int, unexpected: str) -
     number written as text is rejected here just as the line-by-line path rejects it.
     ``ts`` may be a number or ISO-8601 text; ``unexpected="error"`` rejects unknown keys.
     """
+    # pyarrow.json does not validate UTF-8 inside string values: a damaged byte would
+    # reach the tables as an invalid string, so such blocks take the line-by-line path.
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
     try:
         table = pjson.read_json(
             io.BytesIO(data),
