@@ -1,0 +1,353 @@
+"""Per-flow feature matrix: the flow's own fields plus its device's causal context.
+
+``FlowFeaturizer.transform(batch)`` turns a ``flow`` :class:`EventBatch` into a float32
+matrix, one row per flow (input order), one named column per feature
+(:data:`FEATURES`).  Two groups of features:
+
+* **own fields** of the flow: duration, bytes and packets each way (log scale), bytes
+  per packet, transport protocol, Zeek ``conn_state`` and ``history`` flags, service,
+  destination port class and destination address scope.  No addresses or port numbers
+  are used directly (they do not generalise across networks or malware families);
+  ports are reduced to classes that are protocol properties (well-known / registered /
+  ephemeral / plaintext management: telnet 23 and 2323).
+* **context** of the originating device at that moment, from the damped statistics of
+  :mod:`fleetwarden.detection.state`: flow rate at 10 s / 60 s / 600 s, failed-connection
+  fraction, rate of never-seen destinations and ports, inter-arrival mean and
+  regularity, protocol mix, seconds since the last flow to the same destination.
+
+Context is causal: a flow's context uses that flow and the device's earlier flows only.
+It is computed vectorised: flows are sorted by (device, ts) and damped sums come from
+block-wise cumulative sums (:func:`fleetwarden.detection.state.damped_prefix`); the
+featurizer keeps a :class:`DeviceStateTable` between batches, so a file replayed in
+batches and a live stream give the same features.
+
+Blind spots: "seconds since last flow to the same destination" only looks inside the
+current batch (pair history is not kept in the bounded state); flows are attributed to
+their originator, so inbound attacks appear in the attacker's (often unknown) context.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from fleetwarden.detection.state import SCALES, STATS, DeviceStateTable, damped_prefix, stable_hash
+from fleetwarden.events import EventBatch
+
+__all__ = ["CATEGORIES", "FEATURES", "FlowFeaturizer", "device_keys"]
+
+CONN_STATES = ("S0", "S1", "SF", "REJ", "S2", "S3", "RSTO", "RSTR", "RSTOS0", "RSTRH", "SH", "SHR", "OTH")
+FAILED_STATES = ("S0", "REJ", "RSTO", "RSTOS0", "RSTR", "SH", "OTH")
+SERVICES = ("", "dns", "http", "ssl", "dhcp", "ntp", "ssh", "irc", "ftp", "smtp", "telnet", "mqtt")
+PORT_CLASSES = ("well-known", "registered", "ephemeral", "plaintext-mgmt", "none")
+SCOPES = ("public", "private", "multicast/broadcast", "link-local", "loopback/unspecified")
+
+# categorical features: code -> label (used by the binning and by explanations)
+CATEGORIES: dict[str, tuple[str, ...]] = {
+    "conn_state": (*CONN_STATES, "other"),
+    "service": (*("none",), *SERVICES[1:], "other"),
+    "dst_port_class": PORT_CLASSES,
+    "dst_scope": SCOPES,
+    "proto": ("tcp", "udp", "icmp", "other"),
+}
+
+OWN = (
+    "duration",
+    "orig_bytes",
+    "resp_bytes",
+    "orig_pkts",
+    "resp_pkts",
+    "orig_ip_bytes",
+    "resp_ip_bytes",
+    "out_bytes_per_pkt",
+    "in_bytes_per_pkt",
+    "proto",
+    "conn_state",
+    "failed",
+    "service",
+    "dst_port_class",
+    "dst_scope",
+    "hist_len",
+    "hist_handshake",
+    "hist_orig_data",
+    "hist_resp_data",
+    "hist_reset",
+    "hist_syn_only",
+    "new_dst",
+    "new_port",
+    "same_dst_gap_s",
+)
+CONTEXT = (
+    "flows_per_s_10s",
+    "flows_per_s_60s",
+    "flows_per_s_600s",
+    "failed_frac_60s",
+    "failed_frac_600s",
+    "new_dst_60s",
+    "new_dst_600s",
+    "new_port_60s",
+    "out_bytes_mean_600s",
+    "in_bytes_mean_600s",
+    "iat_mean_60s",
+    "iat_cv_600s",
+    "tcp_frac_600s",
+    "icmp_frac_600s",
+)
+FEATURES: tuple[str, ...] = OWN + CONTEXT
+# features shown as log1p(value) in the matrix; explanations print the raw value
+LOG_FEATURES = frozenset(
+    {
+        "duration",
+        "orig_bytes",
+        "resp_bytes",
+        "orig_pkts",
+        "resp_pkts",
+        "orig_ip_bytes",
+        "resp_ip_bytes",
+        "same_dst_gap_s",
+        "out_bytes_mean_600s",
+        "in_bytes_mean_600s",
+        "iat_mean_60s",
+    }
+)
+
+_S = {name: i for i, name in enumerate(STATS)}
+_NO_GAP = 1e6  # "no earlier flow to this destination seen": a very long gap
+
+
+def device_keys(batch: EventBatch) -> np.ndarray:
+    """64-bit key of each flow's device: ``device_id`` when known, else the originator address."""
+    dev = pc.coalesce(batch["device_id"], batch["id.orig_h"])
+    return stable_hash(dev)
+
+
+def _codes(col: pa.ChunkedArray, values: tuple[str, ...], *, lower: bool = False) -> np.ndarray:
+    """Code of each string in ``values`` (null -> '' if listed); unknown -> len(values)."""
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    col = pc.fill_null(col, "")
+    if lower:
+        col = pc.utf8_lower(col)
+    idx = pc.index_in(col, value_set=pa.array(values)).fill_null(len(values))
+    return idx.to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _num(batch: EventBatch, name: str) -> np.ndarray:
+    col = batch[name]
+    if col.null_count:
+        col = pc.fill_null(col, 0)
+    return col.to_numpy().astype(np.float64)
+
+
+def _scope(col: pa.ChunkedArray) -> np.ndarray:
+    """Address scope code per flow, computed on the distinct addresses only."""
+    enc = pc.fill_null(col, "").combine_chunks().dictionary_encode()
+    d = enc.dictionary
+    code = np.zeros(len(d), dtype=np.int64)  # public
+    rules = [
+        (1, r"^(10\.|192\.168\.|172\.(1[6-9]|2[0-9]|3[01])\.|f[cd][0-9a-f]{2}:)"),
+        (2, r"^(22[4-9]\.|23[0-9]\.|255\.255\.255\.255$|ff[0-9a-f]{2}:)|\.255$"),
+        (3, r"^(169\.254\.|fe80:)"),
+        (4, r"^(127\.|0\.0\.0\.0$|::1?$|$)"),
+    ]
+    for value, pattern in rules:
+        hit = pc.match_substring_regex(d, pattern, ignore_case=True).to_numpy(zero_copy_only=False)
+        code[hit] = value
+    return code[enc.indices.to_numpy(zero_copy_only=False)]
+
+
+def _history_flags(col: pa.ChunkedArray) -> np.ndarray:
+    """(n, 6) history features computed once per distinct history string."""
+    enc = pc.fill_null(col, "").combine_chunks().dictionary_encode()
+    flags = []
+    for h in enc.dictionary.to_pylist():
+        flags.append(
+            (
+                len(h),
+                "h" in h,
+                "D" in h,
+                "d" in h,
+                "R" in h or "r" in h,
+                h in ("S", "Ss"),
+            )
+        )
+    table = np.asarray(flags, dtype=np.float64).reshape(-1, 6)
+    return table[enc.indices.to_numpy(zero_copy_only=False)]
+
+
+def _mix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        h = a * np.uint64(0x9E3779B97F4A7C15) ^ b
+        h ^= h >> np.uint64(29)
+        h *= np.uint64(0xBF58476D1CE4E5B9)
+        h ^= h >> np.uint64(32)
+    return h
+
+
+def _first_and_gap(pair: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For arrays in time order: is this the pair's first occurrence, and seconds since its previous one."""
+    perm = np.argsort(pair, kind="stable")
+    ps = pair[perm]
+    same = np.zeros(len(ps), dtype=bool)
+    same[1:] = ps[1:] == ps[:-1]
+    gap_sorted = np.full(len(ps), _NO_GAP)
+    ts = t[perm]
+    gap_sorted[1:] = np.where(same[1:], ts[1:] - ts[:-1], _NO_GAP)
+    first = np.empty(len(ps), dtype=bool)
+    first[perm] = ~same
+    gap = np.empty(len(ps))
+    gap[perm] = gap_sorted
+    return first, gap
+
+
+class FlowFeaturizer:
+    """Stateful flow -> feature transformer (the state is the per-device damped statistics).
+
+    One featurizer per independent network/stream: training on several capture files
+    uses a fresh featurizer per file, so one file's devices never colour another's.
+    """
+
+    names: tuple[str, ...] = FEATURES
+
+    def __init__(self, state: DeviceStateTable | None = None) -> None:
+        self.state = state if state is not None else DeviceStateTable()
+
+    def transform(self, batch: EventBatch) -> np.ndarray:
+        n = len(batch)
+        out = np.zeros((n, len(FEATURES)), dtype=np.float32)
+        if n == 0:
+            return out
+        col = {name: i for i, name in enumerate(FEATURES)}
+        ts = batch["ts"].fill_null(0.0).to_numpy() if batch["ts"].null_count else batch["ts"].to_numpy()
+        ts = ts.astype(np.float64)
+
+        # ---- own fields -------------------------------------------------------------
+        dur = _num(batch, "duration")
+        ob, rb = _num(batch, "orig_bytes"), _num(batch, "resp_bytes")
+        op, rp = _num(batch, "orig_pkts"), _num(batch, "resp_pkts")
+        oib, rib = _num(batch, "orig_ip_bytes"), _num(batch, "resp_ip_bytes")
+        for name, v in (
+            ("duration", dur),
+            ("orig_bytes", ob),
+            ("resp_bytes", rb),
+            ("orig_pkts", op),
+            ("resp_pkts", rp),
+            ("orig_ip_bytes", oib),
+            ("resp_ip_bytes", rib),
+        ):
+            out[:, col[name]] = np.log1p(np.maximum(v, 0.0))
+        out[:, col["out_bytes_per_pkt"]] = oib / np.maximum(op, 1.0)
+        out[:, col["in_bytes_per_pkt"]] = rib / np.maximum(rp, 1.0)
+        proto = _codes(batch["proto"], ("tcp", "udp", "icmp"), lower=True)
+        out[:, col["proto"]] = proto
+        cs = _codes(batch["conn_state"], CONN_STATES)
+        out[:, col["conn_state"]] = cs
+        failed = np.isin(cs, [CONN_STATES.index(s) for s in FAILED_STATES]).astype(np.float64)
+        out[:, col["failed"]] = failed
+        svc = _codes(batch["service"], SERVICES, lower=True)
+        out[:, col["service"]] = svc
+        port = _num(batch, "id.resp_p").astype(np.int64)
+        pclass = np.where(port < 1024, 0, np.where(port < 49152, 1, 2))
+        pclass = np.where((port == 23) | (port == 2323), 3, pclass)
+        pclass = np.where(proto == 2, 4, pclass)  # ICMP "ports" are type/code
+        out[:, col["dst_port_class"]] = pclass
+        out[:, col["dst_scope"]] = _scope(batch["id.resp_h"])
+        hist = _history_flags(batch["history"])
+        for j, name in enumerate(
+            ("hist_len", "hist_handshake", "hist_orig_data", "hist_resp_data", "hist_reset", "hist_syn_only")
+        ):
+            out[:, col[name]] = hist[:, j]
+
+        # ---- device context (sorted by device, then time) -------------------------------------
+        keys = device_keys(batch)
+        rows = self.state.ensure(keys)
+        order = np.lexsort((ts, rows))
+        r_s, t_s = rows[order], ts[order]
+        grp_start = np.r_[True, r_s[1:] != r_s[:-1]]
+        group = np.cumsum(grp_start) - 1
+        g_rows = r_s[grp_start]
+        prior = self.state.rows[g_rows]
+        known = prior["n"] > 0
+
+        dst_h = stable_hash(batch["id.resp_h"])[order]
+        port_h = _mix(port.astype(np.uint64)[order], proto.astype(np.uint64)[order] + np.uint64(7))
+        key_s = keys[order]
+        first_dst, gap = _first_and_gap(_mix(key_s, dst_h), t_s)
+        first_port, _ = _first_and_gap(_mix(key_s, port_h), t_s)
+        new_dst = first_dst & ~self.state.seen_before(r_s, dst_h, "dst")
+        new_port = first_port & ~self.state.seen_before(r_s, port_h, "port")
+
+        iat = np.empty(n)
+        iat[1:] = t_s[1:] - t_s[:-1]
+        prev_t = np.where(known, prior["last_ts"], np.nan)[group]
+        iat[grp_start] = (t_s - prev_t)[grp_start]
+        has_iat = np.isfinite(iat)
+        iat = np.where(has_iat, np.maximum(iat, 0.0), 0.0)
+
+        x = np.zeros((n, len(STATS)))
+        x[:, _S["flows"]] = 1.0
+        x[:, _S["failed"]] = failed[order]
+        x[:, _S["new_dst"]] = new_dst
+        x[:, _S["new_port"]] = new_port
+        x[:, _S["out_bytes"]] = oib[order]
+        x[:, _S["in_bytes"]] = rib[order]
+        x[:, _S["out_pkts"]] = op[order]
+        x[:, _S["in_pkts"]] = rp[order]
+        x[:, _S["iat"]] = iat
+        x[:, _S["iat2"]] = iat * iat
+        p_s = proto[order]
+        x[:, _S["tcp"]] = p_s == 0
+        x[:, _S["udp"]] = p_s == 1
+        x[:, _S["icmp"]] = p_s == 2
+
+        prior_t = np.where(known, prior["last_ts"], -np.inf)
+        incl = {}
+        new_sums = np.zeros((len(g_rows), len(SCALES), len(STATS)), dtype=np.float64)
+        for k, tau in enumerate(SCALES):
+            pre, post_last = damped_prefix(
+                group, t_s, x, tau, prior["sums"][:, k, :].astype(np.float64), prior_t
+            )
+            incl[tau] = pre + x  # context including this flow
+            new_sums[:, k, :] = post_last
+
+        def ratio(tau: float, num: str, den: str = "flows") -> np.ndarray:
+            s = incl[tau]
+            return s[:, _S[num]] / np.maximum(s[:, _S[den]], 1e-9)
+
+        ctx = {
+            "flows_per_s_10s": incl[10.0][:, _S["flows"]] / 10.0,
+            "flows_per_s_60s": incl[60.0][:, _S["flows"]] / 60.0,
+            "flows_per_s_600s": incl[600.0][:, _S["flows"]] / 600.0,
+            "failed_frac_60s": ratio(60.0, "failed"),
+            "failed_frac_600s": ratio(600.0, "failed"),
+            "new_dst_60s": incl[60.0][:, _S["new_dst"]],
+            "new_dst_600s": incl[600.0][:, _S["new_dst"]],
+            "new_port_60s": incl[60.0][:, _S["new_port"]],
+            "out_bytes_mean_600s": np.log1p(ratio(600.0, "out_bytes")),
+            "in_bytes_mean_600s": np.log1p(ratio(600.0, "in_bytes")),
+            "iat_mean_60s": np.log1p(ratio(60.0, "iat")),
+            "tcp_frac_600s": ratio(600.0, "tcp"),
+            "icmp_frac_600s": ratio(600.0, "icmp"),
+        }
+        m = ratio(600.0, "iat")
+        var = np.maximum(ratio(600.0, "iat2") - m * m, 0.0)
+        ctx["iat_cv_600s"] = np.sqrt(var) / np.maximum(m, 1e-3)
+        ctx["new_dst"] = new_dst
+        ctx["new_port"] = new_port
+        ctx["same_dst_gap_s"] = np.log1p(np.minimum(gap, _NO_GAP))
+        inv = np.empty(n, dtype=np.int64)
+        inv[order] = np.arange(n)
+        for name, v in ctx.items():
+            out[:, col[name]] = np.asarray(v, dtype=np.float64)[inv]
+
+        # ---- state update -----------------------------------------------------------------------
+        last_idx = np.r_[np.flatnonzero(grp_start)[1:] - 1, n - 1]
+        first_idx = np.flatnonzero(grp_start)
+        st = self.state.rows
+        st["sums"][g_rows] = new_sums.astype(np.float32)
+        st["last_ts"][g_rows] = np.fmax(prior["last_ts"], t_s[last_idx])
+        st["first_ts"][g_rows] = np.fmin(prior["first_ts"], t_s[first_idx])
+        st["n"][g_rows] = prior["n"] + np.diff(np.r_[first_idx, n])
+        self.state.add_to_sketches(r_s, dst_h, "dst")
+        self.state.add_to_sketches(r_s, port_h, "port")
+        return out
