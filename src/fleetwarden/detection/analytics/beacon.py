@@ -1,0 +1,287 @@
+"""Beaconing (command-and-control check-ins) of a device to one destination.
+
+Contract
+    :class:`BeaconDetector` consumes ``flow`` batches and keeps, per (source, destination,
+    protocol, port), the start times and outbound sizes of the last ``max_history``
+    connections.  When a pair reaches ``min_connections`` and again each time its count
+    doubles (and at :meth:`flush`), it scores the pair in the way RITA does:
+
+    * interval skew: Bowley's quartile skew of the gaps (a beacon's gaps are symmetric),
+      scored ``1 - |skew|``;
+    * interval dispersion: median absolute deviation of the gaps over their median,
+      scored ``1 - MAD/median`` (jitter of tens of percent still scores well);
+    * size skew and size dispersion of the bytes sent, scored the same way;
+    * connection count: how many check-ins there are for the span they cover, relative
+      to a beacon with the observed median gap (``n * median_gap / span``);
+    * duration coverage: the span of the pair over the span of the whole input seen.
+
+    The timing score is the mean of skew, dispersion and count; the size score the mean of
+    size skew and dispersion; the beacon score ``0.6 * timing + 0.25 * size + 0.15 *
+    coverage``.  A finding (``c2-beacon``, T1071) is emitted when the score reaches
+    ``threshold``.  Its confidence is the beacon score, lowered for destinations inside the
+    local network (device-to-hub polling) and for long gaps seen only a few times.
+
+Blind spots
+    Benign IoT heartbeats (cloud keep-alives, NTP, MQTT pings) are as periodic as malware
+    check-ins: periodicity alone cannot tell them apart, which is why a lone beacon finding
+    stays below "high" unless it is very regular, frequent and long.  Sub-second repeats are
+    left to the flood and brute-force analytics; beacons with random sleep distributions
+    or with domain fronting over many destinations are missed; a keep-alive inside one
+    long connection is one flow, hence invisible here.
+
+Reference
+    RITA (Active Countermeasures), beacon analysis: ``pkg/beacon`` scoring of timestamp
+    skew/MAD/connection count and data-size skew/MAD/smallness, and the duration score
+    of RITA v5.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from fleetwarden.detection.analytics.base import Context
+from fleetwarden.detection.analytics.netcommon import (
+    group_mask,
+    is_private,
+    make_finding,
+    num_col,
+    sorted_by_time,
+    str_col,
+)
+from fleetwarden.events import EventBatch
+from fleetwarden.findings import Finding
+
+__all__ = ["ANALYTICS", "BeaconDetector", "beacon_score"]
+
+
+@dataclass
+class _Pair:
+    ts: deque = field(default_factory=deque)
+    size: deque = field(default_factory=deque)
+    uids: deque = field(default_factory=lambda: deque(maxlen=50))
+    total: int = 0
+    reported_at: int = 0
+    reported_score: float = 0.0
+    mac: str | None = None
+
+
+def _bowley(x: np.ndarray) -> float:
+    q1, q2, q3 = np.percentile(x, [25, 50, 75])
+    if q3 - q1 <= 1e-9:
+        return 0.0
+    return float((q1 + q3 - 2 * q2) / (q3 - q1))
+
+
+def _mad_score(x: np.ndarray) -> float:
+    med = float(np.median(x))
+    if med <= 0:
+        return 0.0
+    mad = float(np.median(np.abs(x - med)))
+    return float(max(0.0, 1.0 - mad / med))
+
+
+def beacon_score(ts: np.ndarray, sizes: np.ndarray, observed_span: float) -> dict[str, float]:
+    """RITA-style beacon sub-scores and total for connection start times and sizes.
+
+    ``observed_span`` is how long the input has been watched (for duration coverage).
+    """
+    ts = np.sort(np.asarray(ts, dtype=float))
+    gaps = np.diff(ts)
+    gaps = gaps[gaps > 0]
+    if len(gaps) < 3:
+        return {"score": 0.0}
+    span = float(ts[-1] - ts[0])
+    median_gap = float(np.median(gaps))
+    ts_skew = 1.0 - min(1.0, abs(_bowley(gaps)))
+    ts_mad = _mad_score(gaps)
+    ts_count = float(min(1.0, len(ts) * median_gap / span)) if span > 0 else 0.0
+    sizes = np.asarray(sizes, dtype=float)
+    ds_skew = 1.0 - min(1.0, abs(_bowley(sizes))) if len(sizes) >= 3 else 0.0
+    ds_mad = _mad_score(sizes) if np.median(sizes) > 0 else (1.0 if np.all(sizes == 0) else 0.0)
+    coverage = float(min(1.0, span / observed_span)) if observed_span > 0 else 0.0
+    timing = (ts_skew + ts_mad + ts_count) / 3
+    size = (ds_skew + ds_mad) / 2
+    return {
+        "score": 0.6 * timing + 0.25 * size + 0.15 * coverage,
+        "timing": timing,
+        "size": size,
+        "coverage": coverage,
+        "ts_skew": ts_skew,
+        "ts_mad": ts_mad,
+        "ts_count": ts_count,
+        "median_gap": median_gap,
+        "gap_mad": float(np.median(np.abs(gaps - median_gap))),
+        "span": span,
+        "median_size": float(np.median(sizes)) if len(sizes) else 0.0,
+    }
+
+
+class BeaconDetector:
+    """Periodic connections of one device to one destination service (see module docstring)."""
+
+    name = "beacon"
+    kinds = ("flow",)
+
+    def __init__(
+        self,
+        min_connections: int = 20,
+        threshold: float = 0.8,
+        min_gap: float = 1.0,
+        min_span: float = 60.0,
+        max_history: int = 256,
+        max_pairs: int = 200_000,
+        idle_timeout: float = 6 * 3600.0,
+    ) -> None:
+        self.min_connections = min_connections
+        self.threshold = threshold
+        self.min_gap = min_gap
+        self.min_span = min_span
+        self.max_history = max_history
+        self.max_pairs = max_pairs
+        self.idle_timeout = idle_timeout
+        self._pairs: dict[tuple, _Pair] = {}
+        self._counts: dict[str, int] = {}
+        # Pairs are tracked in full from their third connection (two gaps say nothing yet).
+        self.track_after = 3
+        self._t0 = np.inf
+        self._now = -np.inf
+
+    def update(self, batch: EventBatch, ctx: Context) -> list[Finding]:
+        if batch.kind != "flow" or len(batch) == 0:
+            return []
+        batch = sorted_by_time(batch)
+        dst = str_col(batch, "id.resp_h")
+        # Connections the source opened: not replies the flow builder flipped onto it.
+        flipped = (num_col(batch, "orig_pkts") <= 0) & (num_col(batch, "resp_pkts") > 0)
+        keep = ~group_mask(dst) & ~flipped
+        if not keep.any():
+            return []
+        sub = batch.filter(keep)
+        # Cheap per-pair counters first: only pairs with a few connections get timestamps
+        # kept, so one-off connections (most of them) cost one dict update per batch.
+        key_col = pc.binary_join_element_wise(
+            sub["id.orig_h"], sub["id.resp_h"], sub["proto"], pc.cast(sub["id.resp_p"], pa.string()), "|"
+        )
+        counts = pc.value_counts(key_col)
+        hot = []
+        for k, n in zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True):
+            total = self._counts.get(k, 0) + n
+            self._counts[k] = total
+            if total >= self.track_after:
+                hot.append(k)
+        if len(self._counts) > 4 * self.max_pairs:
+            self._counts = {k: n for k, n in self._counts.items() if n >= self.track_after}
+        if not hot:
+            return []
+        sub = sub.filter(pc.is_in(key_col, value_set=pa.array(hot)))
+        ts = sub.np("ts")
+        src = str_col(sub, "id.orig_h")
+        dst = str_col(sub, "id.resp_h")
+        proto = str_col(sub, "proto")
+        dport = num_col(sub, "id.resp_p").astype(np.int64)
+        size = num_col(sub, "orig_bytes").astype(np.int64)
+        uid = str_col(sub, "uid")
+        mac = str_col(sub, "orig_l2_addr")
+        self._t0 = min(self._t0, float(ts[0]))
+        self._now = max(self._now, float(ts[-1]))
+        due: list[tuple] = []
+        for i in range(len(sub)):
+            key = (src[i], dst[i], proto[i], int(dport[i]))
+            p = self._pairs.get(key)
+            if p is None:
+                p = self._pairs[key] = _Pair(
+                    ts=deque(maxlen=self.max_history), size=deque(maxlen=self.max_history)
+                )
+            p.ts.append(float(ts[i]))
+            p.size.append(int(size[i]))
+            if uid[i]:
+                p.uids.append(uid[i])
+            p.mac = mac[i] or p.mac
+            p.total += 1
+            if p.total >= self.min_connections and (p.reported_at == 0 or p.total >= 2 * p.reported_at):
+                due.append(key)
+        findings = []
+        for key in dict.fromkeys(due):
+            p = self._pairs[key]
+            p.reported_at = p.total
+            f = self._score(key, p, ctx)
+            if f is not None:
+                findings.append(f)
+        if len(self._pairs) > self.max_pairs:
+            self._evict()
+        return findings
+
+    def _evict(self) -> None:
+        cutoff = self._now - self.idle_timeout
+        self._pairs = {k: p for k, p in self._pairs.items() if p.ts[-1] >= cutoff}
+        if len(self._pairs) > self.max_pairs:
+            # Still too many: keep the busiest pairs, the only ones that can beacon.
+            keep = sorted(self._pairs.items(), key=lambda kv: kv[1].total, reverse=True)[
+                : self.max_pairs // 2
+            ]
+            self._pairs = dict(keep)
+
+    def _score(self, key: tuple, p: _Pair, ctx: Context) -> Finding | None:
+        ts = np.asarray(p.ts)
+        s = beacon_score(ts, np.asarray(p.size), self._now - self._t0)
+        if s["score"] < self.threshold or s.get("span", 0) < self.min_span:
+            return None
+        if s["median_gap"] < self.min_gap:
+            return None
+        src, dst, proto, port = key
+        confidence = s["score"]
+        if is_private(dst):
+            # Polling a hub or gateway on the LAN is how IoT devices work.
+            confidence *= 0.7
+        # Periodicity is cheap to fake by coincidence over a short stretch: confidence grows
+        # with the number of check-ins (full from 10x the minimum) and with the span they
+        # cover (full from ten minutes), as RITA needs long observation for its scores.
+        n = len(ts)
+        confidence *= 0.7 + 0.3 * min(1.0, np.log10(max(n, 1) / self.min_connections))
+        confidence *= 0.6 + 0.4 * min(1.0, max(0.0, np.log10(max(s["span"], 1.0) / self.min_span)))
+        if confidence <= p.reported_score:
+            return None  # nothing new to say about this pair
+        p.reported_score = confidence
+        evidence = [
+            f"{p.total} connections to {dst} {proto}/{port} every {s['median_gap']:.1f} s "
+            f"(median absolute deviation {s['gap_mad']:.2f} s) over {s['span']:.0f} s: "
+            f"beacon score {s['score']:.2f} (threshold {self.threshold})",
+            f"timing regularity {s['timing']:.2f}, size regularity {s['size']:.2f} "
+            f"(median {s['median_size']:.0f} B sent), coverage {s['coverage']:.2f} of the observed time",
+        ]
+        return make_finding(
+            ctx,
+            src,
+            "c2-beacon",
+            self.name,
+            confidence,
+            float(ts[0]),
+            float(ts[-1]),
+            evidence,
+            ["T1071", "T1573"] if port in (443, 8443) else ["T1071"],
+            list(p.uids),
+            mac=p.mac,
+            destination=dst,
+            port=f"{proto}/{port}",
+            beacon_score=round(s["score"], 3),
+            median_gap=round(s["median_gap"], 3),
+            connections=p.total,
+        )
+
+    def flush(self, ctx: Context) -> list[Finding]:
+        findings = []
+        for key, p in self._pairs.items():
+            if p.total >= self.min_connections and p.total != p.reported_at:
+                p.reported_at = p.total
+                f = self._score(key, p, ctx)
+                if f is not None:
+                    findings.append(f)
+        return findings
+
+
+ANALYTICS = [BeaconDetector]

@@ -1,0 +1,397 @@
+"""Floods and DDoS: a victim receiving from many sources, and a device taking part in one.
+
+Contract
+    :class:`FloodDetector` consumes ``flow`` batches and counts, in tumbling windows of
+    ``window`` seconds (event time):
+
+    * inbound, per destination address (the *victim* is the entity): distinct sources,
+      flows, packets, and the share of one-way flows (the victim never answered).  A
+      ``ddos`` finding (T1498, T1499) is emitted when ``min_sources`` distinct sources send
+      at least ``min_flows`` mostly one-way flows, or when the packets alone reach
+      ``min_packets``.  When most of the traffic comes *from* one well-known service port
+      (udp/53, udp/123, udp/500, tcp/80 SYN-ACKs…) the evidence names it a reflection /
+      amplification attack;
+    * outbound, per (source, destination) (the *attacking device* is the entity): at least
+      ``min_out_flows`` mostly unanswered flows or ``min_out_packets`` packets to one
+      destination in one window: DDoS participation (T1498.001 direct network flood).
+
+    A finding is emitted in the update that crosses a threshold; while the flood goes on,
+    a window is reported again only when its rate doubles over the last report, and the
+    episode resets after a quiet window.
+
+Blind spots
+    Rates are counted on flows' start times, so one long flow that carries a flood is
+    credited to the window it started in; low-and-slow application-layer DoS (Slowloris)
+    and attacks below ``min_packets`` per window are missed; a flash crowd of real clients
+    on a public service looks like a distributed flood unless its flows are answered
+    (answered flows lower the one-way share and keep the rule quiet).
+
+Reference
+    Slips' DoS detection (flows per window to one destination), Kitsune's per-destination
+    damped statistics (Mirsky et al., NDSS 2018), and the StopDDoS capture collection's
+    taxonomy (amplification vs direct floods).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from fleetwarden.detection.analytics.base import Context
+from fleetwarden.detection.analytics.netcommon import (
+    MAX_RECORD_IDS,
+    group_mask,
+    make_finding,
+    num_col,
+    sorted_by_time,
+    str_col,
+)
+from fleetwarden.events import EventBatch
+from fleetwarden.findings import Finding
+
+__all__ = ["ANALYTICS", "FloodDetector"]
+
+# Source ports that answer small requests with large replies (amplification vectors).
+REFLECTION_PORTS = {
+    ("udp", 19): "chargen",
+    ("udp", 53): "DNS",
+    ("udp", 123): "NTP",
+    ("udp", 161): "SNMP",
+    ("udp", 389): "CLDAP",
+    ("udp", 500): "ISAKMP",
+    ("udp", 4500): "ISAKMP NAT-T",
+    ("udp", 1900): "SSDP",
+    ("udp", 3702): "WS-Discovery",
+    ("udp", 11211): "memcached",
+    ("udp", 5683): "CoAP",
+    ("tcp", 80): "TCP SYN-ACK",
+    ("tcp", 443): "TCP SYN-ACK",
+    ("tcp", 22): "TCP SYN-ACK",
+}
+
+
+@dataclass
+class _Window:
+    win: int = -1
+    sources: set = field(default_factory=set)
+    flows: int = 0
+    packets: int = 0
+    bytes: int = 0
+    oneway: int = 0
+    sports: Counter = field(default_factory=Counter)
+    first: float = np.inf
+    last: float = -np.inf
+    uids: list = field(default_factory=list)
+    mac: str | None = None
+
+    def reset(self, win: int) -> None:
+        self.win = win
+        self.sources = set()
+        self.flows = self.packets = self.bytes = self.oneway = 0
+        self.sports = Counter()
+        self.first, self.last = np.inf, -np.inf
+        self.uids = []
+
+
+@dataclass
+class _Episode:
+    window: _Window = field(default_factory=_Window)
+    reported_rate: float = 0.0
+    quiet_since: int = -1
+
+
+class FloodDetector:
+    """Inbound DDoS (victim) and outbound flood participation (attacker); see module docstring."""
+
+    name = "flood"
+    kinds = ("flow",)
+
+    def __init__(
+        self,
+        window: float = 10.0,
+        min_sources: int = 50,
+        min_flows: int = 100,
+        min_oneway: float = 0.6,
+        min_packets: int = 5_000,
+        min_out_flows: int = 200,
+        min_out_packets: int = 5_000,
+        max_sources: int = 20_000,
+        max_keys: int = 100_000,
+    ) -> None:
+        self.window = window
+        self.min_sources = min_sources
+        self.min_flows = min_flows
+        self.min_oneway = min_oneway
+        self.min_packets = min_packets
+        self.min_out_flows = min_out_flows
+        self.min_out_packets = min_out_packets
+        self.max_sources = max_sources
+        self.max_keys = max_keys
+        self._in: dict[str, _Episode] = {}
+        self._out: dict[tuple, _Episode] = {}
+
+    def update(self, batch: EventBatch, ctx: Context) -> list[Finding]:
+        if batch.kind != "flow" or len(batch) == 0:
+            return []
+        batch = sorted_by_time(batch)
+        b = batch
+        ts = b.np("ts")
+        op = num_col(b, "orig_pkts").astype(np.int64)
+        rp = num_col(b, "resp_pkts").astype(np.int64)
+        # The flow builder (like Zeek) makes the victim the originator of unsolicited
+        # replies (SYN-ACKs, DNS answers: history "^..."); the sender is who sent packets.
+        flipped = (op <= 0) & (rp > 0)
+        src, dst = str_col(b, "id.orig_h"), str_col(b, "id.resp_h")
+        sport = num_col(b, "id.orig_p").astype(np.int64)
+        dport = num_col(b, "id.resp_p").astype(np.int64)
+        oib = num_col(b, "orig_ip_bytes").astype(np.int64)
+        rib = num_col(b, "resp_ip_bytes").astype(np.int64)
+        duration = np.nan_to_num(num_col(b, "duration", fill=0.0))
+        share = np.minimum(1.0, self.window / np.maximum(duration, 1e-9))
+        sender = np.where(flipped, dst, src)
+        receiver = np.where(flipped, src, dst)
+        keep2 = ~group_mask(receiver) & (receiver != "")
+        table = pa.table(
+            {
+                "src": sender,
+                "dst": receiver,
+                "proto": str_col(b, "proto"),
+                "sport": np.where(flipped, dport, sport),
+                "win": np.floor(ts / self.window).astype(np.int64),
+                "ts": ts,
+                # A flow record stands for at least one packet even when counts are missing.
+                # A long flow is credited to the window it starts in: count only the share
+                # of its packets that fits in one window at its average rate.
+                "pkts": np.maximum(np.where(flipped, rp, op) * share, 1).astype(np.int64),
+                "bytes": (np.where(flipped, rib, oib) * share).astype(np.int64),
+                "dport": np.where(flipped, sport, dport),
+                "oneway": (flipped | (rp <= 0)).astype(np.int64),
+                "uid": str_col(b, "uid"),
+                "mac": np.where(flipped, str_col(b, "resp_l2_addr"), str_col(b, "orig_l2_addr")),
+            }
+        ).filter(pa.array(keep2))
+        findings: list[Finding] = []
+        findings += self._inbound(table, ctx)
+        findings += self._outbound(table, ctx)
+        return findings
+
+    # inbound: the victim --------------------------------------------------------------
+    def _inbound(self, table: pa.Table, ctx: Context) -> list[Finding]:
+        g = table.group_by(["dst", "win"]).aggregate(
+            [
+                ("src", "distinct"),
+                ("pkts", "sum"),
+                ("bytes", "sum"),
+                ("oneway", "sum"),
+                ("ts", "min"),
+                ("ts", "max"),
+                ("uid", "list"),
+            ]
+        )
+        sp = table.group_by(["dst", "win", "proto", "sport"]).aggregate([("pkts", "sum")])
+        sport_counts: dict[tuple, Counter] = {}
+        for d, w, p, s, n in zip(*(sp.column(c).to_pylist() for c in sp.column_names), strict=True):
+            sport_counts.setdefault((d, w), Counter())[(p, s)] += n
+        flows_per = table.group_by(["dst", "win"]).aggregate([("ts", "count")])
+        nflows = {
+            (d, w): n
+            for d, w, n in zip(
+                *(flows_per.column(c).to_pylist() for c in flows_per.column_names), strict=True
+            )
+        }
+        out = []
+        rows = zip(*(g.column(c).to_pylist() for c in g.column_names), strict=True)
+        for d, w, srcs, pk, by, ow, t0, t1, uids in sorted(rows, key=lambda r: (r[1], r[0])):
+            ep = self._in.get(d)
+            if ep is None:
+                ep = self._in[d] = _Episode()
+            win = ep.window
+            if win.win != w:
+                self._close(ep, win)
+                win.reset(w)
+            if len(win.sources) < self.max_sources:
+                win.sources.update(srcs[: self.max_sources - len(win.sources)])
+            win.flows += nflows[(d, w)]
+            win.packets += pk
+            win.bytes += by
+            win.oneway += ow
+            win.first, win.last = min(win.first, t0), max(win.last, t1)
+            win.sports.update(sport_counts.get((d, w), {}))
+            if len(win.sports) > 256:
+                win.sports = Counter(dict(win.sports.most_common(64)))
+            room = MAX_RECORD_IDS - len(win.uids)
+            if room > 0:
+                win.uids.extend(u for u in uids[:room] if u)
+            f = self._check_inbound(d, ep, ctx)
+            if f:
+                out.append(f)
+        if len(self._in) > self.max_keys:
+            self._evict(self._in)
+        return out
+
+    def _close(self, ep: _Episode, win: _Window) -> None:
+        # A window that stayed under every threshold ends the episode.
+        if win.win >= 0 and not self._inbound_hit(win) and not self._outbound_hit(win):
+            ep.reported_rate = 0.0
+
+    def _inbound_hit(self, win: _Window) -> bool:
+        distributed = (
+            len(win.sources) >= self.min_sources
+            and win.flows >= self.min_flows
+            and win.oneway >= self.min_oneway * win.flows
+        )
+        return distributed or win.packets >= self.min_packets
+
+    def _check_inbound(self, dst: str, ep: _Episode, ctx: Context) -> Finding | None:
+        win = ep.window
+        if not self._inbound_hit(win):
+            return None
+        span = max(win.last - win.first, 1e-3)
+        rate = win.packets / max(span, 1.0)
+        if ep.reported_rate and rate < 2 * ep.reported_rate:
+            return None
+        ep.reported_rate = rate
+        nsrc = len(win.sources)
+        share_oneway = win.oneway / max(win.flows, 1)
+        (top_proto, top_port), top_n = win.sports.most_common(1)[0] if win.sports else (("", 0), 0)
+        top_share = top_n / max(win.packets, 1)
+        vector = REFLECTION_PORTS.get((top_proto, top_port))
+        evidence = [
+            f"{nsrc}{'+' if nsrc >= self.max_sources else ''} distinct sources sent {win.flows} flows / "
+            f"{win.packets} packets ({win.bytes / 1e6:.2f} MB) to {dst} within {span:.1f} s "
+            f"(thresholds {self.min_sources} sources and {self.min_flows} flows, or {self.min_packets} "
+            f"packets, per {self.window:.0f} s); {share_oneway:.0%} of flows one-way"
+        ]
+        kind = "distributed flood"
+        if vector and top_share >= 0.5:
+            kind = f"{vector} reflection/amplification"
+            evidence.append(
+                f"{top_share:.0%} of packets come from source port {top_proto}/{top_port} ({vector}): "
+                "replies the victim never asked for"
+            )
+        elif nsrc < self.min_sources:
+            kind = "volumetric flood"
+        score = max(
+            _scale(nsrc, self.min_sources),
+            _scale(win.packets, self.min_packets),
+            _scale(win.flows, self.min_flows) if nsrc >= self.min_sources else 0.0,
+        )
+        return make_finding(
+            ctx,
+            dst,
+            "ddos",
+            self.name,
+            score,
+            win.first,
+            win.last,
+            evidence,
+            ["T1498", "T1498.002"] if vector and top_share >= 0.5 else ["T1498", "T1499"],
+            list(win.uids),
+            direction="inbound",
+            attack=kind,
+            sources=nsrc,
+            packets=win.packets,
+        )
+
+    # outbound: the participant --------------------------------------------------------
+    def _outbound_hit(self, win: _Window) -> bool:
+        return (win.flows >= self.min_out_flows and win.oneway >= 0.8 * win.flows) or (
+            win.packets >= self.min_out_packets
+        )
+
+    def _outbound(self, table: pa.Table, ctx: Context) -> list[Finding]:
+        g = table.group_by(["src", "dst", "win"]).aggregate(
+            [
+                ("pkts", "sum"),
+                ("bytes", "sum"),
+                ("oneway", "sum"),
+                ("ts", "count"),
+                ("ts", "min"),
+                ("ts", "max"),
+                ("uid", "list"),
+                ("mac", "max"),
+                ("dport", "count_distinct"),
+            ]
+        )
+        out = []
+        rows = zip(*(g.column(c).to_pylist() for c in g.column_names), strict=True)
+        for s, d, w, pk, by, ow, n, t0, t1, uids, mac, nports in sorted(rows, key=lambda r: (r[2], r[0])):
+            key = (s, d)
+            ep = self._out.get(key)
+            if ep is None:
+                # Most pairs never come near a flood: do not keep state for small ones.
+                if n < self.min_out_flows / 20 and pk < self.min_out_packets / 20:
+                    continue
+                ep = self._out[key] = _Episode()
+            win = ep.window
+            if win.win != w:
+                self._close(ep, win)
+                win.reset(w)
+            win.flows += n
+            win.packets += pk
+            win.bytes += by
+            win.oneway += ow
+            win.first, win.last = min(win.first, t0), max(win.last, t1)
+            win.mac = mac or win.mac
+            win.sources.add(nports)  # per-pair windows reuse ``sources`` for dst-port counts
+            room = MAX_RECORD_IDS - len(win.uids)
+            if room > 0:
+                win.uids.extend(u for u in uids[:room] if u)
+            # Unanswered flows spread over many ports are a scan (the scan analytic's job);
+            # a flood hammers a few ports, or is big enough in packets alone.
+            spread = max(win.sources, default=0) > max(10, 0.1 * win.flows)
+            if not self._outbound_hit(win) or (spread and win.packets < self.min_out_packets):
+                continue
+            span = max(win.last - win.first, 1e-3)
+            rate = win.packets / max(span, 1.0)
+            if ep.reported_rate and rate < 2 * ep.reported_rate:
+                continue
+            ep.reported_rate = rate
+            evidence = [
+                f"sent {win.flows} flows / {win.packets} packets ({win.bytes / 1e6:.2f} MB) to {d} within "
+                f"{span:.1f} s, {win.oneway / max(win.flows, 1):.0%} unanswered (thresholds "
+                f"{self.min_out_flows} unanswered flows or {self.min_out_packets} packets per "
+                f"{self.window:.0f} s): flood participation"
+            ]
+            score = max(_scale(win.flows, self.min_out_flows), _scale(win.packets, self.min_out_packets))
+            out.append(
+                make_finding(
+                    ctx,
+                    s,
+                    "ddos",
+                    self.name,
+                    score,
+                    win.first,
+                    win.last,
+                    evidence,
+                    ["T1498", "T1498.001"],
+                    list(win.uids),
+                    mac=win.mac,
+                    direction="outbound",
+                    target=d,
+                    packets=win.packets,
+                )
+            )
+        if len(self._out) > self.max_keys:
+            self._evict(self._out)
+        return out
+
+    def _evict(self, table: dict) -> None:
+        latest = max(ep.window.win for ep in table.values())
+        for k in [k for k, ep in table.items() if ep.window.win < latest - 1]:
+            del table[k]
+
+    def flush(self, ctx: Context) -> list[Finding]:
+        return []
+
+
+def _scale(value: float, threshold: float) -> float:
+    if value < threshold:
+        return 0.0
+    return float(min(1.0, 0.65 + 0.35 * np.log10(value / threshold)))
+
+
+ANALYTICS = [FloodDetector]
