@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests.conftest import need_data
 from typer.testing import CliRunner
 
 from fleetwarden.cli import app
-from tests.conftest import need_data
 
 runner = CliRunner()
 

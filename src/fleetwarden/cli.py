@@ -72,14 +72,20 @@ def _run(fn, *args, **kwargs):
         _fail(str(exc) or exc.__class__.__name__)
 
 
-@app.callback()
-def _root(
-    version: Annotated[bool, typer.Option("--version", help="print the version and exit")] = False,
-) -> None:
-    """FleetWarden: AI-powered threat detection for IoT fleets."""
-    if version:
+def _print_version(value: bool) -> None:
+    if value:
         out.print(f"fleetwarden {__version__}")
         raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", is_eager=True, callback=_print_version, help="print the version and exit"),
+    ] = False,
+) -> None:
+    """FleetWarden: AI-powered threat detection for IoT fleets."""
 
 
 @app.command()
@@ -166,7 +172,8 @@ def analyze(
     from fleetwarden.detection.engine import analyze_paths
 
     _check_inputs_or_fail(files)
-    result = _run(analyze_paths, list(files), model_dir=model, skip_bad=skip_bad)
+    ctx = _run(_inventory_context, db) if db is not None else None
+    result = _run(analyze_paths, list(files), model_dir=model, skip_bad=skip_bad, ctx=ctx)
     if db is not None:
         _run(_record_analysis, db, files, result)
     _report_skips(getattr(result, "stats", {}) or {})
@@ -179,6 +186,18 @@ def analyze(
         out.print("No incidents.")
         return
     out.print(incident_table(result.incidents))
+
+
+def _inventory_context(db: str):
+    from fleetwarden.config import database_url
+    from fleetwarden.inventory import context_from_store
+    from fleetwarden.store import open_store
+
+    store = open_store(database_url(db))
+    try:
+        return context_from_store(store)
+    finally:
+        store.close()
 
 
 def _record_analysis(db: str, files: list[Path], result) -> None:
@@ -208,22 +227,154 @@ def demo(
 
 @app.command()
 def simulate(
-    out_dir: Annotated[Path, typer.Option("--out", help="directory to write the simulated fleet's files to")],
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="write the fleet's files to this directory")
+    ] = None,
+    mqtt: Annotated[
+        str | None, typer.Option("--mqtt", help="publish the events to this broker (mqtt://host:port)")
+    ] = None,
     devices: Annotated[int, typer.Option(min=24, max=100_000, help="devices in the fleet")] = 300,
-    hours: Annotated[float, typer.Option(min=1, max=24 * 14, help="simulated hours")] = 24,
+    hours: Annotated[float, typer.Option(min=0.1, max=24 * 14, help="simulated hours")] = 24,
     seed: Annotated[int, typer.Option(help="random seed: same seed, same fleet")] = 7,
+    rate: Annotated[
+        float | None, typer.Option(help="with --mqtt: events per second (default: as fast as possible)")
+    ] = None,
+    per_message: Annotated[int, typer.Option(min=1, help="with --mqtt: events packed per MQTT message")] = 1,
 ) -> None:
-    """Write a simulated fleet to files: Zeek conn.log/dns.log, events.jsonl, inventory, scenario truth."""
+    """Simulate a fleet: write Zeek logs, events.jsonl and the scenario truth, or drive an MQTT broker."""
     from fleetwarden.simulate import simulate_fleet, write_files
 
-    def work() -> dict:
-        fleet = simulate_fleet(devices=devices, hours=hours, seed=seed)
-        return write_files(fleet, out_dir)
+    if out_dir is None and mqtt is None:
+        _fail("simulate needs --out DIR, --mqtt URL or both")
 
-    written = _run(work)
-    table = Table("file", "bytes")
-    for _name, path in sorted(written.items()):
-        table.add_row(str(path), f"{Path(path).stat().st_size:,}")
+    def work() -> tuple[dict, int]:
+        fleet = simulate_fleet(devices=devices, hours=hours, seed=seed)
+        written = write_files(fleet, out_dir) if out_dir is not None else {}
+        sent = 0
+        if mqtt is not None:
+            from fleetwarden.sources.mqtt import publish_batches
+
+            sent = publish_batches(fleet.iter_batches(seconds=60), mqtt, per_message=per_message, rate=rate)
+        return written, sent
+
+    written, sent = _run(work)
+    if written:
+        table = Table("file", "bytes")
+        for _name, path in sorted(written.items()):
+            table.add_row(str(path), f"{Path(path).stat().st_size:,}")
+        out.print(table)
+    if mqtt is not None:
+        out.print(f"published {sent:,} events to {mqtt}")
+
+
+@app.command()
+def watch(
+    mqtt: Annotated[str, typer.Option("--mqtt", help="broker to subscribe to (mqtt://host:port)")],
+    topic: Annotated[str, typer.Option(help="topic filter carrying JSON events")] = "fleetwarden/events/#",
+    duration: Annotated[
+        float | None, typer.Option(help="stop after this many seconds (default: run until Ctrl-C)")
+    ] = None,
+    model: Annotated[Path | None, typer.Option("--model", help="flow model directory (optional)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print findings as JSON lines")] = False,
+    db: DbUrl = None,
+) -> None:
+    """Detect on a live MQTT event stream: findings print as they happen, incidents at the end."""
+    from fleetwarden.report import ts_text
+    from fleetwarden.sources import ReadStats
+    from fleetwarden.sources.mqtt import MqttEventSource
+    from fleetwarden.stream import watch as run_watch
+
+    stats = ReadStats()
+    ctx = _run(_inventory_context, db) if db is not None else None
+
+    def show(f) -> None:
+        if as_json:
+            sys.stdout.write(json.dumps(f.to_dict(), default=str) + "\n")
+            sys.stdout.flush()
+        else:
+            first = f.evidence[0] if f.evidence else ""
+            out.print(
+                f"{ts_text(f.last_seen)} {f.severity:8s} {f.category:16s} {f.entity}: {first}", markup=False
+            )
+
+    def work():
+        import signal
+
+        source = MqttEventSource(mqtt, topic, stats=stats)
+        # Ctrl-C ends the stream cleanly: pending findings are flushed and incidents printed.
+        previous = signal.signal(signal.SIGINT, lambda *_: source.stop())
+        try:
+            with source:
+                return run_watch(source.batches(duration), ctx=ctx, model_dir=model, on_finding=show)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    result = _run(work)
+    _report_skips({f"mqtt {mqtt}": stats})
+    if db is not None:
+        _run(_record_analysis, db, [Path(f"mqtt:{mqtt}")], result)
+    if not as_json:
+        from fleetwarden.report import incident_table
+
+        out.print(
+            f"{result.events:,} events, {len(result.findings)} findings, {len(result.incidents)} incidents"
+        )
+        if result.incidents:
+            out.print(incident_table(result.incidents))
+
+
+inventory_app = typer.Typer(no_args_is_help=True, help="The device inventory in the store.")
+app.add_typer(inventory_app, name="inventory")
+
+
+@inventory_app.command("import")
+def inventory_import(
+    file: Annotated[Path, typer.Argument(help="JSON list of device objects or CSV with a header")],
+    db: DbUrl = None,
+) -> None:
+    """Register devices (device_id, ip, mac, vendor, model, device_class, site, …) in the store."""
+    from fleetwarden.config import database_url
+    from fleetwarden.inventory import read_inventory, store_row
+    from fleetwarden.store import open_store
+
+    def work() -> tuple[int, int]:
+        _check_inputs([file])
+        rows = read_inventory(file)
+        store = open_store(database_url(db))
+        try:
+            return len(rows), store.upsert_devices([store_row(r) for r in rows], actor="cli")
+        finally:
+            store.close()
+
+    total, changed = _run(work)
+    out.print(f"{total} devices read, {changed} added or changed")
+
+
+@inventory_app.command("list")
+def inventory_list(db: DbUrl = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List the devices in the store."""
+    from fleetwarden.config import database_url
+    from fleetwarden.store import open_store
+
+    def work() -> list[dict]:
+        store = open_store(database_url(db))
+        try:
+            return [d.to_dict() for d in store.list_devices()]
+        finally:
+            store.close()
+
+    rows = _run(work)
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=2, default=str) + "\n")
+        return
+    table = Table("device_id", "class", "vendor", "model", "ip", "site", "lifecycle")
+    for r in rows:
+        table.add_row(
+            *(
+                str(r.get(k) or "")
+                for k in ("device_id", "device_class", "vendor", "model", "ip", "site", "lifecycle")
+            )
+        )
     out.print(table)
 
 

@@ -19,8 +19,9 @@ from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fleetwarden.detection.analytics.base import Context, DeviceInfo
+from fleetwarden.detection.analytics.base import Context
 from fleetwarden.findings import Finding, Incident
+from fleetwarden.inventory import context_from_rows, store_row
 from fleetwarden.report import incident_table
 
 
@@ -62,29 +63,7 @@ class DemoReport:
 
 def context_from_fleet(fleet: Any) -> Context:
     """Inventory context for the engine, from the simulator's inventory and firmware catalogue."""
-    ctx = Context()
-    for row in fleet.inventory:
-        known = {"device_id", "ip", "mac", "device_class", "vendor", "model", "site", "country"}
-        ctx.add_device(
-            DeviceInfo(
-                device_id=row["device_id"],
-                ip=row.get("ip"),
-                mac=row.get("mac"),
-                device_class=row.get("device_class"),
-                vendor=row.get("vendor"),
-                model=row.get("model"),
-                site=row.get("site"),
-                country=row.get("country"),
-                firmware=row.get("firmware_version"),
-                extra={k: v for k, v in row.items() if k not in known},
-            )
-        )
-    catalog = getattr(fleet, "firmware_catalog", None)
-    if catalog and hasattr(ctx, "firmware_catalog"):
-        for img in catalog:
-            key = (img["vendor"], img["model"], img["version"])
-            ctx.firmware_catalog.setdefault(key, set()).add(img["image_sha256"])
-    return ctx
+    return context_from_rows(fleet.inventory, getattr(fleet, "firmware_catalog", None))
 
 
 def run_demo(
@@ -108,7 +87,7 @@ def run_demo(
     url = database_url(db)
     store = open_store(url)
     try:
-        store.upsert_devices([_device_row(r) for r in fleet.inventory])
+        store.upsert_devices([store_row(r) for r in fleet.inventory])
         engine = Engine(ctx=ctx)
         findings: list[Finding] = []
         by_kind: Counter[str] = Counter()
@@ -193,34 +172,6 @@ def score_against_scenarios(
     return outcomes, unexplained
 
 
-DEVICE_COLUMNS = (
-    "device_id",
-    "ip",
-    "mac",
-    "vendor",
-    "model",
-    "device_class",
-    "firmware_version",
-    "owner",
-    "site",
-    "zone",
-    "network_role",
-    "data_class",
-    "lifecycle",
-)
-
-
-def _device_row(row: dict) -> dict:
-    keep = DEVICE_COLUMNS
-    d = {k: row.get(k) for k in keep}
-    d["attributes"] = {k: v for k, v in row.items() if k not in keep and _jsonable(v)}
-    return d
-
-
-def _jsonable(v: Any) -> bool:
-    return isinstance(v, str | int | float | bool | type(None) | list | dict)
-
-
 def _redact(url: str) -> str:
     if "@" in url and "://" in url:
         scheme, rest = url.split("://", 1)
@@ -238,7 +189,8 @@ def render_report(report: DemoReport, console: Console) -> None:
     console.print(fleet)
 
     sc = Table(title="Tabletop scenarios: what was detected")
-    for col in ("scenario", "device", "expected", "detected", "missed", "time to detect", "result"):
+    sc.add_column("scenario", no_wrap=True)
+    for col in ("device", "expected", "detected", "missed", "time to detect", "result"):
         sc.add_column(col, overflow="fold")
     for o in report.outcomes:
         ttd = "-" if o.time_to_detect is None else f"{o.time_to_detect / 60:.1f} min"

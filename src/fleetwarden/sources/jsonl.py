@@ -230,3 +230,28 @@ def write_jsonl(batches: Iterable[EventBatch], path: str | Path) -> Path:
                 text = json.dumps(body, separators=(", ", ": "))
                 fh.write(prefix + (", " + text[1:] if len(text) > 2 else "}") + "\n")
     return path
+
+
+def decode_events(
+    data: bytes, first_line: int = 1
+) -> tuple[dict[str, tuple[EventBatch, np.ndarray]], list[tuple[int, str]]]:
+    """Decode JSON events held in memory (live transports: MQTT payloads, HTTP bodies).
+
+    ``data`` is JSON lines (a single object is one line).  Returns, per kind, the batch and
+    the line number of each of its rows, plus ``(line, problem)`` for every bad line; good
+    lines are never lost because of a bad one.
+    """
+    n_lines = count_lines(data)
+    try:
+        groups = _fast_block(data, first_line, n_lines)
+        errors: list[tuple[int, str]] = []
+    except FAST_PATH_ERRORS:
+        groups = None
+    if groups is None:
+        groups, errors = _slow_block(data, first_line)
+    out = {
+        kind: (EventBatch.from_columns(kind, cols, n), lines)
+        for kind, (cols, n, lines) in groups.items()
+        if n
+    }
+    return out, errors

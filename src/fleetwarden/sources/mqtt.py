@@ -1,0 +1,292 @@
+"""Live events over MQTT: the streaming driver's source, and a publisher for simulated fleets.
+
+Devices and gateways publish FleetWarden events as JSON (the JSON-lines format of
+:mod:`fleetwarden.sources.jsonl`: one object with ``kind`` per line; a payload may hold
+one object or many lines) to ``fleetwarden/events/<device_id>`` (any ``…/events/<device_id>``).
+When a record has no ``device_id`` the last topic level supplies it, so a device need not
+repeat its name.
+
+:class:`MqttEventSource` subscribes (paho-mqtt), gathers payloads for ``flush_interval``
+seconds and decodes them together into columnar batches: one Python call per flush, not
+per message.  A bad payload is counted in the :class:`~fleetwarden.sources.ReadStats`
+with its topic and problem and never stops the stream.  :func:`publish_fleet` drives a
+broker with a simulated fleet (``fleetwarden simulate --mqtt URL``).
+
+Blind spots: QoS 1 is at-least-once, so a reconnect can deliver a message twice; the
+engine's findings are idempotent in the store, but counters may see the duplicate.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+import numpy as np
+
+from fleetwarden.events import EventBatch
+from fleetwarden.sources import ReadStats, SourceError
+
+__all__ = ["DEFAULT_TOPIC", "MqttEventSource", "parse_mqtt_url", "publish_batches"]
+
+DEFAULT_TOPIC = "fleetwarden/events/#"
+TOPIC_PREFIX = "fleetwarden/events"
+
+
+@dataclass(frozen=True)
+class MqttTarget:
+    host: str
+    port: int
+    tls: bool
+    username: str | None = None
+    password: str | None = None
+
+
+def parse_mqtt_url(url: str) -> MqttTarget:
+    """``mqtt://[user[:pass]@]host[:port]`` (1883) or ``mqtts://…`` (8883, TLS)."""
+    parsed = urlparse(url)
+    if parsed.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not parsed.hostname:
+        raise ValueError(f"bad MQTT URL {url!r}: expected mqtt://host[:port] or mqtts://host[:port]")
+    tls = parsed.scheme in ("mqtts", "ssl")
+    return MqttTarget(
+        host=parsed.hostname,
+        port=parsed.port or (8883 if tls else 1883),
+        tls=tls,
+        username=parsed.username,
+        password=parsed.password,
+    )
+
+
+def _client(target: MqttTarget, client_id: str = ""):
+    import paho.mqtt.client as mqtt
+
+    client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+    if target.username:
+        client.username_pw_set(target.username, target.password)
+    if target.tls:
+        client.tls_set()
+    return client
+
+
+def _connect(client, target: MqttTarget, timeout: float = 5.0) -> None:
+    try:
+        client.connect(target.host, target.port, keepalive=30)
+    except OSError as exc:
+        raise SourceError(f"mqtt://{target.host}:{target.port}", None, f"cannot connect: {exc}") from None
+    client.loop_start()
+    deadline = time.monotonic() + timeout
+    while not client.is_connected():
+        if time.monotonic() > deadline:
+            client.loop_stop()
+            raise SourceError(
+                f"mqtt://{target.host}:{target.port}", None, "broker did not accept the connection"
+            )
+        time.sleep(0.01)
+
+
+class MqttEventSource:
+    """Subscribe to JSON events and yield :class:`EventBatch` objects as they arrive.
+
+    ``batches(duration)`` yields every ``flush_interval`` seconds (when something came),
+    until ``duration`` seconds passed or :meth:`stop` was called.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        topic: str = DEFAULT_TOPIC,
+        *,
+        qos: int = 1,
+        flush_interval: float = 0.1,
+        stats: ReadStats | None = None,
+        client_id: str = "",
+    ) -> None:
+        self.target = parse_mqtt_url(url)
+        self.topic = topic
+        self.qos = qos
+        self.flush_interval = flush_interval
+        self.stats = stats if stats is not None else ReadStats()
+        self.client_id = client_id
+        self.messages = 0
+        self._inbox: queue.SimpleQueue[tuple[str, bytes, float]] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._client = None
+        self.subscribed = threading.Event()
+
+    # lifecycle ----------------------------------------------------------------------------
+    def start(self) -> MqttEventSource:
+        client = _client(self.target, self.client_id)
+        client.on_message = self._on_message
+        client.on_connect = self._on_connect
+        client.on_subscribe = lambda *_a, **_k: self.subscribed.set()
+        _connect(client, self.target)
+        self._client = client
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._client is not None:
+            self._client.loop_stop()
+            self._client.disconnect()
+            self._client = None
+
+    def __enter__(self) -> MqttEventSource:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _on_connect(self, client, _userdata, _flags, reason_code, _props=None) -> None:
+        if not reason_code.is_failure:
+            client.subscribe(self.topic, qos=self.qos)
+
+    def _on_message(self, _client, _userdata, msg) -> None:
+        self._inbox.put((msg.topic, bytes(msg.payload), time.monotonic()))
+
+    # consumption --------------------------------------------------------------------------
+    def batches(self, duration: float | None = None) -> Iterator[EventBatch]:
+        """Yield batches until ``duration`` seconds pass or :meth:`stop` is called."""
+        if self._client is None:
+            self.start()
+        end = None if duration is None else time.monotonic() + duration
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if end is not None and now >= end:
+                break
+            wait = self.flush_interval if end is None else min(self.flush_interval, end - now)
+            time.sleep(max(0.0, wait))
+            yield from self.drain()
+        yield from self.drain()
+
+    def drain(self) -> list[EventBatch]:
+        """Decode everything received so far into batches (one per kind)."""
+        items: list[tuple[str, bytes, float]] = []
+        while True:
+            try:
+                items.append(self._inbox.get_nowait())
+            except queue.Empty:
+                break
+        if not items:
+            return []
+        self.messages += len(items)
+        return self._decode(items)
+
+    def _decode(self, items: list[tuple[str, bytes, float]]) -> list[EventBatch]:
+        from fleetwarden.sources.jsonl import decode_events
+
+        chunks: list[bytes] = []
+        starts: list[int] = []
+        topics: list[str] = []
+        line = 1
+        for topic, payload, _t in items:
+            payload = payload.strip()
+            if payload.startswith(b"["):
+                payload = self._array_to_lines(topic, payload)
+                if payload is None:
+                    continue
+            if not payload:
+                self.stats.skip(SourceError(f"mqtt:{topic}", None, "empty payload"))
+                continue
+            payload = _with_device(payload.replace(b"\r\n", b"\n"), _topic_device(topic))
+            starts.append(line)
+            topics.append(topic)
+            chunks.append(payload)
+            line += payload.count(b"\n") + 1
+        if not chunks:
+            return []
+        groups, errors = decode_events(b"\n".join(chunks) + b"\n")
+        starts_arr = np.asarray(starts)
+        for bad_line, problem in errors:
+            k = int(np.searchsorted(starts_arr, bad_line, side="right") - 1)
+            self.stats.skip(SourceError(f"mqtt:{topics[k]}", f"record {bad_line - starts[k] + 1}", problem))
+        out = []
+        for batch, _lines in groups.values():
+            self.stats.records += len(batch)
+            out.append(batch)
+        return out
+
+    def _array_to_lines(self, topic: str, payload: bytes) -> bytes | None:
+        try:
+            objs = json.loads(payload)
+        except (ValueError, RecursionError) as exc:
+            self.stats.skip(SourceError(f"mqtt:{topic}", None, f"not valid JSON ({exc})"))
+            return None
+        if not isinstance(objs, list):
+            self.stats.skip(SourceError(f"mqtt:{topic}", None, "expected a JSON object or array of objects"))
+            return None
+        return b"\n".join(json.dumps(o).encode() for o in objs)
+
+
+def _with_device(payload: bytes, device: str | None) -> bytes:
+    """Give records without a ``device_id`` the one their topic names (before validation)."""
+    if device is None:
+        return payload
+    field = b'{"device_id":' + json.dumps(device).encode() + b","
+    lines = payload.split(b"\n")
+    for k, raw in enumerate(lines):
+        stripped = raw.lstrip()
+        if stripped.startswith(b"{") and b'"device_id"' not in stripped:
+            lines[k] = field + stripped[1:]
+    return b"\n".join(lines)
+
+
+def _topic_device(topic: str) -> str | None:
+    """``…/events/<device_id>`` names the device; other topics name none."""
+    parts = topic.split("/")
+    if len(parts) >= 2 and parts[-2] == "events" and parts[-1]:
+        return parts[-1]
+    return None
+
+
+def publish_batches(
+    batches: Iterable[EventBatch],
+    url: str,
+    *,
+    prefix: str = TOPIC_PREFIX,
+    per_message: int = 1,
+    rate: float | None = None,
+    qos: int = 1,
+) -> int:
+    """Publish events as JSON to ``prefix/<device_id>``; returns the number of events sent.
+
+    ``per_message`` > 1 packs that many events of one device into one JSON-lines payload
+    (as a gateway batching its devices would); ``rate`` caps events per second.
+    """
+    target = parse_mqtt_url(url)
+    client = _client(target)
+    _connect(client, target)
+    sent = 0
+    t0 = time.monotonic()
+    try:
+        for batch in batches:
+            pending: dict[str, list[str]] = {}
+            for rec in batch.to_pylist():
+                body = {"kind": batch.kind, **{k: v for k, v in rec.items() if v is not None}}
+                device = rec.get("device_id") or "unknown"
+                pending.setdefault(device, []).append(json.dumps(body, separators=(",", ":")))
+                if len(pending[device]) >= per_message:
+                    _publish(client, f"{prefix}/{device}", pending.pop(device), qos)
+                sent += 1
+                if rate and sent % 100 == 0:
+                    ahead = sent / rate - (time.monotonic() - t0)
+                    if ahead > 0:
+                        time.sleep(ahead)
+            for device, lines in pending.items():
+                _publish(client, f"{prefix}/{device}", lines, qos)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    return sent
+
+
+def _publish(client, topic: str, lines: list[str], qos: int) -> None:
+    info = client.publish(topic, "\n".join(lines).encode(), qos=qos)
+    if qos:
+        info.wait_for_publish(timeout=10)
