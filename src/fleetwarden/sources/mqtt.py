@@ -22,7 +22,7 @@ import json
 import queue
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
@@ -253,16 +253,22 @@ def publish_batches(
     per_message: int = 1,
     rate: float | None = None,
     qos: int = 1,
+    on_sent: Callable[[int, float], None] | None = None,
 ) -> int:
     """Publish events as JSON to ``prefix/<device_id>``; returns the number of events sent.
 
     ``per_message`` > 1 packs that many events of one device into one JSON-lines payload
-    (as a gateway batching its devices would); ``rate`` caps events per second.
+    (as a gateway batching its devices would); ``rate`` caps events per second;
+    ``on_sent(events_so_far, monotonic_time)`` is called after each message is handed over.
+    Messages are pipelined (paho keeps them in flight); the call returns once the broker
+    acknowledged the last one.
     """
     target = parse_mqtt_url(url)
     client = _client(target)
+    client.max_queued_messages_set(0)
     _connect(client, target)
     sent = 0
+    last = None
     t0 = time.monotonic()
     try:
         for batch in batches:
@@ -270,23 +276,26 @@ def publish_batches(
             for rec in batch.to_pylist():
                 body = {"kind": batch.kind, **{k: v for k, v in rec.items() if v is not None}}
                 device = rec.get("device_id") or "unknown"
-                pending.setdefault(device, []).append(json.dumps(body, separators=(",", ":")))
-                if len(pending[device]) >= per_message:
-                    _publish(client, f"{prefix}/{device}", pending.pop(device), qos)
+                lines = pending.setdefault(device, [])
+                lines.append(json.dumps(body, separators=(",", ":")))
                 sent += 1
-                if rate and sent % 100 == 0:
+                if len(lines) >= per_message:
+                    last = client.publish(
+                        f"{prefix}/{device}", "\n".join(pending.pop(device)).encode(), qos=qos
+                    )
+                    if on_sent is not None:
+                        on_sent(sent, time.monotonic())
+                if rate and sent % 50 == 0:
                     ahead = sent / rate - (time.monotonic() - t0)
                     if ahead > 0:
                         time.sleep(ahead)
             for device, lines in pending.items():
-                _publish(client, f"{prefix}/{device}", lines, qos)
+                last = client.publish(f"{prefix}/{device}", "\n".join(lines).encode(), qos=qos)
+            if pending and on_sent is not None:
+                on_sent(sent, time.monotonic())
+        if last is not None and qos:
+            last.wait_for_publish(timeout=30)
     finally:
         client.loop_stop()
         client.disconnect()
     return sent
-
-
-def _publish(client, topic: str, lines: list[str], qos: int) -> None:
-    info = client.publish(topic, "\n".join(lines).encode(), qos=qos)
-    if qos:
-        info.wait_for_publish(timeout=10)
