@@ -108,3 +108,31 @@ def test_demo_runs_end_to_end(tmp_path):
     assert "Tabletop scenarios" in out and "Summary" in out
     assert "mirai-camera" in out and "benign-rollout" in out
     assert "events processed" in out
+
+
+def test_inventory_import_then_analyze_names_devices(tmp_path):
+    """Simulated fleet files -> inventory import -> analyze --db: incidents carry device ids."""
+    db = f"sqlite:///{tmp_path / 'fw.db'}"
+    out_dir = tmp_path / "sim"
+    res = _run("simulate", "--out", str(out_dir), "--devices", "40", "--hours", "3", "--seed", "2")
+    assert res.exit_code == 0, res.output
+    res = _run("inventory", "import", str(out_dir / "inventory.json"), "--db", db)
+    assert res.exit_code == 0, res.output
+    assert "40 devices read, 40 added" in res.output
+    res = _run("inventory", "list", "--json", "--db", db)
+    devices = json.loads(res.stdout)
+    assert len(devices) == 40 and all(d["device_id"] and d["ip"] for d in devices)
+    res = _run("analyze", "--json", "--db", db, str(out_dir / "conn.log"), str(out_dir / "dns.log"))
+    assert res.exit_code == 0, res.stderr
+    incidents = json.loads(res.stdout)
+    truth = json.loads((out_dir / "scenarios.json").read_text())
+    camera = next(s for s in truth if s["name"] == "mirai-camera")["device_ids"][0]
+    assert any(i["entity"] == camera and i["category"] == "scan" for i in incidents)
+
+
+def test_inventory_import_refuses_rows_without_device_id(tmp_path):
+    bad = tmp_path / "inv.csv"
+    bad.write_text("device_id,ip\ncam-1,10.0.0.5\n,10.0.0.6\n")
+    res = _run("inventory", "import", str(bad), "--db", f"sqlite:///{tmp_path / 'fw.db'}")
+    assert res.exit_code == 2
+    assert "device 2 has no device_id" in res.stderr
