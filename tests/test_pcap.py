@@ -439,3 +439,121 @@ def test_mutated_captures_fail_cleanly(seeds: list[bytes], tmp_path: Path, data)
                 assert len(batch) >= 0
         except SourceError as exc:  # the one exception type allowed, and it names the file
             assert "mutant.pcap" in str(exc)
+
+
+# --------------------------------------------------------------------------------------------
+# fast paths agree with dpkt: record walk, DNS names, non-IP frame count
+# --------------------------------------------------------------------------------------------
+_WALK = [
+    "ddos/amp.dns.RRSIG.fragmented.pcap",
+    "stratosphere/arp-scan.test8-malicious.pcap",
+    "protocols/zeek/dns-edns-ecs.pcap",
+    "protocols/ndpi/dns2tcp_tunnel.pcap",
+    "protocols/ndpi/alexa-app.pcapng",
+]
+
+
+@pytest.mark.parametrize("rel", _WALK)
+def test_record_walk_matches_dpkt(rel: str) -> None:
+    path = need_data(*rel.split("/"))
+    pkts, _ = _dpkt_packets(path)
+    cap = pcapsrc.read_packets(path)
+    assert len(cap) == len(pkts)
+    assert cap.caplen.tolist() == [len(b) for _, b in pkts]
+    assert np.allclose(cap.ts, [ts for ts, _ in pkts], rtol=0, atol=1e-6)
+    heads = zip(cap.off[:50].tolist(), cap.caplen[:50].tolist(), strict=True)
+    first = [cap.buf[o : o + c].tobytes() for o, c in heads]
+    assert first == [b for _, b in pkts[:50]]
+
+
+def test_corrupt_record_length_mid_file(tmp_path: Path) -> None:
+    data = bytearray(need_data("stratosphere", "ssh-bruteforce.test19.pcap").read_bytes())
+    good = pcapsrc.read_packets(need_data("stratosphere", "ssh-bruteforce.test19.pcap"))
+    k = len(good) // 3
+    at = int(good.rec_off[k])
+    data[at + 8 : at + 12] = struct.pack("<I", 10_000_000)  # record k+1 claims 10 MB
+    path = tmp_path / "badlen.pcap"
+    path.write_bytes(bytes(data))
+    with pytest.raises(
+        SourceError, match=rf"badlen\.pcap: packet {k + 1} \(byte offset {at}\): record length"
+    ):
+        list(read_events(path))
+    stats = ReadStats()
+    cap = pcapsrc.read_packets(path, skip_bad=True, stats=stats)
+    assert len(cap) == k and stats.skipped == 1  # everything before the damage, nothing after
+    assert cap.rec_off.tolist() == good.rec_off[:k].tolist()
+
+
+def _dns_payloads(rel: str) -> list[bytes]:
+    out = []
+    path = need_data(*rel.split("/"))
+    pkts, dl = _dpkt_packets(path)
+    for _, b in pkts:
+        ip = _DL[dl](b).data
+        l4 = getattr(ip, "data", None)
+        if isinstance(l4, dpkt.udp.UDP) and {l4.sport, l4.dport} & {53, 5353, 5355}:
+            out.append(bytes(l4.data))
+    return out
+
+
+def _names_dpkt(msg: bytes, offsets: list[int]) -> list:
+    res = []
+    for off in offsets:
+        try:
+            res.append(dpkt.dns.unpack_name(msg, off))
+        except (dpkt.dpkt.Error, struct.error, IndexError, ValueError, UnicodeError):
+            res.append("error")
+    return res
+
+
+def _names_fast(msg: bytes, offsets: list[int]) -> list:
+    res = []
+    for off in offsets:
+        try:
+            res.append(pcapsrc._unpack_name(msg, off))
+        except (ValueError, IndexError, UnicodeError):
+            res.append("error")
+    return res
+
+
+@pytest.fixture(scope="module")
+def dns_messages() -> list[bytes]:
+    msgs = []
+    for rel in (
+        "protocols/zeek/dns53.pcap",
+        "protocols/zeek/dns-edns-ecs.pcap",
+        "protocols/zeek/dns_mdns.pcap",
+    ):
+        msgs += _dns_payloads(rel)
+    return msgs
+
+
+def test_dns_name_decoder_matches_dpkt(dns_messages: list[bytes]) -> None:
+    assert len(dns_messages) > 10
+    compared = 0
+    for msg in dns_messages:
+        offsets = list(range(12, min(len(msg), 200)))  # every offset: names, pointers and junk
+        fast, ref = _names_fast(msg, offsets), _names_dpkt(msg, offsets)
+        assert fast == ref
+        compared += sum(r != "error" for r in ref)
+    assert compared > 100
+
+
+@settings(max_examples=80, deadline=None)
+@given(data=st.data())
+def test_dns_name_decoder_on_damaged_messages(dns_messages: list[bytes], data) -> None:
+    msg = bytearray(data.draw(st.sampled_from(dns_messages)))
+    for _ in range(data.draw(st.integers(1, 8))):
+        msg[data.draw(st.integers(0, len(msg) - 1))] = data.draw(st.integers(0, 255))
+    msg = bytes(msg[: data.draw(st.integers(12, len(msg)))])
+    offsets = list(range(12, len(msg)))
+    assert _names_fast(msg, offsets) == _names_dpkt(msg, offsets)
+
+
+def test_other_frames_counts_non_ip() -> None:
+    path = need_data("stratosphere", "arp-scan.test8-malicious.pcap")
+    pkts, _ = _dpkt_packets(path)
+    non_ip = sum(not isinstance(dpkt.ethernet.Ethernet(b).data, dpkt.ip.IP | dpkt.ip6.IP6) for _, b in pkts)
+    stats = ReadStats()
+    list(read_events(path, stats=stats))
+    assert stats.other_frames == non_ip > 500

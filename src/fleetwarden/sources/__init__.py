@@ -60,6 +60,7 @@ class ReadStats:
 
     records: int = 0
     skipped: int = 0
+    other_frames: int = 0  # captures: frames that are not IP (ARP, LLDP, EAPOL...), read but not flows
     problems: list[str] = field(default_factory=list)
     max_problems: int = 20
 

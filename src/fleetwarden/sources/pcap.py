@@ -49,7 +49,6 @@ from pathlib import Path
 import dpkt
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from fleetwarden.events import EventBatch
 from fleetwarden.sources import ReadStats, SourceError
@@ -68,6 +67,14 @@ MAX_RECORD = 262_144
 
 TIMEOUTS = {6: 300.0, 17: 60.0, 1: 60.0, 58: 60.0}  # Zeek's tcp/udp/icmp inactivity timeouts
 DNS_PORTS = (53, 5353, 5355)
+# lookup tables instead of np.isin: a capture of a few packets should not pay isin's set-up
+DNS_PORT = np.zeros(65536, dtype=bool)
+DNS_PORT[list(DNS_PORTS)] = True
+_IPV6_EXT = np.zeros(256, dtype=bool)
+_IPV6_EXT[[0, 43, 44, 60, 51, 135, 139, 140]] = True
+_FLOW_PROTO = np.zeros(256, dtype=bool)
+_FLOW_PROTO[[6, 17, 1, 58]] = True
+_BIG = np.iinfo(np.int64).max  # "never" in first-row matrices
 
 # reasons a packet is unusable (code -> text); 0 = fine
 _BAD = {
@@ -207,17 +214,26 @@ def _walk_pcap(path: Path, data: bytes, skip_bad: bool, stats: ReadStats) -> Cap
     pos = 24
     positions: list[int] = []
     append = positions.append
-    # The record walk is inherently sequential; this loop only reads each length and moves
-    # on, every other header field is gathered afterwards with numpy.
-    while pos + 16 <= n:
-        incl = u32(data, pos + 8)[0]
-        nxt = pos + 16 + incl
-        if incl > limit or nxt > n:
-            break
+    last = n - 16
+    # The record walk is inherently sequential, so this loop does the least it can: note the
+    # record and jump over it.  Lengths are checked afterwards, vectorised; records after the
+    # first bad one are dropped there (the walk past it only costs time on a broken file).
+    while pos <= last:
         append(pos)
-        pos = nxt
-    if pos < n:  # the loop stopped early: say why
-        where = f"packet {len(positions) + 1} (byte offset {pos})"
+        pos += 16 + u32(data, pos + 8)[0]
+    buf = np.frombuffer(data, dtype=np.uint8)
+    rec = np.asarray(positions, dtype=np.int64)
+    fields = np.ascontiguousarray(buf[rec[:, None] + np.arange(16)]).view("<u4" if le else ">u4")
+    fields = fields.reshape(-1, 4).astype(np.int64)
+    incl_all = fields[:, 2]
+    broken = np.flatnonzero((incl_all > limit) | (rec + 16 + incl_all > n))
+    if len(broken):  # stop at the first bad record and say why
+        k = int(broken[0])
+        rec, fields, pos = rec[:k], fields[:k], int(positions[k])
+    elif len(rec):
+        pos = int(rec[-1] + 16 + incl_all[-1])
+    if pos < n:
+        where = f"packet {len(rec) + 1} (byte offset {pos})"
         if pos + 16 > n:
             what = f"file truncated inside a record header ({n - pos} of 16 bytes)"
         else:
@@ -227,10 +243,6 @@ def _walk_pcap(path: Path, data: bytes, skip_bad: bool, stats: ReadStats) -> Cap
             else:
                 what = f"file truncated: record says {incl} bytes, only {n - pos - 16} remain"
         _fail(path, where, what, skip_bad, stats)
-    buf = np.frombuffer(data, dtype=np.uint8)
-    rec = np.asarray(positions, dtype=np.int64)
-    fields = np.ascontiguousarray(buf[rec[:, None] + np.arange(16)]).view("<u4" if le else ">u4")
-    fields = fields.reshape(-1, 4).astype(np.int64)
     ts = fields[:, 0].astype(np.float64) + fields[:, 1] / (1e9 if nano else 1e6)
     return Capture(
         path=path,
@@ -501,7 +513,7 @@ def decode(cap: Capture) -> Decoded:
             ethertype[m & (fam == 2)] = 0x0800
             ethertype[m & np.isin(fam, (10, 24, 28, 30))] = 0x86DD
             l3[m] = 4
-    m = np.isin(lt, LT_RAW) | (lt == LT_IPV4) | (lt == LT_IPV6)
+    m = (lt == LT_RAW[0]) | (lt == LT_RAW[1]) | (lt == LT_RAW[2]) | (lt == LT_IPV4) | (lt == LT_IPV6)
     if m.any():
         short = m & (caplen < 1)
         bad[short] = 1
@@ -587,11 +599,11 @@ def decode(cap: Capture) -> Decoded:
             l4[i] = l3[i] + 40
             l4_len[i] = pl
             frag[i] = False
-            ext = np.isin(proto[i], (0, 43, 44, 60, 51, 135, 139, 140))
+            ext = _IPV6_EXT[proto[i]]
             for j in i[ext]:  # rare: walk IPv6 extension headers in Python
                 _ipv6_ext(cap, int(j), l3, proto, l4, l4_len, bad, frag, frag_off, frag_more, frag_id)
             rows6 = i
-        outer = np.r_[rows4, rows6]
+        outer = np.concatenate([rows4, rows6])
         outer = outer[(bad[outer] == 0) & ~frag[outer]]
         inner = outer[(proto[outer] == 4) | (proto[outer] == 41)]
         l3[inner] = l4[inner]
@@ -615,7 +627,7 @@ def decode(cap: Capture) -> Decoded:
             gtp, hl, ver = gtp[keep], hl[keep], ver[keep]
             l3[gtp] = l4[gtp] + hl
             proto[gtp] = np.where(ver == 4, 4, 41)
-            inner = np.r_[inner, gtp]
+            inner = np.concatenate([inner, gtp])
         if not len(inner):
             break
         rows4 = inner[proto[inner] == 4]
@@ -680,7 +692,7 @@ def decode(cap: Capture) -> Decoded:
         dport[c] = np.where(counter >= 0, counter, code)
         plen[c] = np.maximum(l4_len[c] - 8, 0)
         pay[c] = l4[c] + 8
-    flowable = ipok & (bad == 0) & np.isin(proto, (6, 17, 1, 58))
+    flowable = ipok & (bad == 0) & _FLOW_PROTO[proto & 0xFF] & (proto >= 0)
     return Decoded(
         cap, bad, net, l3, src_mac, dst_mac, has_mac, src_hi, src_lo, dst_hi, dst_lo, proto, ip_len,
         l4, l4_len, sport, dport, flags, seq, plen, pay, flowable,
@@ -781,7 +793,10 @@ def _hash(*cols: np.ndarray) -> np.ndarray:
 def _first_of_runs(keys: np.ndarray) -> np.ndarray:
     if len(keys) == 0:
         return np.zeros(0, dtype=bool)
-    return np.r_[True, keys[1:] != keys[:-1]]
+    out = np.empty(len(keys), dtype=bool)
+    out[0] = True
+    np.not_equal(keys[1:], keys[:-1], out=out[1:])
+    return out
 
 
 @dataclass
@@ -811,19 +826,19 @@ def assemble(d: Decoded) -> Flows:
     key = _hash(proto.astype(np.uint64), ahi, alo, ap, bhi, blo, bp)
     order = np.argsort(key, kind="stable")  # stable: file order inside a connection
     cols = (proto, ahi, alo, ap, bhi, blo, bp)
-    same_hash = ~_first_of_runs(key[order])
-    newgrp = ~same_hash
-    differs = np.zeros(len(order), dtype=bool)
-    for c in cols:
-        cs = c[order]
-        differs[1:] |= cs[1:] != cs[:-1]
-    if (same_hash & differs).any():  # a 64-bit hash collision: fall back to a full sort
+    newgrp = _first_of_runs(key[order])
+    # A 64-bit hash collision would merge two 5-tuples: compare the tuples of rows that share
+    # their predecessor's hash (only those; a full compare would gather every column twice).
+    rep = np.flatnonzero(~newgrp)
+    cur, prev = order[rep], order[rep - 1]
+    if any((c[cur] != c[prev]).any() for c in cols):  # fall back to a full sort
         order = np.lexsort((np.arange(len(idx)), bp, blo, bhi, ap, alo, ahi, proto))
         newgrp = np.zeros(len(order), dtype=bool)
         newgrp[0] = True
         for c in cols:
             cs = c[order]
             newgrp[1:] |= cs[1:] != cs[:-1]
+    del cur, prev, rep
     pk = idx[order]  # packet index per sorted row
     ts = d.cap.ts[pk]
     pr = proto[order]
@@ -839,13 +854,23 @@ def assemble(d: Decoded) -> Flows:
     fid = np.cumsum(start) - 1
     starts = np.flatnonzero(start)
     nf = len(starts)
-    pkt_flow[pk] = fid
+
+    # Flows are emitted by start time (file order for ties... of the key order): number them in
+    # that order now, so per-flow columns are built in their final order instead of permuted later.
+    t_first = ts[starts]
+    perm = np.argsort(t_first, kind="stable")
+    rank = np.empty(nf, dtype=np.int64)
+    rank[perm] = np.arange(nf)
+    fidr = rank[fid]  # final flow number of every sorted row
+    pkt_flow[pk] = fidr
+    sfirst = starts[perm]  # sorted row of each flow's first packet, final order
+    t_first = t_first[perm]
 
     # --- roles --------------------------------------------------------------------------------
-    f_pk = pk[starts]
-    f_pr = pr[starts]
-    f_isa = isa[starts]
-    f_fl = fl[starts]
+    f_pk = pk[sfirst]
+    f_pr = pr[sfirst]
+    f_isa = isa[sfirst]
+    f_fl = fl[sfirst]
     f_sp = d.sport[f_pk]
     f_dp = d.dport[f_pk]
     syn, ack = (f_fl & _SYN) != 0, (f_fl & _ACK) != 0
@@ -854,45 +879,46 @@ def assemble(d: Decoded) -> Flows:
     icmp_reply = np.where(f_pr == 1, ICMP4_IS_REPLY[f_sp & 255], ICMP6_IS_REPLY[f_sp & 255])
     flip = np.where(f_pr == 6, flip_tcp, np.where(f_pr == 17, port_flip, icmp_reply))
     orig_is_a = f_isa ^ flip
-    is_orig = isa == orig_is_a[fid]
+    is_orig = isa == orig_is_a[fidr]
 
-    # --- counts -------------------------------------------------------------------------------
-    one = np.ones(len(pk), dtype=np.int64)
-    pkts = np.diff(np.r_[starts, len(pk)])
-    orig_pkts = np.add.reduceat(is_orig.astype(np.int64), starts)
+    # --- counts (reduceat runs over the sorted rows, in key order: permute its results) ------
+    def per_flow(ufunc: np.ufunc, values: np.ndarray) -> np.ndarray:
+        return ufunc.reduceat(values, starts)[perm]
+
+    pkts = np.diff(starts, append=len(pk))[perm]
+    orig_pkts = per_flow(np.add, is_orig.astype(np.int64))
     ipb = d.ip_len[pk]
-    all_ipb = np.add.reduceat(ipb, starts)
-    orig_ipb = np.add.reduceat(np.where(is_orig, ipb, 0), starts)
+    all_ipb = per_flow(np.add, ipb)
+    orig_ipb = per_flow(np.add, np.where(is_orig, ipb, 0))
     pl = d.plen[pk]
-    orig_bytes = np.add.reduceat(np.where(is_orig, pl, 0), starts)
-    resp_bytes = np.add.reduceat(np.where(is_orig, 0, pl), starts)
-    _tcp_seq_bytes(d, pk, fid, is_orig, tcp & (pl > 0), orig_bytes, resp_bytes)
-    t_first = ts[starts]
-    t_last = np.maximum.reduceat(ts, starts)
-    del one
+    orig_bytes = per_flow(np.add, np.where(is_orig, pl, 0))
+    resp_bytes = per_flow(np.add, np.where(is_orig, 0, pl))
+    _tcp_seq_bytes(d, pk, fidr, is_orig, tcp & (pl > 0), orig_bytes, resp_bytes)
+    t_last = per_flow(np.maximum, ts)
 
     # --- history and state --------------------------------------------------------------------
     letters = _letters(fl, pl, tcp, pr == 17)
-    first = np.full((nf, 13), np.iinfo(np.int64).max, dtype=np.int64)
+    first = np.full((nf, 13), _BIG, dtype=np.int64)
     for li in range(6):
         for di, dmask in enumerate((is_orig, ~is_orig)):
             rows = np.flatnonzero(letters[li] & dmask)
             if len(rows):
-                fr = fid[rows]
-                keep = _first_of_runs(fr)
+                fr = fidr[rows]
+                keep = _first_of_runs(fr)  # rows of one flow are contiguous
                 first[fr[keep], 1 + di * 6 + li] = rows[keep]
     flipped_hist = flip & (f_pr != 1) & (f_pr != 58)
     first[flipped_hist, 0] = -1
-    seen = first < np.iinfo(np.int64).max
+    seen = first < _BIG
     conn_state = _conn_state(seen, f_pr, orig_pkts, pkts - orig_pkts, orig_bytes, resp_bytes)
 
     # --- addresses ----------------------------------------------------------------------------
-    o_hi = np.where(orig_is_a, ahi[order][starts], bhi[order][starts])
-    o_lo = np.where(orig_is_a, alo[order][starts], blo[order][starts])
-    o_p = np.where(orig_is_a, ap[order][starts], bp[order][starts]).astype(np.int32)
-    r_hi = np.where(orig_is_a, bhi[order][starts], ahi[order][starts])
-    r_lo = np.where(orig_is_a, blo[order][starts], alo[order][starts])
-    r_p = np.where(orig_is_a, bp[order][starts], ap[order][starts]).astype(np.int32)
+    fo = order[sfirst]  # index into the per-packet key columns of each flow's first packet
+    o_hi = np.where(orig_is_a, ahi[fo], bhi[fo])
+    o_lo = np.where(orig_is_a, alo[fo], blo[fo])
+    o_p = np.where(orig_is_a, ap[fo], bp[fo]).astype(np.int32)
+    r_hi = np.where(orig_is_a, bhi[fo], ahi[fo])
+    r_lo = np.where(orig_is_a, blo[fo], alo[fo])
+    r_p = np.where(orig_is_a, bp[fo], ap[fo]).astype(np.int32)
     # MACs of the first packet, swapped when the roles were flipped
     smac, dmac, hm = d.src_mac[f_pk], d.dst_mac[f_pk], d.has_mac[f_pk]
     o_mac = np.where(flip, dmac, smac)
@@ -900,26 +926,10 @@ def assemble(d: Decoded) -> Flows:
     o_mac_ok = hm & (o_mac != 0)
     r_mac_ok = hm & (r_mac != 0)
 
-    # Order flows by start time (file order for ties) while still numpy: cheaper than
-    # permuting the finished Arrow table with its string columns.
-    perm = np.argsort(t_first, kind="stable")
-    rank = np.empty(nf, dtype=np.int64)
-    rank[perm] = np.arange(nf)
-    pkt_flow[pk] = rank[fid]
-    (
-        f_pr, o_p, r_p, o_hi, o_lo, r_hi, r_lo, t_first, t_last, orig_bytes, resp_bytes, conn_state,
-        orig_pkts, pkts, orig_ipb, all_ipb, o_mac, o_mac_ok, r_mac, r_mac_ok, first,
-    ) = (
-        x[perm]
-        for x in (
-            f_pr, o_p, r_p, o_hi, o_lo, r_hi, r_lo, t_first, t_last, orig_bytes, resp_bytes, conn_state,
-            orig_pkts, pkts, orig_ipb, all_ipb, o_mac, o_mac_ok, r_mac, r_mac_ok, first,
-        )
-    )  # fmt: skip
     history = _history_strings(first)
     service = _service(d, f_pr, o_p, r_p, first, pk)
     uid = _uids(f_pr, o_hi, o_lo, o_p, r_hi, r_lo, r_p, t_first)
-    proto_name = np.where(f_pr == 6, "tcp", np.where(f_pr == 17, "udp", "icmp"))
+    proto_code = np.where(f_pr == 6, 0, np.where(f_pr == 17, 1, 2))
     columns = {
         "ts": t_first,
         "uid": uid,
@@ -927,12 +937,12 @@ def assemble(d: Decoded) -> Flows:
         "id.orig_p": o_p,
         "id.resp_h": _ip_strings(r_hi, r_lo),
         "id.resp_p": r_p,
-        "proto": pa.array(proto_name, type=pa.string()),
+        "proto": _PROTO_NAMES.take(pa.array(proto_code)),
         "service": service,
         "duration": t_last - t_first,
         "orig_bytes": orig_bytes,
         "resp_bytes": resp_bytes,
-        "conn_state": pa.array(conn_state, type=pa.string()),
+        "conn_state": _CONN_STATES.take(pa.array(conn_state)),
         "local_orig": _is_local(o_hi, o_lo),
         "local_resp": _is_local(r_hi, r_lo),
         "missed_bytes": np.zeros(nf, dtype=np.int64),
@@ -945,6 +955,14 @@ def assemble(d: Decoded) -> Flows:
         "resp_l2_addr": _mac_strings(r_mac, r_mac_ok),
     }
     return Flows(columns, pkt_flow, uid)
+
+
+_PROTO_NAMES = pa.array(["tcp", "udp", "icmp"], type=pa.string())
+_CONN_STATES = pa.array(
+    ["REJ", "RSTRH", "RSTR", "RSTOS0", "RSTO", "SF", "SH", "S2", "SHR", "S3", "S0", "S1", "OTH"],
+    type=pa.string(),
+)
+_CS = {name: i for i, name in enumerate(_CONN_STATES.to_pylist())}
 
 
 def _split_reused(start: np.ndarray, tcp: np.ndarray, fl: np.ndarray, isa: np.ndarray) -> None:
@@ -995,7 +1013,7 @@ def _tcp_seq_bytes(d: Decoded, pk, fid, is_orig, data_rows, orig_bytes, resp_byt
     seq = d.seq[pk[rows]]
     pl = d.plen[pk[rows]]
     gs = np.flatnonzero(_first_of_runs(grp))
-    base = np.repeat(seq[gs], np.diff(np.r_[gs, len(grp)]))
+    base = np.repeat(seq[gs], np.diff(gs, append=len(grp)))
     rel = (seq - base) & 0xFFFFFFFF
     rel = np.where(rel >= 1 << 31, rel - (1 << 32), rel)  # packets a little before the first
     lo = np.minimum.reduceat(rel, gs)
@@ -1024,18 +1042,37 @@ _HIST_CODES = np.frombuffer(b"^SHADFRshadfr", dtype=np.uint8)
 
 
 def _history_strings(first: np.ndarray) -> pa.Array:
-    # sort (position, column) pairs packed in one int64 per cell: positions < 2**58
-    packed = np.where(first == np.iinfo(np.int64).max, np.iinfo(np.int64).max, (first + 1) * 16)
-    packed |= np.where(packed == np.iinfo(np.int64).max, 0, np.arange(first.shape[1]))
-    packed.sort(axis=1)
-    present = packed != np.iinfo(np.int64).max
-    chars = np.where(present, _HIST_CODES[np.where(present, packed & 15, 0)], 0).astype(np.uint8)
-    strings = np.ascontiguousarray(chars).view("S13").reshape(-1)
-    return pa.array(strings, type=pa.binary(), mask=~present[:, 0]).cast(pa.string())
+    """History text per flow: the letters present, ordered by the packet row that first showed them.
+
+    Rows of one flow are contiguous and ascending, so ordering the (flow, row, column) cells of the
+    present letters gives every flow's string at once; cells come out of ``nonzero`` flow-major,
+    so the stable sort below only reorders inside flows (nearly sorted input: cheap for timsort).
+    """
+    nf = len(first)
+    big = _BIG
+    f, col = np.nonzero(first != big)
+    pos = first[f, col]  # packet row; '^' is -1 and sorts first
+    span = int(pos.max()) + 2 if len(pos) else 1
+    if nf * span * 16 < 1 << 62:  # one int64 key: flow, then row, then column
+        order = np.argsort(f * (span * 16) + (pos + 1) * 16 + col, kind="stable")
+    else:
+        order = np.lexsort((col, pos, f))
+    counts = np.bincount(f, minlength=nf)
+    chars = _HIST_CODES[col[order]]
+    offsets = np.zeros(nf + 1, dtype=np.int32)
+    np.cumsum(counts, out=offsets[1:])
+    bufs = [None, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(chars))]
+    empty = counts == 0
+    if empty.any():
+        bufs[0] = pa.py_buffer(np.packbits(~empty, bitorder="little"))
+    return pa.Array.from_buffers(pa.string(), nf, bufs, null_count=int(empty.sum()))
 
 
 def _conn_state(seen, f_pr, orig_pkts, resp_pkts, orig_bytes, resp_bytes) -> np.ndarray:
-    """Zeek's conn_state from per-direction endpoint states (base/protocols/conn/main.zeek)."""
+    """Zeek's conn_state (index into ``_CONN_STATES``) from per-direction endpoint states.
+
+    Reference: base/protocols/conn/main.zeek.
+    """
     # endpoint state codes
     INACTIVE, PARTIAL, SYN_SENT, SYN_ACK_SENT, ESTABLISHED, CLOSED, RESET = range(7)  # noqa: N806
     # columns: 0 '^', then orig S H A D F R at 1..6, resp s h a d f r at 7..12
@@ -1070,13 +1107,18 @@ def _conn_state(seen, f_pr, orig_pkts, resp_pkts, orig_bytes, resp_bytes) -> np.
             (os_ == SYN_SENT) & (rs == INACTIVE),
             (os_ == ESTABLISHED) & (rs == ESTABLISHED),
         ],
-        ["REJ", "RSTRH", "RSTR", "RSTOS0", "RSTO", "SF", "SH", "S2", "SHR", "S3", "S0", "S1"],
-        "OTH",
+        [
+            _CS[s]
+            for s in ("REJ", "RSTRH", "RSTR", "RSTOS0", "RSTO", "SF", "SH", "S2", "SHR", "S3", "S0", "S1")
+        ],
+        _CS["OTH"],
     )
     udp_state = np.select(
-        [(orig_pkts > 0) & (resp_pkts > 0), orig_pkts > 0, resp_pkts > 0], ["SF", "S0", "SHR"], "OTH"
+        [(orig_pkts > 0) & (resp_pkts > 0), orig_pkts > 0, resp_pkts > 0],
+        [_CS["SF"], _CS["S0"], _CS["SHR"]],
+        _CS["OTH"],
     )
-    return np.where(f_pr == 6, tcp_state, np.where(f_pr == 17, udp_state, "OTH"))
+    return np.where(f_pr == 6, tcp_state, np.where(f_pr == 17, udp_state, _CS["OTH"]))
 
 
 # --- service detection --------------------------------------------------------------------
@@ -1105,15 +1147,23 @@ def _payload_prefix(d: Decoded, rows_pk: np.ndarray) -> tuple[np.ndarray, np.nda
     return pre, avail
 
 
-def _starts_with(pre: np.ndarray, avail: np.ndarray, token: bytes) -> np.ndarray:
-    t = np.frombuffer(token, dtype=np.uint8)
-    return (avail >= len(t)) & (pre[:, : len(t)] == t).all(axis=1)
+def _word(pre: np.ndarray, at: int = 0) -> np.ndarray:
+    """Bytes ``at..at+7`` of each prefix as one big-endian uint64 (prefix tests become one compare)."""
+    return np.ascontiguousarray(pre[:, at : at + 8]).view(">u8").reshape(-1).astype(np.uint64)
+
+
+def _starts_with(word: np.ndarray, avail: np.ndarray, token: bytes) -> np.ndarray:
+    """Payloads that begin with ``token`` (at most 8 bytes); ``word`` from :func:`_word`."""
+    shift = 64 - 8 * len(token)
+    value = np.uint64(int.from_bytes(token, "big") << shift)
+    mask = np.uint64(((1 << (8 * len(token))) - 1) << shift)
+    return (avail >= len(token)) & ((word & mask) == value)
 
 
 def _service(d: Decoded, f_pr, o_p, r_p, first, pk) -> pa.Array:
     """Service per flow: payload signatures first, then the responder's port when data flowed."""
     nf = len(f_pr)
-    big = np.iinfo(np.int64).max
+    big = _BIG
     names = [None, *sorted(set(_TCP_PORT_SERVICE.values()) | set(_UDP_PORT_SERVICE.values()) | _SIGNATURES)]
     code_of = {name: i for i, name in enumerate(names)}
     out = np.zeros(nf, dtype=np.int32)  # index into names; 0 = no service
@@ -1140,18 +1190,18 @@ def _service(d: Decoded, f_pr, o_p, r_p, first, pk) -> pa.Array:
         m = pmask & either
         out[m] = pick[m]
 
+    w_o, w_r = _word(pre_o), _word(pre_r)
     http_req = np.zeros(nf, dtype=bool)
     for verb in (b"GET ", b"POST ", b"HEAD ", b"PUT ", b"DELETE ", b"OPTIONS ", b"CONNECT ", b"PATCH "):
-        http_req |= _starts_with(pre_o, av_o, verb)
-    http = tcp & (http_req | _starts_with(pre_r, av_r, b"HTTP/1."))
+        http_req |= _starts_with(w_o, av_o, verb)
+    http = tcp & (http_req | _starts_with(w_r, av_r, b"HTTP/1."))
     tls_o = (av_o >= 3) & (pre_o[:, 0] == 0x16) & (pre_o[:, 1] == 3) & (pre_o[:, 2] <= 4)
     tls_r = (av_r >= 3) & (pre_r[:, 0] == 0x16) & (pre_r[:, 1] == 3) & (pre_r[:, 2] <= 4)
     ssl = tcp & (tls_o | tls_r)
     dtls = udp & (av_o >= 3) & (pre_o[:, 0] == 0x16) & (pre_o[:, 1] == 0xFE)
-    ssh = tcp & (_starts_with(pre_o, av_o, b"SSH-") | _starts_with(pre_r, av_r, b"SSH-"))
-    mqtt_name = np.zeros(nf, dtype=bool)
-    for at in range(8, 10):
-        mqtt_name |= (pre_o[:, at : at + 4] == np.frombuffer(b"MQTT", np.uint8)).all(axis=1)
+    ssh = tcp & (_starts_with(w_o, av_o, b"SSH-") | _starts_with(w_r, av_r, b"SSH-"))
+    w8 = _word(pre_o, 8)  # CONNECT's protocol name follows a 1- or 2-byte remaining length
+    mqtt_name = _starts_with(w8, av_o - 8, b"MQTT") | _starts_with(w8 << np.uint64(8), av_o - 9, b"MQTT")
     mqtt = tcp & (av_o >= 12) & (pre_o[:, 0] == 0x10) & mqtt_name
     modbus = tcp & ((r_p == 502) | (o_p == 502)) & (av_o >= 8) & (pre_o[:, 2] == 0) & (pre_o[:, 3] == 0)
     dnp3 = (av_o >= 2) & (pre_o[:, 0] == 0x05) & (pre_o[:, 1] == 0x64) | (av_r >= 2) & (
@@ -1162,8 +1212,8 @@ def _service(d: Decoded, f_pr, o_p, r_p, first, pk) -> pa.Array:
     coap = udp & ((r_p == 5683) | (o_p == 5683)) & (av_o >= 4) & ((pre_o[:, 0] >> 6) == 1)
     ntp_v = (pre_o[:, 0] >> 3) & 7
     ntp = udp & ((r_p == 123) | (o_p == 123)) & (av_o >= 48) & (ntp_v >= 1) & (ntp_v <= 4)
-    dhcp = udp & np.isin(r_p, (67, 68)) & (av_o >= 1) & np.isin(pre_o[:, 0], (1, 2))
-    dns_ports = np.isin(r_p, DNS_PORTS) | np.isin(o_p, DNS_PORTS)
+    dhcp = udp & ((r_p == 67) | (r_p == 68)) & (av_o >= 1) & ((pre_o[:, 0] == 1) | (pre_o[:, 0] == 2))
+    dns_ports = DNS_PORT[r_p] | DNS_PORT[o_p]
     dns = dns_ports & (av_o >= 12) & ((pre_o[:, 2] & 0x78) == 0)  # opcode QUERY in the flags
     dns_tcp = tcp & dns_ports & (av_o >= 14)
     for mask, name in (
@@ -1176,7 +1226,39 @@ def _service(d: Decoded, f_pr, o_p, r_p, first, pk) -> pa.Array:
 
 
 # --- identifiers and strings --------------------------------------------------------------
+# Strings are built as Arrow buffers straight from numpy byte matrices (offsets + data), never
+# one Python object per flow: formatting 800k addresses this way takes milliseconds.
 _B62 = np.frombuffer(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz", dtype=np.uint8)
+_B62_5 = 62**5  # five base-62 digits fit an int32: most digits come from cheap int32 arithmetic
+
+
+def _strings(chars: np.ndarray, lens: np.ndarray, valid: np.ndarray | None = None) -> pa.Array:
+    """Arrow strings from the first ``lens[i]`` bytes of each row of a uint8 matrix."""
+    n = len(lens)
+    offsets = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(lens, out=offsets[1:])
+    data = chars[np.arange(chars.shape[1]) < lens[:, None]]  # row-major: rows concatenated
+    bufs = [None, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(data))]
+    nulls = 0
+    if valid is not None and not valid.all():
+        bufs[0] = pa.py_buffer(np.packbits(valid, bitorder="little"))
+        nulls = int(n - valid.sum())
+    return pa.Array.from_buffers(pa.string(), n, bufs, null_count=nulls)
+
+
+def _base62(h: np.ndarray, ndigits: int, out: np.ndarray) -> None:
+    """Least significant first base-62 digits of uint64 ``h`` into the columns of ``out``."""
+    # numpy divides by a scalar fast (libdivide) but its modulo is slow: x % m as x - (x // m) * m
+    k = 0
+    while k < ndigits:
+        q = h // np.uint64(_B62_5)
+        chunk = (h - q * np.uint64(_B62_5)).astype(np.int32)
+        h = q
+        for _ in range(min(5, ndigits - k)):
+            q32 = chunk // 62
+            out[:, k] = _B62[chunk - q32 * 62]
+            chunk = q32
+            k += 1
 
 
 def _uids(pr, o_hi, o_lo, o_p, r_hi, r_lo, r_p, ts) -> pa.Array:
@@ -1187,41 +1269,78 @@ def _uids(pr, o_hi, o_lo, o_p, r_hi, r_lo, r_p, ts) -> pa.Array:
     )
     with np.errstate(over="ignore"):
         h2 = _mix(h1 ^ np.uint64(0x9E3779B97F4A7C15))
-    chars = np.zeros((len(ts), 18), dtype=np.uint8)
+    n = len(ts)
+    chars = np.empty((n, 18), dtype=np.uint8)
     chars[:, 0] = ord("C")
-    base = np.uint64(62)
-    for col, (h, count) in enumerate(((h1, 11), (h2, 6))):
-        h = h.copy()
-        for k in range(count):
-            chars[:, 1 + col * 11 + k] = _B62[(h % base).astype(np.int64)]
-            h //= base
-    return pa.array(chars.view("S18").reshape(-1), type=pa.binary()).cast(pa.string())
+    _base62(h1, 11, chars[:, 1:12])
+    _base62(h2, 6, chars[:, 12:18])
+    offsets = np.arange(0, 18 * n + 1, 18, dtype=np.int32)
+    return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(chars)])
+
+
+# dotted-quad text of each octet value followed by '.', and its length with the dot
+_OCTET_TXT = np.zeros((256, 4), dtype=np.uint8)
+_OCTET_LEN = np.zeros(256, dtype=np.int64)
+for _o in range(256):
+    _t = f"{_o}.".encode()
+    _OCTET_TXT[_o, : len(_t)] = np.frombuffer(_t, dtype=np.uint8)
+    _OCTET_LEN[_o] = len(_t)
+
+
+def _v4_chars(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Dotted-quad text of uint32 addresses as a (n, 16) byte matrix (left packed) and lengths."""
+    n = len(a)
+    chars = np.zeros(n * 16 + 4, dtype=np.uint8)
+    row = np.arange(0, n * 16, 16, dtype=np.int64)
+    pos = row.copy()
+    for s in (24, 16, 8, 0):  # each octet's 4-byte piece lands where the previous one ended
+        o = ((a >> s) & 0xFF).astype(np.intp)
+        txt = _OCTET_TXT[o]
+        for j in range(4):
+            chars[pos + j] = txt[:, j]
+        pos += _OCTET_LEN[o]
+    return chars[: n * 16].reshape(n, 16), pos - row - 1  # the last octet's dot is not counted
+
+
+def _ip_list(hi: np.ndarray, lo: np.ndarray) -> list[str]:
+    """Text of addresses as Python strings, each distinct address formatted once (few rows)."""
+    text: dict[tuple[int, int], str] = {}
+    out = []
+    for h, low in zip(hi.tolist(), lo.tolist(), strict=True):
+        s = text.get((h, low))
+        if s is None:
+            if h == 0 and low >> 32 == 0xFFFF:
+                s = f"{(low >> 24) & 255}.{(low >> 16) & 255}.{(low >> 8) & 255}.{low & 255}"
+            else:
+                s = str(ipaddress.IPv6Address((h << 64) | low))
+            text[(h, low)] = s
+        out.append(s)
+    return out
 
 
 def _ip_strings(hi: np.ndarray, lo: np.ndarray) -> pa.Array:
-    """Text of addresses: IPv4 formatted column-wise in Arrow, IPv6 through ipaddress (few)."""
-    if len(hi) == 0:
-        return pa.array([], type=pa.string())
+    """Text of addresses: IPv4 formatted column-wise, IPv6 through ipaddress once per distinct address."""
+    n = len(hi)
+    if n < 64:  # small captures: a dozen numpy calls would cost more than formatting in Python
+        return pa.array(_ip_list(hi, lo), type=pa.string())
     v4 = (hi == 0) & ((lo >> np.uint64(32)) == np.uint64(0xFFFF))
-    out4 = None
+    if v4.all():
+        chars, lens = _v4_chars((lo & np.uint64(0xFFFFFFFF)).astype(np.uint32))
+        return _strings(chars, lens)
+    chars = np.zeros((n, 40), dtype=np.uint8)
+    lens = np.zeros(n, dtype=np.int64)
     if v4.any():
-        a = (lo[v4] & np.uint64(0xFFFFFFFF)).astype(np.uint32)
-        octets = [pc.cast(pa.array(((a >> s) & 0xFF).astype(np.uint8)), pa.string()) for s in (24, 16, 8, 0)]
-        out4 = pc.binary_join_element_wise(*octets, ".")
-        if v4.all():
-            return out4
-    text: dict[tuple[int, int], str] = {}
-    six = []
-    for h, low in zip(hi[~v4].tolist(), lo[~v4].tolist(), strict=True):
-        s = text.get((h, low))
-        if s is None:
-            s = text[(h, low)] = str(ipaddress.IPv6Address((h << 64) | low))
-        six.append(s)
-    out = np.empty(len(hi), dtype=object)
-    out[~v4] = six
-    if out4 is not None:
-        out[v4] = out4.to_numpy(zero_copy_only=False)
-    return pa.array(out, type=pa.string())
+        c4, l4 = _v4_chars((lo[v4] & np.uint64(0xFFFFFFFF)).astype(np.uint32))
+        chars[v4, :16] = c4
+        lens[v4] = l4
+    six = ~v4
+    pairs = np.stack([hi[six], lo[six]], axis=1)
+    uniq, inv = np.unique(pairs, axis=0, return_inverse=True)  # few distinct IPv6 addresses
+    text = [str(ipaddress.IPv6Address((int(h) << 64) | int(lw))).encode() for h, lw in uniq.tolist()]
+    utxt = np.array(text, dtype="S40").view(np.uint8).reshape(len(text), 40)
+    chars[six] = utxt[inv.reshape(-1)]
+    lens[six] = np.array([len(t) for t in text], dtype=np.int64)[inv.reshape(-1)]
+    return _strings(chars, lens)
 
 
 def _mac_strings(mac: np.ndarray, ok: np.ndarray) -> pa.Array:
@@ -1256,6 +1375,46 @@ _RCODES = {
 }  # fmt: skip
 
 
+def _unpack_name(msg: bytes, off: int) -> tuple[str, int]:
+    """A (possibly compressed) domain name at ``off``: (text, offset after it).
+
+    Same rules as ``dpkt.dns.unpack_name`` (pointers only backwards, names <= 255 bytes, UTF-8),
+    without its per-byte helper calls: DNS decoding is the one per-packet Python loop left.
+    """
+    labels = []
+    saved = 0
+    start = off
+    total = 0
+    end = len(msg)
+    while True:
+        if off >= end:
+            raise ValueError("name runs past the message")
+        n = msg[off]
+        if n == 0:
+            off += 1
+            break
+        if n >= 0xC0:
+            if off + 1 >= end:
+                raise ValueError("truncated compression pointer")
+            ptr = ((n & 0x3F) << 8) | msg[off + 1]
+            if ptr >= start:
+                raise ValueError("invalid label compression pointer")
+            off += 2
+            if not saved:
+                saved = off
+            start = off = ptr
+        elif n < 0x40:
+            off += 1
+            labels.append(msg[off : off + n])
+            total += n + 1
+            if total > 255:
+                raise ValueError("name longer than 255 bytes")
+            off += n
+        else:
+            raise ValueError(f"invalid label length {n:02x}")
+    return b".".join(labels).decode("utf-8"), saved or off
+
+
 def _rdata_text(msg: bytes, rtype: int, at: int, rdlen: int) -> str:
     rdata = msg[at : at + rdlen]
     if rtype == 1 and rdlen == 4:
@@ -1263,11 +1422,11 @@ def _rdata_text(msg: bytes, rtype: int, at: int, rdlen: int) -> str:
     if rtype == 28 and rdlen == 16:
         return str(ipaddress.IPv6Address(rdata))
     if rtype in (2, 5, 12, 39):
-        return dpkt.dns.unpack_name(msg, at)[0]
+        return _unpack_name(msg, at)[0]
     if rtype == 15:
-        return dpkt.dns.unpack_name(msg, at + 2)[0]
+        return _unpack_name(msg, at + 2)[0]
     if rtype == 33:
-        return dpkt.dns.unpack_name(msg, at + 6)[0]
+        return _unpack_name(msg, at + 6)[0]
     if rtype == 16:
         parts, i = [], 0
         while i < len(rdata):
@@ -1299,7 +1458,7 @@ def _parse_dns(msg: bytes) -> _DnsMessage | None:
         at = 12
         query, qtype = "", None
         for q in range(qdcount):
-            name, at = dpkt.dns.unpack_name(msg, at)
+            name, at = _unpack_name(msg, at)
             t = struct.unpack_from(">H", msg, at)[0]
             at += 4
             if q == 0:
@@ -1309,7 +1468,7 @@ def _parse_dns(msg: bytes) -> _DnsMessage | None:
     answers: list[str] = []
     try:
         for _ in range(ancount):
-            _name, at = dpkt.dns.unpack_name(msg, at)
+            _name, at = _unpack_name(msg, at)
             rtype, _cls, _ttl, rdlen = struct.unpack_from(">HHIH", msg, at)
             at += 10
             if at + rdlen > len(msg):
@@ -1321,11 +1480,14 @@ def _parse_dns(msg: bytes) -> _DnsMessage | None:
     return _DnsMessage(tid, bool(flags & 0x8000), flags & 0xF, query, qtype, answers)
 
 
+_UNPARSED = object()
+
+
 def _dns_records(d: Decoded, flows: Flows) -> dict[str, list]:
     """Decode DNS messages (dpkt.dns) and pair queries with responses like Zeek's dns.log."""
     cap = d.cap
     udp_tcp = d.flowable & ((d.proto == 6) | (d.proto == 17)) & (d.plen > 0)
-    ports = np.isin(d.sport, DNS_PORTS) | np.isin(d.dport, DNS_PORTS)
+    ports = DNS_PORT[d.sport & 0xFFFF] | DNS_PORT[d.dport & 0xFFFF]
     rows = np.flatnonzero(udp_tcp & ports)
     cols: dict[str, list] = {
         k: []
@@ -1338,24 +1500,30 @@ def _dns_records(d: Decoded, flows: Flows) -> dict[str, list]:
         return cols
     fidx = flows.pkt_flow[rows]
     uids = flows.uid.take(pa.array(np.maximum(fidx, 0), mask=fidx < 0)).to_pylist() if len(flows.uid) else []
-    src = _ip_strings(d.src_hi[rows], d.src_lo[rows]).to_pylist()
-    dst = _ip_strings(d.dst_hi[rows], d.dst_lo[rows]).to_pylist()
-    buf = cap.buf
+    src = _ip_list(d.src_hi[rows], d.src_lo[rows])
+    dst = _ip_list(d.dst_hi[rows], d.dst_lo[rows])
+    raw = cap.buf.data  # memoryview: slicing it copies nothing
+    starts = (cap.off[rows] + d.pay[rows]).tolist()
+    ends = (cap.off[rows] + np.minimum(cap.caplen[rows], d.pay[rows] + d.plen[rows])).tolist()
+    tcps = (d.proto[rows] == 6).tolist()
+    sports, dports, tss = d.sport[rows].tolist(), d.dport[rows].tolist(), cap.ts[rows].tolist()
+    # Devices repeat the same messages (mDNS/LLMNR announcements, retries): parse each once.
+    parsed: dict[bytes, _DnsMessage | None] = {}
     pending: dict[tuple, list[int]] = {}
-    for k, j in enumerate(rows.tolist()):
-        start = int(cap.off[j] + d.pay[j])
-        end = int(cap.off[j] + min(cap.caplen[j], d.pay[j] + d.plen[j]))
-        payload = buf[start:end].tobytes()
-        is_tcp = d.proto[j] == 6
+    for k in range(len(rows)):
+        payload = bytes(raw[starts[k] : ends[k]])
+        is_tcp = tcps[k]
         if is_tcp:
             if len(payload) < 2:
                 continue
             payload = payload[2 : 2 + int.from_bytes(payload[:2], "big")]
-        msg = _parse_dns(payload)
+        msg = parsed.get(payload, _UNPARSED)
+        if msg is _UNPARSED:
+            msg = parsed[payload] = _parse_dns(payload)
         if msg is None:  # not DNS after all, or damaged: not a fault of the capture
             continue
         query, qtype, answers = msg.query, msg.qtype, msg.answers
-        sp, dp = int(d.sport[j]), int(d.dport[j])
+        sp, dp = sports[k], dports[k]
         uid = uids[k] if uids else None
         is_response = msg.is_response
         client = (dst[k], dp) if is_response else (src[k], sp)
@@ -1370,7 +1538,7 @@ def _dns_records(d: Decoded, flows: Flows) -> dict[str, list]:
                 cols["rejected"][r] = msg.rcode == 5
                 continue
         r = len(cols["ts"])
-        cols["ts"].append(float(cap.ts[j]))
+        cols["ts"].append(tss[k])
         cols["uid"].append(uid)
         cols["id.orig_h"].append(client[0])
         cols["id.orig_p"].append(client[1])
@@ -1423,6 +1591,9 @@ def read(
     cap = read_packets(path, skip_bad=skip_bad, stats=stats)
     d = decode(cap)
     _check(d, skip_bad, stats)
+    # frames of a supported link type that decoded fine but carry no IP (ARP, LLDP, EAPOL...)
+    lt_ok = np.isin(cap.linktype, list(SUPPORTED_LINKTYPES)) if len(cap) else np.zeros(0, dtype=bool)
+    stats.other_frames += int((lt_ok & (d.bad == 0) & (d.net != 4) & (d.net != 6)).sum())
     flows = assemble(d)
     batch_size = max(1, int(batch_size))
     if flows.columns:
