@@ -725,6 +725,12 @@ def _allocate(total: int, weights: np.ndarray, minimum: np.ndarray) -> np.ndarra
 MIN_DEVICES = 24
 
 
+def _daily_window(start_h: float, hours: float) -> str:
+    """A daily window as local "HH:MM-HH:MM" (wrapping midnight when it must)."""
+    a, b = round(start_h * 60) % 1440, round((start_h + hours) * 60) % 1440
+    return f"{a // 60:02d}:{a % 60:02d}-{b // 60:02d}:{b % 60:02d}"
+
+
 def build_inventory(devices: int, rng: np.random.Generator, start: float) -> DeviceTable:
     """Place ``devices`` devices on the sites by each site's class mix (every site gets a gateway)."""
     if devices < MIN_DEVICES:
@@ -819,6 +825,10 @@ def build_inventory(devices: int, rng: np.random.Generator, start: float) -> Dev
                 "serial": serial[i],
                 "pubkey_sha256": pubkey[i],
                 "enrolled": float(enrolled[i]),
+                # the site's clock and its daily maintenance window (local "HH:MM-HH:MM"), as a
+                # CMDB exposes them: analytics judge off-hours activity in the device's local time
+                "utc_offset_hours": float(s.utc_offset),
+                "maintenance_windows": [_daily_window(s.maintenance_hour, 1.0)],
             }
         )
     return DeviceTable(

@@ -11,10 +11,21 @@
       turns, not a device that moved;
     - one serial number claimed under two different device ids.
 
-    A re-enrolment from the same key (from the same or a new address) is normal and silent, and
-    so is a key rotation after the old key has been quiet for ``overlap_s``.
+    - against the inventory: an enrolment of a device the inventory lists with a registered key
+      (``DeviceInfo.extra['pubkey_sha256']``) under a *different* key, from an address other than
+      the device's registered one, while the device is live (its telemetry, firmware reports or
+      commands were seen before the enrolment and within ``overlap_s``): 0.7, or 0.55 when the
+      stream holds no activity of the device but the inventory says it is ``active``; a missing
+      (0.3) or failed (0.5) attestation on that enrolment adds to it.  A second live device taking
+      over an identity is what a clone looks like; the original does not need to re-enrol.
+
+    A re-enrolment with the registered key (from the same or a new address) is normal and silent,
+    and so is a key rotation from the device's registered address, or after the old key has been
+    quiet for ``overlap_s``.
     *Blind spots.* A perfect clone (same key, same address behind one NAT) is indistinguishable
-    here; telemetry and firmware reports carry no address or key, so only enrolments count.
+    here; telemetry and firmware reports carry no address or key, so liveness is per device id
+    (the clone's own reports cannot be told from the original's); a clone enrolling while the
+    original is powered off looks like a replacement device with a new key.
 
 :class:`AttestationPolicy` (category ``policy-violation``, MITRE T1200)
     *Contract.* An enrolment whose ``attestation`` is ``failed`` (score 0.7) or ``missing``
@@ -74,20 +85,41 @@ class ClonedIdentity:
     """One identity enrolled with two keys, or from alternating addresses, or one serial twice."""
 
     name = "identity.clone"
-    kinds = ("provision",)
+    kinds = ("provision", "telemetry", "firmware_report", "command")
+    ATTESTATION = {"missing": 0.3, "failed": 0.5}
 
     def __init__(self, overlap_s: float = 6 * 3600.0, max_identities: int = 1_000_000) -> None:
         self.overlap_s = overlap_s
         self.max_identities = max_identities
         self.identities_: OrderedDict[str, _IdentityState] = OrderedDict()
         self.serials_: OrderedDict[str, tuple[str, float]] = OrderedDict()  # serial -> (device_id, ts)
+        # device_id -> [first, last] time a record of the device was seen (liveness)
+        self.alive_: OrderedDict[str, list[float]] = OrderedDict()
+
+    def _observe(self, batch: EventBatch) -> None:
+        """Per device, first and last record time of this batch (one group-by, not a row loop)."""
+        t = pa.table({"d": batch["device_id"], "ts": batch["ts"]}).filter(pc.is_valid(batch["device_id"]))
+        if t.num_rows == 0:
+            return
+        g = t.group_by("d", use_threads=False).aggregate([("ts", "min"), ("ts", "max")])
+        for d, lo, hi in zip(
+            g["d"].to_pylist(), g["ts_min"].to_pylist(), g["ts_max"].to_pylist(), strict=True
+        ):
+            span = lru_get(self.alive_, d, lambda lo=lo: [float(lo), float(lo)], self.max_identities)
+            span[0] = min(span[0], float(lo))
+            span[1] = max(span[1], float(hi))
 
     def update(self, batch: EventBatch, ctx: Context) -> list[Finding]:
+        if batch.kind != "provision":
+            if len(batch):
+                self._observe(batch)
+            return []
         ts = batch.np("ts").tolist()
         dev = batch.np("device_id").tolist()
         serial = batch.np("serial").tolist()
         key = pc.utf8_lower(pc.fill_null(batch["pubkey_sha256"], "")).to_pylist()
         ip = batch.np("src_ip").tolist()
+        att = pc.utf8_lower(pc.fill_null(batch["attestation"], "missing")).to_pylist()
         out: list[Finding] = []
         for i in range(len(ts)):  # enrolments are rare: one per device per (re)install
             ident = dev[i] or (f"serial:{serial[i]}" if serial[i] else "")
@@ -109,6 +141,8 @@ class ClonedIdentity:
                 self.serials_[serial[i]] = (dev[i], float(ts[i]))
             st = lru_get(self.identities_, ident, _IdentityState, self.max_identities)
             reasons += self._key_and_address(st, float(ts[i]), key[i], ip[i])
+            if dev[i]:
+                reasons += self._against_inventory(ctx, dev[i], float(ts[i]), key[i], ip[i], att[i])
             st.recent.append(_Enrolment(float(ts[i]), key[i], ip[i]))
             fresh = [r for r in reasons if r[2] not in st.reported]
             if not fresh:
@@ -137,6 +171,40 @@ class ClonedIdentity:
                         "addresses": sorted({e.ip for e in window if e.ip}),
                     },
                 )
+            )
+        return out
+
+    def _against_inventory(
+        self, ctx: Context, dev: str, ts: float, key: str, ip: str, att: str
+    ) -> list[tuple[float, str, str]]:
+        """A key other than the registered one, from another address, while the device is live."""
+        info = ctx.devices.get(dev)
+        registered = str(info.extra.get("pubkey_sha256") or "").lower() if info else ""
+        if not registered or not key or key == registered or not ip or ip == (info.ip or ""):
+            return []  # same key, no registered key, or a rotation from the device's own address
+        span = self.alive_.get(dev)
+        if span is not None and span[0] < ts and ts - span[1] <= self.overlap_s:
+            w = 0.7
+            live = (
+                f"while {dev} is live (reporting for {_fmt_dur(ts - span[0])} before this enrolment"
+                + (", and since" if span[1] > ts else f", last {_fmt_dur(ts - span[1])} earlier")
+                + ")"
+            )
+        elif str(info.extra.get("lifecycle", "")).lower() == "active":  # type: ignore[union-attr]
+            w, live = 0.55, f"while the inventory lists {dev} as active"
+        else:
+            return []
+        out = [
+            (
+                w,
+                f"enrolment of {dev} from {ip} with key {key[:12]}, not its registered key "
+                f"{registered[:12]} (registered address {info.ip or 'unknown'}), {live}",  # type: ignore[union-attr]
+                "inventory-key:" + key,
+            )
+        ]
+        if att in self.ATTESTATION:
+            out.append(
+                (self.ATTESTATION[att], f"that enrolment's attestation is {att}", "inventory-att:" + key)
             )
         return out
 

@@ -8,15 +8,26 @@ new reading by its robust z-score ``|x - median| / scale`` against the reservoir
 before the batch, where ``scale = max(1.4826·MAD, (q90 - q10)/2.563, rel_floor·|median|,
 abs_floor)``: the MAD of a Gaussian, widened by the inter-decile range so that discrete
 metrics (on/off, 0/1) do not get a zero scale, and floored so a constant metric still has one.
-A reading with z > ``k`` is flagged.  Until a key holds ``warmup`` readings it is judged
-against its cohort's reservoir (same ``device_class``, else vendor/model, same metric) when
-that is warm, and not at all otherwise.  Accepted readings enter the reservoir (all of them
+A device's scale is floored at ``cohort_floor`` times its cohort's scale: a device is never
+judged more finely than a fraction of what its peers vary (a noiseless metric with a smooth
+daily cycle otherwise gets a scale of almost nothing).  A reading with z > ``k`` is flagged.
+A baseline counts as mature once it holds ``warmup`` readings spanning ``warmup_span`` seconds
+(default a day: the normal daily cycle must have been seen), and a cohort (same
+``device_class``, else vendor/model, same metric) also once it pools ``cohort_min_devices``
+devices, whose spread covers normal variation.  The device's own mature baseline is preferred,
+then the mature cohort's; failing both, a young baseline (enough readings, less than a day) is
+used with the bound widened to ``young_k_factor * k``, so only gross excursions count while
+the daily cycle is still unknown; with fewer than ``warmup`` readings nothing is judged.  Accepted readings enter the reservoir (all of them
 until it is full, then with probability ``max(reservoir/n, reservoir/horizon)``: an exponential
 forgetting over about ``horizon`` readings); flagged readings enter with probability
 ``flagged_learn_rate`` only, so an attack does not become the baseline quickly but a genuine
 level shift (a benign firmware rollout, a new season) is absorbed eventually.  Flagged readings
 of one (device, metric) form an episode (closed after ``episode_gap`` s of quiet, or
 ``max_open`` s) reported as one finding with the count, the extreme value and the baseline.
+*Severity.* A lone excursion on one metric is low (0.2 plus nothing); it rises with extremity
+(from 2 to 10 times the bound, log scale, up to 0.85), persistence (``sustained_count``
+readings over ``sustained_s``: 0.3) and other metrics of the same device leaving their range at
+the same time (0.45), combined by noisy-OR.
 :meth:`TelemetryRange.observe` exposes the per-row verdicts (z, flagged) for evaluation.
 
 *Blind spots.* Attacks that keep values inside the normal range (replayed or plausible
@@ -46,7 +57,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fleetwarden.detection.analytics.auth import EpisodeBook
+from fleetwarden.detection.analytics.auth import EpisodeBook, lru_get
 from fleetwarden.detection.analytics.base import Context, DeviceInfo
 from fleetwarden.events import EventBatch
 from fleetwarden.findings import Finding
@@ -63,6 +74,7 @@ class RowVerdict:
     median: np.ndarray  # baseline median the row was held against (NaN when not judged)
     scale: np.ndarray  # baseline scale (NaN when not judged)
     cohort: np.ndarray  # bool: judged against the cohort, not the device's own history
+    k: np.ndarray | None = None  # threshold the row was held to (wider while the baseline is young)
 
 
 class _Reservoirs:
@@ -77,6 +89,7 @@ class _Reservoirs:
         cap = min(1024, max_keys)
         self.buf = np.full((cap, size), np.nan, dtype=np.float32)
         self.seen = np.zeros(cap, dtype=np.int64)
+        self.first = np.full(cap, np.inf)  # time of the first reading: how much of a day was seen
         # damped envelope of accepted readings: a value inside it was normal before
         self.lo = np.full(cap, np.inf)
         self.hi = np.full(cap, -np.inf)
@@ -116,9 +129,12 @@ class _Reservoirs:
                 seen[: len(self.seen)] = self.seen
                 lo, hi = np.full(grow, np.inf), np.full(grow, -np.inf)
                 lo[: len(self.lo)], hi[: len(self.hi)] = self.lo, self.hi
-                self.buf, self.seen, self.lo, self.hi = buf, seen, lo, hi
+                first = np.full(grow, np.inf)
+                first[: len(self.first)] = self.first
+                self.buf, self.seen, self.lo, self.hi, self.first = buf, seen, lo, hi, first
         self.buf[s] = np.nan
         self.seen[s] = 0
+        self.first[s] = np.inf
         self.lo[s], self.hi[s] = np.inf, -np.inf
         return s
 
@@ -198,6 +214,10 @@ class TelemetryRange:
         self,
         k: float = 5.0,
         warmup: int = 30,
+        warmup_span: float = 86400.0,
+        cohort_min_devices: int = 5,
+        cohort_floor: float = 0.25,
+        young_k_factor: float = 3.0,
         reservoir: int = 64,
         horizon: float = 2000.0,
         flagged_learn_rate: float = 0.02,
@@ -205,11 +225,23 @@ class TelemetryRange:
         abs_floor: float = 1e-6,
         episode_gap: float = 900.0,
         max_open: float = 3600.0,
+        sustained_count: int = 5,
+        sustained_s: float = 900.0,
         max_keys: int = 200_000,
         seed: int = 0,
     ) -> None:
         self.k = k
         self.warmup = warmup
+        self.warmup_span = warmup_span
+        self.cohort_min_devices = cohort_min_devices
+        self.cohort_floor = cohort_floor
+        self.young_k_factor = young_k_factor
+        self.sustained_count = sustained_count
+        self.sustained_s = sustained_s
+        self.cohort_members_: OrderedDict[str, set[str]] = OrderedDict()
+        # device -> recent flagged (metric, first, last): several metrics at once is stronger evidence
+        self.recent_: OrderedDict[str, list[tuple[str, float, float]]] = OrderedDict()
+        self.max_keys = max_keys
         self.horizon = horizon
         self.flagged_learn_rate = flagged_learn_rate
         self.rel_floor = rel_floor
@@ -228,8 +260,9 @@ class TelemetryRange:
         scale_out = np.full(n, np.nan)
         used_cohort = np.zeros(n, dtype=bool)
         if n == 0:
-            return RowVerdict(z, np.zeros(0, bool), med_out, scale_out, used_cohort)
+            return RowVerdict(z, np.zeros(0, bool), med_out, scale_out, used_cohort, np.full(0, np.nan))
         value = batch.np("value")
+        ts = batch.np("ts")
         good = np.isfinite(value) & pc.is_valid(batch["device_id"]).to_numpy(zero_copy_only=False)
         dev = pc.fill_null(batch["device_id"], "")
         metric = pc.fill_null(batch["metric"], "")
@@ -237,16 +270,18 @@ class TelemetryRange:
         enc = pc.dictionary_encode(keys).combine_chunks()
         codes = np.asarray(enc.indices.to_numpy(), dtype=np.int64)
         uniq = np.asarray(enc.dictionary.to_numpy(zero_copy_only=False), dtype=object)
+        key_first = np.full(len(uniq), np.inf)
+        np.minimum.at(key_first, codes[good], ts[good])
 
         own_slots = self.own_.slots(uniq)
         o_med, o_scale, o_n = self.own_.stats(own_slots, self.rel_floor, self.abs_floor)
+        o_first = self.own_.first[own_slots].copy()
         # cohort keys per distinct (device, metric)
+        devs = [u.split("\x1f", 1)[0] for u in uniq.tolist()]
         ck = np.array(
             [
-                (c + "\x1f" + u.split("\x1f", 1)[1])
-                if (c := _cohort_of(ctx.devices.get(u.split("\x1f", 1)[0])))
-                else ""
-                for u in uniq.tolist()
+                (c + "\x1f" + u.split("\x1f", 1)[1]) if (c := _cohort_of(ctx.devices.get(d))) else ""
+                for d, u in zip(devs, uniq.tolist(), strict=True)
             ],
             dtype=object,
         )
@@ -257,27 +292,59 @@ class TelemetryRange:
         c_med = np.full(len(uniq), np.nan)
         c_scale = np.full(len(uniq), np.nan)
         c_n = np.zeros(len(uniq), dtype=np.int64)
+        c_first = np.full(len(uniq), np.inf)
+        c_members = np.zeros(len(uniq), dtype=np.int64)
         if has_cohort.any():
-            m, s, cn = self.cohort_.stats(c_slots[has_cohort], self.rel_floor, self.abs_floor)
-            c_med[has_cohort], c_scale[has_cohort], c_n[has_cohort] = m, s, cn
+            m, sc, cn = self.cohort_.stats(c_slots[has_cohort], self.rel_floor, self.abs_floor)
+            c_med[has_cohort], c_scale[has_cohort], c_n[has_cohort] = m, sc, cn
+            c_first[has_cohort] = self.cohort_.first[c_slots[has_cohort]]
+            for j in np.flatnonzero(has_cohort).tolist():
+                c_members[j] = len(self.cohort_members_.get(ck[j], ()))
 
-        own_ok = o_n >= self.warmup
-        coh_ok = ~own_ok & (c_n >= self.warmup)
-        k_med = np.where(own_ok, o_med, np.where(coh_ok, c_med, np.nan))
-        k_scale = np.where(own_ok, o_scale, np.where(coh_ok, c_scale, np.nan))
+        # A baseline is trusted once it has seen enough readings over a whole daily cycle (a
+        # diurnal metric learned over one hour calls every evening abnormal); a cohort also when
+        # it pools enough devices, whose spread already spans normal variation.  A young baseline
+        # (enough readings, not yet a day) is used with a wider bound, ``young_k_factor`` * k: it
+        # has not seen all normal variation yet, so only gross excursions count.
+        row_ts = ts
+        own_n = (o_n >= self.warmup)[codes]
+        coh_n = (c_n >= self.warmup)[codes]
+        own_full = own_n & (row_ts - o_first[codes] >= self.warmup_span)
+        coh_full = coh_n & (
+            (c_members >= self.cohort_min_devices)[codes] | (row_ts - c_first[codes] >= self.warmup_span)
+        )
+        use_own = own_full | (~coh_full & own_n)
+        use_coh = ~use_own & coh_n
+        row_k = np.where((use_own & own_full) | (use_coh & coh_full), self.k, self.k * self.young_k_factor)
+        # a device is never judged more finely than a fraction of its peers' spread
+        floor = np.where(c_n >= self.warmup, self.cohort_floor * c_scale, 0.0)
+        o_scale = np.fmax(o_scale, floor)
+        k_med = np.where(use_own, o_med[codes], np.where(use_coh, c_med[codes], np.nan))
+        k_scale = np.where(use_own, o_scale[codes], np.where(use_coh, c_scale[codes], np.nan))
         c_safe = np.maximum(c_slots, 0)
-        k_lo = np.where(own_ok, self.own_.lo[own_slots], np.where(coh_ok, self.cohort_.lo[c_safe], np.nan))
-        k_hi = np.where(own_ok, self.own_.hi[own_slots], np.where(coh_ok, self.cohort_.hi[c_safe], np.nan))
+        k_lo = np.where(
+            use_own, self.own_.lo[own_slots][codes], np.where(use_coh, self.cohort_.lo[c_safe][codes], np.nan)
+        )
+        k_hi = np.where(
+            use_own, self.own_.hi[own_slots][codes], np.where(use_coh, self.cohort_.hi[c_safe][codes], np.nan)
+        )
 
-        med_out = k_med[codes]
-        scale_out = k_scale[codes]
-        used_cohort = coh_ok[codes]
+        med_out = k_med
+        scale_out = k_scale
+        used_cohort = use_coh
         judged = good & np.isfinite(med_out)
         with np.errstate(invalid="ignore", divide="ignore"):
             z = np.where(judged, np.abs(value - med_out) / scale_out, np.nan)
         # far from the median AND outside every value accepted before: discrete metrics (a
         # door that is open 5 % of the time) have a tiny MAD but a known support
-        flagged = judged & (z > self.k) & ((value < k_lo[codes]) | (value > k_hi[codes]))
+        flagged = judged & (z > row_k) & ((value < k_lo) | (value > k_hi))
+        self.own_.first[own_slots] = np.fmin(self.own_.first[own_slots], key_first)
+        if has_cohort.any():
+            cs = c_slots[has_cohort]
+            np.minimum.at(self.cohort_.first, cs, key_first[has_cohort])
+            for j in np.flatnonzero(has_cohort & (c_members < self.cohort_min_devices)).tolist():
+                mem = lru_get(self.cohort_members_, ck[j], set, max(1, self.max_keys // 16))
+                mem.add(devs[j])
         per_key = np.bincount(codes[good], minlength=len(uniq))
         factor = (1.0 - 1.0 / self.horizon) ** per_key
         self.own_.shrink_envelope(own_slots, o_med, factor)
@@ -289,7 +356,7 @@ class TelemetryRange:
         row_c = c_slots[codes]
         to_c = good & (row_c >= 0)
         self.cohort_.add(row_c[to_c], value[to_c].astype(np.float32), self.horizon, keep[to_c])
-        return RowVerdict(z, flagged, med_out, scale_out, used_cohort)
+        return RowVerdict(z, flagged, med_out, scale_out, used_cohort, np.where(judged, row_k, np.nan))
 
     # -- streaming contract -----------------------------------------------------------
     def update(self, batch: EventBatch, ctx: Context) -> list[Finding]:
@@ -306,6 +373,8 @@ class TelemetryRange:
                     "ts": sub.column("ts"),
                     "value": sub.column("value"),
                     "z": v.z[idx],
+                    "zk": v.z[idx] / v.k[idx],
+                    "k": v.k[idx],
                     "median": v.median[idx],
                     "scale": v.scale[idx],
                     "cohort": v.cohort[idx],
@@ -318,6 +387,8 @@ class TelemetryRange:
                     ("ts", "max"),
                     ("ts", "count"),
                     ("z", "max"),
+                    ("zk", "max"),
+                    ("k", "max"),
                     ("value", "min"),
                     ("value", "max"),
                     ("median", "last"),
@@ -332,15 +403,58 @@ class TelemetryRange:
                 a = ep.attrs
                 a["count"] = a.get("count", 0) + r["ts_count"]
                 a["zmax"] = max(a.get("zmax", 0.0), r["z_max"])
+                a["zkmax"] = max(a.get("zkmax", 0.0), r["zk_max"])
+                a["k"] = r["k_max"]
                 a["vmin"] = min(a.get("vmin", np.inf), r["value_min"])
                 a["vmax"] = max(a.get("vmax", -np.inf), r["value_max"])
                 a["median"], a["scale"] = r["median_last"], r["scale_last"]
                 a["cohort"] = a.get("cohort", False) or r["cohort_any"]
                 a["unit"] = r["unit_last"]
+                self._note(r["device_id"], r["metric"], r["ts_min"], r["ts_max"])
         return self._emit(self.episodes.close_due(float(batch.np("ts").max())), ctx)
 
     def flush(self, ctx: Context) -> list[Finding]:
         return self._emit(self.episodes.close_all(), ctx)
+
+    def _note(self, dev: str, metric: str, first: float, last: float) -> None:
+        """Remember a device's recent flagged intervals per metric (bounded)."""
+        rec = lru_get(self.recent_, dev, list, self.max_keys)
+        for j, (m, f0, l0) in enumerate(rec):
+            if m == metric and first - l0 <= self.episodes.gap:
+                rec[j] = (m, min(f0, first), max(l0, last))
+                return
+        rec.append((metric, first, last))
+        if len(rec) > 8:
+            del rec[0]
+
+    def _severity_score(self, dev: str, metric: str, ep) -> tuple[float, list[str], list[str]]:  # noqa: ANN001
+        """Score of one episode: low for a lone excursion near the threshold, raised by extremity,
+        persistence and other metrics of the same device misbehaving at the same time."""
+        a = ep.attrs
+        zk, count, dur = a["zkmax"], a["count"], ep.last - ep.first
+        notes: list[str] = []
+        # extremity: nothing extra up to 2k scales, full weight at 10k (log scale)
+        extreme = float(np.clip(np.log(zk / 2.0) / np.log(5.0), 0.0, 1.0))
+        # persistence: a reading or two is a glitch; a quarter of an hour of them is a state
+        sustained = count >= self.sustained_count and dur >= self.sustained_s
+        gap = self.episodes.gap
+        others = sorted(
+            {
+                m
+                for m, f0, l0 in self.recent_.get(dev, ())
+                if m != metric and f0 <= ep.last + gap and l0 >= ep.first - gap
+            }
+        )
+        if sustained:
+            notes.append(f"sustained: {count} readings over {dur / 60:.0f} min")
+        if others:
+            notes.append(
+                f"at the same time {', '.join(others[:4])} left {'its' if len(others) == 1 else 'their'} range too"
+            )
+        score = 1.0 - (1.0 - 0.2) * (1.0 - 0.85 * extreme) * (1.0 - 0.3 * sustained) * (
+            1.0 - 0.45 * bool(others)
+        )
+        return score, notes, others
 
     def _emit(self, closed, ctx: Context) -> list[Finding]:
         out = []
@@ -350,27 +464,35 @@ class TelemetryRange:
                 continue
             info = ctx.devices.get(dev)
             unit = f" {a['unit']}" if a.get("unit") else ""
-            lo, hi = a["median"] - self.k * a["scale"], a["median"] + self.k * a["scale"]
+            k = a.get("k", self.k)
+            lo, hi = a["median"] - k * a["scale"], a["median"] + k * a["scale"]
             base = "its cohort's" if a["cohort"] else "its own"
+            score, notes, others = self._severity_score(dev, metric, ep)
             out.append(
                 Finding(
                     entity=dev,
                     category="anomaly",
                     detector=self.name,
-                    score=1.0 - 0.5 * self.k / max(a["zmax"], self.k),
+                    score=score,
                     first_seen=ep.first,
                     last_seen=ep.last,
                     evidence=[
                         f"{a['count']} {metric} reading(s) outside {base} learned range "
                         f"{lo:.4g}..{hi:.4g}{unit} (median {a['median']:.4g}, robust scale {a['scale']:.3g}, "
-                        f"k={self.k:g}): values {a['vmin']:.4g}..{a['vmax']:.4g}{unit}, "
+                        f"k={k:g}{' while it is young' if k > self.k else ''}): values {a['vmin']:.4g}..{a['vmax']:.4g}{unit}, "
                         f"up to {a['zmax']:.1f} scales from the median",
+                        *notes,
                     ],
                     mitre=["T0832", "T0856"],
                     ip=info.ip if info else None,
                     mac=info.mac if info else None,
                     device_id=dev,
-                    attributes={"metric": metric, "count": a["count"], "z_max": a["zmax"]},
+                    attributes={
+                        "metric": metric,
+                        "count": a["count"],
+                        "z_max": a["zmax"],
+                        "other_metrics": others,
+                    },
                 )
             )
         return out
