@@ -332,3 +332,184 @@ def test_benign_protocol_traces_raise_nothing_high():
             (i.entity, i.category, i.risk) for i in result.incidents if i.severity in ("high", "critical")
         ]
         assert high == [], path.name
+
+
+# fleet context: prevalence, durations, policy, slow exfiltration ---------------------------------
+def _fleet_ctx(n: int, vendor_of=lambda i: "Acme") -> Context:
+    from fleetwarden.detection.analytics.base import DeviceInfo
+
+    ctx = Context()
+    for i in range(n):
+        ctx.add_device(
+            DeviceInfo(f"dev-{i}", ip=f"10.0.1.{i + 1}", device_class="sensor", vendor=vendor_of(i))
+        )
+    return ctx
+
+
+def _periodic(src, dst, port, start, period, n, rng, ob=300):
+    ts = start + np.cumsum(period + rng.normal(0, period * 0.02, n))
+    return [flow(t, src, dst, port, state="SF", ob=ob, rb=200, op=3, rp=3) for t in ts]
+
+
+def _feed(det, rows, ctx, chunk=600.0):
+    rows = sorted(rows, key=lambda r: r["ts"])
+    found, i = [], 0
+    while i < len(rows):
+        end = rows[i]["ts"] + chunk
+        j = i
+        while j < len(rows) and rows[j]["ts"] < end:
+            j += 1
+        found += det.update(flows(rows[i:j]), ctx)
+        i = j
+    return found + det.flush(ctx)
+
+
+def test_beacon_prevalence_discounts_fleet_services_but_not_a_rare_c2():
+    rng = np.random.default_rng(11)
+    # Twelve devices check in with their vendor cloud every 60 s (a fleet service), and talk
+    # to their broker on the LAN; device 0 starts beaconing to a rare host after two hours.
+    ctx = _fleet_ctx(12, vendor_of=lambda i: "Acme" if i < 9 else f"Other{i}")
+    rows = []
+    for i in range(12):
+        rows += _periodic(f"10.0.1.{i + 1}", "52.1.2.10", 8883, 0, 60, 240, rng)
+        rows += _periodic(f"10.0.1.{i + 1}", "10.0.0.2", 1883, 0, 60, 240, rng)
+    rows += _periodic("10.0.1.1", "185.11.12.13", 443, 7200, 60, 120, rng)
+    # Only device 10's own cohort uses this endpoint: 1 of 1 (the device itself) is not a
+    # cohort service, but it has used it since it was first seen: a low "baseline" beacon.
+    rows += _periodic("10.0.1.11", "91.5.6.7", 443, 0, 300, 48, rng)
+    found = _feed(BeaconDetector(), rows, ctx)
+    by_dst = {}
+    for f in found:
+        by_dst[f.attributes["destination"]] = max(by_dst.get(f.attributes["destination"], 0), f.score)
+    assert "52.1.2.10" not in by_dst  # 12 of 12 devices: a fleet service
+    assert "10.0.0.2" not in by_dst  # the LAN broker is not a C2 candidate by default
+    assert by_dst["185.11.12.13"] >= 0.7  # rare, started late: C2-like
+    assert by_dst["91.5.6.7"] < 0.4  # rare but part of the device's baseline: context only
+    c2 = max((f for f in found if f.attributes["destination"] == "185.11.12.13"), key=lambda f: f.score)
+    assert any("1 of 12 devices" in e for e in c2.evidence)
+    # The internal option brings LAN polling back, discounted.
+    lan = _feed(BeaconDetector(internal=True), rows, ctx)
+    assert any(f.attributes["destination"] == "10.0.0.2" for f in lan)
+
+
+def test_beacon_cohort_service_via_dns_answers():
+    rng = np.random.default_rng(5)
+    # Three devices of one vendor (of 12) poll its cloud; each resolved the cloud's name, and
+    # the cloud answers from two addresses: the domain ties them to one cohort service.
+    ctx = _fleet_ctx(12, vendor_of=lambda i: "Acme" if i < 3 else f"Other{i}")
+    rows = []
+    for i in range(12):
+        rows += _periodic(f"10.0.1.{i + 1}", f"34.0.{i}.1", 443, 0, 900, 4, rng)  # own services
+    for i in range(3):
+        rows += _periodic(f"10.0.1.{i + 1}", f"52.9.9.{10 + i % 2}", 443, 7200, 120, 120, rng)
+    det = BeaconDetector()
+    answers = EventBatch.from_columns(
+        "dns",
+        {
+            "ts": [1.0, 2.0],
+            "id.orig_h": ["10.0.1.1", "10.0.1.2"],
+            "id.resp_h": ["10.0.0.1", "10.0.0.1"],
+            "query": ["cloud.acme-iot.com", "eu.acme-iot.com"],
+            "answers": ["52.9.9.10", "52.9.9.11"],
+        },
+    )
+    assert det.update(answers, ctx) == []
+    found = _feed(det, rows, ctx)
+    assert not [f for f in found if f.attributes["destination"].startswith("52.9.9.")]
+    assert any("cohort" in why and "acme-iot.com" in why for why in det.suppressed.values())
+
+
+def test_single_long_answered_flow_is_not_a_ddos_but_a_one_way_flood_is():
+    stream = flow(
+        100.0, "10.4.0.61", "10.4.0.60", 554, state="SF", ob=2_000_000, rb=220_000_000,
+        op=40_000, rp=2_200_000, orig_ip_bytes=3_000_000, resp_ip_bytes=230_000_000, duration=600.0,
+    )  # fmt: skip
+    assert FloodDetector().update(flows([stream]), Context()) == []
+    udp = flow(
+        100.0, "10.4.0.62", "93.184.216.34", 9999, proto="udp", state="S0", ob=50_000_000, op=90_000,
+        orig_ip_bytes=52_000_000, duration=20.0,
+    )  # fmt: skip
+    found = FloodDetector().update(flows([udp]), Context())
+    assert [f.entity for f in found] == ["10.4.0.62"]
+    # Packets are credited at the flow's rate over its duration: 90 000 over 20 s -> 45 000
+    # in the 10 s window, 4 500 packets/s (not 90 000 packets "within 0 s").
+    assert found[0].attributes["packets"] == 45_000
+    assert "4500 packets/s" in found[0].evidence[0]
+
+
+def test_outside_victim_of_local_flooders_is_not_the_entity():
+    ctx = _fleet_ctx(60)
+    rows = [
+        flow(5 + i * 0.01, f"10.0.1.{i % 60 + 1}", "93.184.216.77", 80, op=40, orig_ip_bytes=2400)
+        for i in range(300)
+    ]
+    found = FloodDetector().update(flows(rows), ctx)
+    assert found and all(f.attributes["direction"] == "outbound" for f in found)
+    assert all(f.entity.startswith("dev-") for f in found)
+
+
+def test_plaintext_policy_names_the_local_device_and_weighs_by_exposure():
+    from fleetwarden.detection.analytics.novelty import PlaintextPolicy
+
+    ctx = _fleet_ctx(3)
+    rows = [
+        # the device's telnet probe answered by an outside host: the device's own doing, low
+        flow(1, "10.0.1.1", "16.38.93.225", 23, state="SF", ob=56, rb=74, op=3, rp=3),
+        # telnet to a device from outside the site: management exposed, medium
+        flow(2, "81.2.69.160", "10.0.1.2", 23, state="SF", ob=300, rb=900, op=9, rp=9),
+        # MQTT to the site broker without TLS: low
+        flow(3, "10.0.1.3", "10.0.0.2", 1883, state="SF", ob=300, rb=20, op=4, rp=3),
+    ]
+    found = {f.entity: f for f in NoveltyDetector().update(flows(rows), ctx)}
+    assert set(found) == {"dev-0", "dev-1", "dev-2"}
+    assert found["dev-0"].severity == "low" and "16.38.93.225" in found["dev-0"].evidence[0]
+    assert found["dev-1"].severity == "medium" and "outside the site" in found["dev-1"].evidence[0]
+    assert found["dev-2"].severity == "low"
+    # A site whose policy allows MQTT on the LAN: no finding for it.
+    allow = NoveltyDetector(policy=PlaintextPolicy(lan_mqtt_score=0.0))
+    assert [f.entity for f in allow.update(flows(rows), ctx)] == ["dev-0", "dev-1"]
+    # Credentials seen crossing in clear (a telnet login) is medium.
+    logins = EventBatch.from_columns(
+        "auth",
+        {"ts": [10.0], "user": ["admin"], "src_ip": ["10.0.9.9"], "service": ["telnet"], "success": [True],
+         "device_id": ["dev-2"]},
+    )  # fmt: skip
+    got = NoveltyDetector().update(logins, ctx)
+    assert [(f.entity, f.severity) for f in got] == [("dev-2", "medium")]
+
+
+def test_polling_many_hosts_that_answer_is_not_a_scan():
+    # A SCADA master polls 30 PLCs every 60 s; now and then a poll goes unanswered.
+    rng = np.random.default_rng(4)
+    rows = []
+    for k in range(30):
+        for i in range(30):
+            t = 60.0 * k + i * 0.5
+            failed = rng.random() < 0.05
+            rows.append(
+                flow(t, "10.1.0.20", f"10.1.5.{i + 1}", 502, state="S0" if failed else "SF",
+                     ob=0 if failed else 12, rb=0 if failed else 40, op=1 if failed else 3, rp=0 if failed else 3)
+            )  # fmt: skip
+    assert _feed(ScanDetector(), rows, Context(), chunk=600.0) == []
+
+
+def test_slow_exfiltration_on_a_simulated_fleet():
+    from fleetwarden.demo import context_from_fleet
+    from fleetwarden.simulate import simulate_fleet
+
+    fleet = simulate_fleet(devices=60, hours=12, seed=3, scenarios=["slow-exfiltration"])
+    ctx = context_from_fleet(fleet)
+    det = ExfilDetector()
+    found = []
+    for batch in fleet.iter_batches(seconds=600):
+        if batch.kind in det.kinds:
+            found += det.update(batch, ctx)
+    found += det.flush(ctx)
+    (sc,) = fleet.scenarios
+    assert found, "slow exfiltration missed"
+    assert {f.entity for f in found} == set(sc.device_ids)  # nobody else in the fleet
+    first = min(found, key=lambda f: f.last_seen)
+    assert first.attributes["destination"] == sc.details["destination"]
+    assert sc.start <= first.last_seen <= sc.start + 3 * 3600  # within three hours of the start
+    assert first.severity in ("medium", "high", "critical")
+    assert any("new country" in e for f in found for e in f.evidence)

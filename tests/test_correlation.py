@@ -61,3 +61,19 @@ def test_critical_device_class_weighs_more_and_mitre_union():
     plain = correlate([a, b])[0]
     assert inc.risk > plain.risk and inc.mitre == ["T1046", "T1018"]
     assert inc.severity in ("high", "critical") and plain.severity in ("medium", "high")
+
+
+def test_weak_signal_stays_low_unless_corroborated_or_linked():
+    ctx = Context()
+    ctx.add_device(DeviceInfo(device_id="plc-2", ip="10.0.0.8", device_class="plc"))
+    weak = [
+        Finding("plc-2", "anomaly", "novelty", 0.35, t, t + 1, ["x"], [], device_id="plc-2") for t in range(8)
+    ]
+    alone = correlate(weak, ctx)[0]
+    assert alone.severity == "low"  # repeated and on a critical class, still one weak witness
+    second = Finding("plc-2", "anomaly", "flowmodel", 0.35, 9, 10, ["y"], [], device_id="plc-2")
+    assert correlate([*weak, second], ctx)[0].severity == "medium"  # a second detector agrees
+    beacon = Finding("bot", "c2-beacon", "beacon", 0.3, 0, 1, ["z"], ["T1071"])
+    assert correlate([beacon])[0].severity == "low"
+    story = correlate([beacon, Finding("bot", "scan", "scan", 0.9, 0, 1, ["s"], ["T1046"])])
+    assert next(i for i in story if i.category == "c2-beacon").risk > 30  # linked to the scan

@@ -10,7 +10,13 @@ Risk is built from what the findings say, in this order:
 4. the story: other *attack* categories on the same entity (a scan, then a C2 beacon,
    then DDoS participation: the botnet life cycle) raise each of its incidents;
 5. criticality: devices whose class controls physical processes or patients (PLCs,
-   infusion pumps, ...) weigh more.
+   infusion pumps, ...) weigh more;
+6. weak signals stay weak: an incident whose only detector is sure of less than "medium"
+   and that no other attack step links to stays "low", however often it repeats.
+
+Stories are per entity: every detector names the *local* device as the entity (the
+scanning camera, not the external hosts that answered its probes; the flooding device, not
+its outside victim), so the scan, C2 beacon and flood of one compromised device link here.
 
 Severity follows from risk with the same cut points as :func:`fleetwarden.findings.severity_for`.
 The incident's evidence is the strongest findings' sentences (then a line naming the
@@ -60,6 +66,8 @@ CRITICAL_CLASSES = (
     "safety",
 )
 MAX_EVIDENCE = 6
+# Below this a finding is "low" (fleetwarden.findings.severity_for's medium cut point).
+WEAK = 0.4
 
 
 def _criticality(ctx: Context, finding: Finding) -> float:
@@ -82,6 +90,10 @@ def risk_for(findings: list[Finding], linked_categories: int = 0, criticality: f
     risk += min(0.06, 0.02 * math.log2(len(findings)))
     risk += min(0.15, 0.05 * linked_categories)
     risk *= criticality
+    if len(scores) == 1 and scores[0] < WEAK and linked_categories == 0:
+        # One detector's weak signal stays weak however often it repeats and whatever the
+        # device: it takes a second witness or a linked attack step to make it medium.
+        risk = min(risk, WEAK - 0.01)
     return int(round(100 * min(1.0, max(0.0, risk))))
 
 

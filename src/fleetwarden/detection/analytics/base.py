@@ -50,6 +50,10 @@ class Context:
     working_hours: tuple[int, int] = (7, 19)
     # known-good firmware images: (vendor, model, version) -> SHA-256 hex digests
     firmware_catalog: dict[tuple[str, str, str], set[str]] = field(default_factory=dict)
+    # plaintext-protocol policy for novelty.py (a novelty.PlaintextPolicy; None: its default),
+    # and a switch for the whole policy (None: the policy's own setting)
+    plaintext_policy: Any = None
+    require_encryption: bool | None = None
 
     def add_device(self, info: DeviceInfo) -> None:
         self.devices[info.device_id] = info

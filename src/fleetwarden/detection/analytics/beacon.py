@@ -18,8 +18,27 @@ Contract
     The timing score is the mean of skew, dispersion and count; the size score the mean of
     size skew and dispersion; the beacon score ``0.6 * timing + 0.25 * size + 0.15 *
     coverage``.  A finding (``c2-beacon``, T1071) is emitted when the score reaches
-    ``threshold``.  Its confidence is the beacon score, lowered for destinations inside the
-    local network (device-to-hub polling) and for long gaps seen only a few times.
+    ``threshold``.  Its confidence is the beacon score, lowered for long gaps seen only a few
+    times.
+
+    Fleet context (prevalence, as RITA and Defender for IoT use it): the detector also takes
+    ``dns`` batches (answers name the destinations) and keeps a bounded
+    :class:`~fleetwarden.detection.analytics.netcommon.Prevalence` of distinct devices per
+    external destination address and per registered domain, fleet-wide and per cohort
+    (vendor, class + vendor from ``ctx.devices``).  Once ``min_population`` devices have been
+    seen talking to the outside (a single-host capture is never discounted):
+
+    * a destination contacted by at least ``max(min_prevalent_devices, prevalence_ratio x
+      population)`` devices, or by ``cohort_min`` devices and ``cohort_ratio`` of the
+      device's own cohort (by address or by its domain), is a fleet service: no finding
+      (the pair and the reason are kept in ``suppressed``);
+    * a rare destination the device has used since it was first seen (within
+      ``baseline_seconds``) is part of its baseline: confidence x ``baseline_weight`` (low);
+    * a rare destination first contacted later keeps its full weight; the correlator raises it
+      further when the same device also scans or floods.
+
+    Destinations inside the site (RFC 1918 and inventoried addresses: brokers, hubs,
+    gateways) are not C2 candidates unless ``internal=True`` (then discounted x0.7).
 
 Blind spots
     Benign IoT heartbeats (cloud keep-alives, NTP, MQTT pings) are as periodic as malware
@@ -27,12 +46,17 @@ Blind spots
     stays below "high" unless it is very regular, frequent and long.  Sub-second repeats are
     left to the flood and brute-force analytics; beacons with random sleep distributions
     or with domain fronting over many destinations are missed; a keep-alive inside one
-    long connection is one flow, hence invisible here.
+    long connection is one flow, hence invisible here.  Prevalence is the price of quiet:
+    a C2 server that many devices of the fleet (or a third of one cohort) contact is taken
+    for a fleet service, a C2 hosted under a domain the cohort uses is discounted, a device
+    beaconing since monitoring began is only "low", and C2 on the LAN (peer-to-peer botnets)
+    is not looked for by default.
 
 Reference
     RITA (Active Countermeasures), beacon analysis: ``pkg/beacon`` scoring of timestamp
-    skew/MAD/connection count and data-size skew/MAD/smallness, and the duration score
-    of RITA v5.
+    skew/MAD/connection count and data-size skew/MAD/smallness, the duration score and the
+    prevalence filter of RITA v5; Microsoft Defender for IoT / Defender for Endpoint
+    prevalence of destinations across the organisation.
 """
 
 from __future__ import annotations
@@ -46,8 +70,9 @@ import pyarrow.compute as pc
 
 from fleetwarden.detection.analytics.base import Context
 from fleetwarden.detection.analytics.netcommon import (
+    Prevalence,
     group_mask,
-    is_private,
+    is_local,
     make_finding,
     num_col,
     sorted_by_time,
@@ -68,6 +93,7 @@ class _Pair:
     reported_at: int = 0
     reported_score: float = 0.0
     mac: str | None = None
+    first: float = 0.0  # first connection of the pair (before it was tracked in full)
 
 
 def _bowley(x: np.ndarray) -> float:
@@ -121,11 +147,16 @@ def beacon_score(ts: np.ndarray, sizes: np.ndarray, observed_span: float) -> dic
     }
 
 
+def _local_mask(dst: np.ndarray, ctx: Context) -> np.ndarray:
+    uniq, inv = np.unique(dst.astype(str), return_inverse=True)
+    return np.fromiter((is_local(ctx, u) for u in uniq), dtype=bool, count=len(uniq))[inv]
+
+
 class BeaconDetector:
     """Periodic connections of one device to one destination service (see module docstring)."""
 
     name = "beacon"
-    kinds = ("flow",)
+    kinds = ("flow", "dns")
 
     def __init__(
         self,
@@ -136,6 +167,14 @@ class BeaconDetector:
         max_history: int = 256,
         max_pairs: int = 200_000,
         idle_timeout: float = 6 * 3600.0,
+        internal: bool = False,
+        min_population: int = 10,
+        min_prevalent_devices: int = 5,
+        prevalence_ratio: float = 0.02,
+        cohort_min: int = 2,
+        cohort_ratio: float = 0.3,
+        baseline_seconds: float = 3600.0,
+        baseline_weight: float = 0.3,
     ) -> None:
         self.min_connections = min_connections
         self.threshold = threshold
@@ -144,21 +183,44 @@ class BeaconDetector:
         self.max_history = max_history
         self.max_pairs = max_pairs
         self.idle_timeout = idle_timeout
+        self.internal = internal
+        self.min_population = min_population
+        self.min_prevalent_devices = min_prevalent_devices
+        self.prevalence_ratio = prevalence_ratio
+        self.cohort_min = cohort_min
+        self.cohort_ratio = cohort_ratio
+        self.baseline_seconds = baseline_seconds
+        self.baseline_weight = baseline_weight
+        self.prevalence = Prevalence()
+        # Pairs left out as fleet services, with the reason (bounded like the pairs).
+        self.suppressed: dict[tuple, str] = {}
         self._pairs: dict[tuple, _Pair] = {}
-        self._counts: dict[str, int] = {}
+        self._counts: dict[str, list] = {}  # pair key -> [connections, first connection time]
+        self._first_seen: dict[str, float] = {}
         # Pairs are tracked in full from their third connection (two gaps say nothing yet).
         self.track_after = 3
         self._t0 = np.inf
         self._now = -np.inf
 
     def update(self, batch: EventBatch, ctx: Context) -> list[Finding]:
+        if batch.kind == "dns":
+            # DNS answers name the destinations: cloud addresses rotate, their domain stays.
+            self.prevalence.observe_dns(batch)
+            return []
         if batch.kind != "flow" or len(batch) == 0:
             return []
         batch = sorted_by_time(batch)
         dst = str_col(batch, "id.resp_h")
         # Connections the source opened: not replies the flow builder flipped onto it.
-        flipped = (num_col(batch, "orig_pkts") <= 0) & (num_col(batch, "resp_pkts") > 0)
+        rp = num_col(batch, "resp_pkts")
+        flipped = (num_col(batch, "orig_pkts") <= 0) & (rp > 0)
         keep = ~group_mask(dst) & ~flipped
+        answered = keep & ((rp > 0) | (num_col(batch, "resp_bytes") > 0))
+        if answered.any():
+            self.prevalence.observe_flows(str_col(batch, "id.orig_h")[answered], dst[answered], ctx)
+        if not self.internal:
+            # Hubs, brokers and gateways on the LAN are polled by design: not C2 candidates.
+            keep &= ~_local_mask(dst, ctx)
         if not keep.any():
             return []
         sub = batch.filter(keep)
@@ -167,15 +229,33 @@ class BeaconDetector:
         key_col = pc.binary_join_element_wise(
             sub["id.orig_h"], sub["id.resp_h"], sub["proto"], pc.cast(sub["id.resp_p"], pa.string()), "|"
         )
-        counts = pc.value_counts(key_col)
+        counts = (
+            pa.table({"k": key_col, "ts": sub["ts"]})
+            .group_by("k")
+            .aggregate([("ts", "count"), ("ts", "min")])
+        )
         hot = []
-        for k, n in zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True):
-            total = self._counts.get(k, 0) + n
-            self._counts[k] = total
-            if total >= self.track_after:
+        for k, n, t in zip(
+            counts.column("k").to_pylist(),
+            counts.column("ts_count").to_pylist(),
+            counts.column("ts_min").to_pylist(),
+            strict=True,
+        ):
+            c = self._counts.get(k)
+            if c is None:
+                c = self._counts[k] = [0, t]
+            c[0] += n
+            if c[0] >= self.track_after:
                 hot.append(k)
         if len(self._counts) > 4 * self.max_pairs:
-            self._counts = {k: n for k, n in self._counts.items() if n >= self.track_after}
+            self._counts = {k: c for k, c in self._counts.items() if c[0] >= self.track_after}
+        # When each source was first seen: destinations of its first hour are its baseline.
+        firsts = pa.table({"s": sub["id.orig_h"], "ts": sub["ts"]}).group_by("s").aggregate([("ts", "min")])
+        for src_ip, t in zip(
+            firsts.column("s").to_pylist(), firsts.column("ts_min").to_pylist(), strict=True
+        ):
+            if src_ip not in self._first_seen and len(self._first_seen) < 4 * self.max_pairs:
+                self._first_seen[src_ip] = t
         if not hot:
             return []
         sub = sub.filter(pc.is_in(key_col, value_set=pa.array(hot)))
@@ -194,8 +274,11 @@ class BeaconDetector:
             key = (src[i], dst[i], proto[i], int(dport[i]))
             p = self._pairs.get(key)
             if p is None:
+                c = self._counts.get(f"{key[0]}|{key[1]}|{key[2]}|{key[3]}")
                 p = self._pairs[key] = _Pair(
-                    ts=deque(maxlen=self.max_history), size=deque(maxlen=self.max_history)
+                    ts=deque(maxlen=self.max_history),
+                    size=deque(maxlen=self.max_history),
+                    first=c[1] if c else float(ts[i]),
                 )
             p.ts.append(float(ts[i]))
             p.size.append(int(size[i]))
@@ -234,10 +317,36 @@ class BeaconDetector:
         if s["median_gap"] < self.min_gap:
             return None
         src, dst, proto, port = key
+        why = self.prevalence.fleet_service(
+            src,
+            dst,
+            ctx,
+            self.min_population,
+            self.min_prevalent_devices,
+            self.prevalence_ratio,
+            self.cohort_min,
+            self.cohort_ratio,
+        )
+        if why is not None:
+            # A destination many devices (or the device's own cohort) use at all is a fleet
+            # service: its periodicity is the vendor's keep-alive, not a C2 check-in.
+            if len(self.suppressed) < self.max_pairs:
+                self.suppressed[key] = why
+            return None
         confidence = s["score"]
-        if is_private(dst):
-            # Polling a hub or gateway on the LAN is how IoT devices work.
+        if is_local(ctx, dst):
+            # Polling a hub or gateway on the LAN is how IoT devices work (internal=True only).
             confidence *= 0.7
+        population = len(self.prevalence.population)
+        baseline = (
+            population >= self.min_population
+            and p.first - self._first_seen.get(src, p.first) <= self.baseline_seconds
+        )
+        if baseline:
+            # In a fleet, a rare destination the device has used since it was first seen is
+            # part of its baseline (a vendor cloud only this device's model uses): keep it as
+            # context, low.  Beacons that start later (after a compromise) keep full weight.
+            confidence *= self.baseline_weight
         # Periodicity is cheap to fake by coincidence over a short stretch: confidence grows
         # with the number of check-ins (full from 10x the minimum) and with the span they
         # cover (full from ten minutes), as RITA needs long observation for its scores.
@@ -254,6 +363,18 @@ class BeaconDetector:
             f"timing regularity {s['timing']:.2f}, size regularity {s['size']:.2f} "
             f"(median {s['median_size']:.0f} B sent), coverage {s['coverage']:.2f} of the observed time",
         ]
+        if population >= self.min_population:
+            n = max(1, self.prevalence.devices(dst))
+            evidence.append(
+                f"rare destination: {n} of {population} devices of the fleet contact {dst}"
+                + (
+                    f"; contacted since the device was first seen (baseline destination, weight "
+                    f"{self.baseline_weight})"
+                    if baseline
+                    else f"; first contacted {(p.first - self._first_seen.get(src, p.first)) / 3600:.1f} h "
+                    "after the device was first seen"
+                )
+            )
         return make_finding(
             ctx,
             src,

@@ -13,11 +13,27 @@ Contract
       a baseline (``min_history`` windows), or at least ``cold_bytes`` before that;
     * mostly uploads: sent bytes at least ``min_upload_ratio`` times the received bytes.
 
+    Slow exfiltration over hours: each destination that is new for the device (first
+    contacted after its first ``slow_min_observed`` seconds, or at any time once the fleet
+    has a cohort of the device's kind) is followed for up to ``slow_horizon`` seconds of
+    activity.  A finding is emitted when the bytes uploaded to it reach ``slow_min_bytes``
+    and ``slow_ratio`` times what the device sent to all its other destinations over the
+    same span (its own rate, measured over everything it was seen doing; ``slow_cold_bytes``
+    when it was observed for less than ``slow_min_observed``), the uploads are mostly
+    one-way, and the destination is rare in the fleet (at most ``rare_devices`` devices, not
+    a service of the device's cohort: :class:`~fleetwarden.detection.analytics.netcommon.
+    Prevalence`).  A country that neither the device nor its cohort contacted before raises
+    the score.  It is reported again when the volume doubles.  Only answered flows count as
+    uploads (a one-way flood is the flood analytic's).
+
 Blind spots
-    Slow exfiltration under the baseline, exfiltration to a destination the device already
-    uses (a compromised cloud account), and exfiltration over DNS (left to the DNS
-    analytic) are missed.  Devices whose normal job is uploading (cameras) have large
-    baselines, which is the point of the ratio but also hides smaller thefts.
+    Exfiltration below ``slow_ratio`` times the device's own rate (or below
+    ``slow_min_bytes`` over the horizon), spread over many destinations each under the
+    limit, to a destination the device already uses or that many devices of the fleet use
+    (a compromised cloud account, a shared storage service), over unanswered UDP, or over
+    DNS (left to the DNS analytic) is missed.  A device compromised before monitoring began
+    has the drop site in its baseline.  Devices whose normal job is uploading (cameras)
+    have large baselines, which is the point of the ratio but also hides smaller thefts.
 
 Reference
     Slips' "data upload" detection (large upload to one IP within a time window) and AWS
@@ -35,8 +51,10 @@ import pyarrow as pa
 
 from fleetwarden.detection.analytics.base import Context
 from fleetwarden.detection.analytics.netcommon import (
+    Prevalence,
+    cohorts_of,
     is_group,
-    is_private,
+    is_local,
     make_finding,
     num_col,
     sorted_by_time,
@@ -58,13 +76,31 @@ class _Device:
     seen: OrderedDict = field(default_factory=OrderedDict)  # dst -> number of windows seen
     reported: set = field(default_factory=set)
     mac: str | None = None
+    # long horizon: everything sent, and the rare destinations followed over hours
+    out_all: int = 0
+    first_ts: float = math.inf
+    last_ts: float = -math.inf
+    slow: dict = field(default_factory=dict)  # dst -> _Slow
+    countries: set = field(default_factory=set)
+
+
+@dataclass
+class _Slow:
+    out: int = 0
+    back: int = 0
+    first: float = math.inf
+    last: float = -math.inf
+    flows: int = 0
+    uids: list = field(default_factory=list)
+    reported: int = 0  # bytes at the last report (0 = never)
+    new_country: str | None = None
 
 
 class ExfilDetector:
     """Upload volume to new or rare destinations far above the device's baseline."""
 
     name = "exfil"
-    kinds = ("flow",)
+    kinds = ("flow", "dns")
 
     def __init__(
         self,
@@ -78,6 +114,13 @@ class ExfilDetector:
         alpha: float = 0.1,
         max_destinations: int = 256,
         max_devices: int = 100_000,
+        slow_horizon: float = 12 * 3600.0,
+        slow_min_bytes: int = 5_000_000,
+        slow_ratio: float = 20.0,
+        slow_min_observed: float = 3600.0,
+        slow_cold_bytes: int = 50_000_000,
+        rare_devices: int = 2,
+        max_slow: int = 32,
     ) -> None:
         self.window = window
         self.min_bytes = min_bytes
@@ -89,19 +132,39 @@ class ExfilDetector:
         self.alpha = alpha
         self.max_destinations = max_destinations
         self.max_devices = max_devices
+        self.slow_horizon = slow_horizon
+        self.slow_min_bytes = slow_min_bytes
+        self.slow_ratio = slow_ratio
+        self.slow_min_observed = slow_min_observed
+        self.slow_cold_bytes = slow_cold_bytes
+        self.rare_devices = rare_devices
+        self.max_slow = max_slow
         self._devices: dict[str, _Device] = {}
+        self.prevalence = Prevalence()
+        self._cohort_countries: dict[str, set[str]] = {}
 
     def update(self, batch: EventBatch, ctx: Context) -> list[Finding]:
+        if batch.kind == "dns":
+            self.prevalence.observe_dns(batch)
+            return []
         if batch.kind != "flow" or len(batch) == 0:
             return []
         batch = sorted_by_time(batch)
         ts = batch.np("ts")
+        replied = (num_col(batch, "resp_pkts") > 0) | (num_col(batch, "resp_bytes") > 0)
+        answered = replied & (num_col(batch, "orig_pkts") > 0)
+        if answered.any():
+            self.prevalence.observe_flows(
+                str_col(batch, "id.orig_h")[answered], str_col(batch, "id.resp_h")[answered], ctx
+            )
         table = pa.table(
             {
                 "src": str_col(batch, "id.orig_h"),
                 "dst": str_col(batch, "id.resp_h"),
                 "win": np.floor(ts / self.window).astype(np.int64),
-                "ob": num_col(batch, "orig_bytes").astype(np.int64),
+                # Only answered flows carry an upload: the peer acknowledged the data.  One-way
+                # floods (GBs sent, nothing back) are the flood analytic's, not a theft.
+                "ob": np.where(replied, num_col(batch, "orig_bytes"), 0).astype(np.int64),
                 "rb": num_col(batch, "resp_bytes").astype(np.int64),
                 "ts": ts,
                 "uid": str_col(batch, "uid"),
@@ -120,9 +183,14 @@ class ExfilDetector:
             if dev.win != win:
                 self._roll(dev, win)
             dev.total += ob
+            dev.out_all += ob
+            dev.first_ts, dev.last_ts = min(dev.first_ts, t0), max(dev.last_ts, t1)
             dev.mac = mac or dev.mac
-            if is_private(dst) or is_group(dst):
+            if is_local(ctx, dst) or is_group(dst):
                 continue
+            f = self._slow_update(src, dev, dst, ob, rb, t0, t1, uids, ctx)
+            if f:
+                findings.append(f)
             acc = dev.sent.setdefault(dst, [0, 0, t0, t1, []])
             acc[0] += ob
             acc[1] += rb
@@ -164,6 +232,8 @@ class ExfilDetector:
             return None
         if out < self.min_upload_ratio * max(back, 1):
             return None
+        if self.prevalence.devices(dst) > self.rare_devices or self.prevalence.fleet_service(src, dst, ctx):
+            return None  # the fleet's or the cohort's service (a camera's clip upload to its cloud)
         if dev.windows >= self.min_history:
             limit = max(self.min_bytes, self.ratio * dev.baseline)
             basis = f"{self.ratio:.0f}x the device's baseline of {dev.baseline / 1e6:.2f} MB per window"
@@ -193,6 +263,101 @@ class ExfilDetector:
             mac=dev.mac,
             destination=dst,
             bytes_out=int(out),
+        )
+
+    # slow exfiltration over hours ---------------------------------------------------------
+    def _slow_update(
+        self, src: str, dev: _Device, dst: str, ob: int, rb: int, t0: float, t1: float, uids: list, ctx
+    ) -> Finding | None:
+        from fleetwarden.detection.analytics.novelty import country_of
+
+        acc = dev.slow.get(dst)
+        if acc is not None and t1 - acc.last > self.slow_horizon:
+            del dev.slow[dst]  # idle for the whole horizon: a new episode starts from zero
+            acc = None
+        country = country_of(dst)
+        cohorts = cohorts_of(ctx, src)
+        if acc is None:
+            # New for the device: judged against its own history once it has some, or from
+            # the start against the fleet when there is one (rarity is checked at alert time).
+            # Destinations of the device's first ``slow_min_observed`` seconds are its baseline,
+            # unless a cohort of the fleet tells what is usual for its kind of device.
+            learned = dev.last_ts - dev.first_ts >= self.slow_min_observed
+            cohort = len(self.prevalence.population) >= 10 and any(
+                len(self.prevalence.cohort_population.get(c, ())) >= 3 for c in cohorts
+            )
+            if dev.seen.get(dst, 0) <= self.rare_windows and (learned or cohort):
+                if len(dev.slow) >= self.max_slow:
+                    oldest = min(dev.slow, key=lambda k: dev.slow[k].last)
+                    del dev.slow[oldest]
+                acc = dev.slow[dst] = _Slow()
+                known = dev.countries | set().union(*(self._cohort_countries.get(c, ()) for c in cohorts))
+                if country and country not in known and dev.countries:
+                    acc.new_country = country
+        if country:
+            if len(dev.countries) < 64:
+                dev.countries.add(country)
+            for c in cohorts:
+                cc = self._cohort_countries.setdefault(c, set())
+                if len(cc) < 256:
+                    cc.add(country)
+        if acc is None:
+            return None
+        acc.out += ob
+        acc.back += rb
+        acc.first, acc.last = min(acc.first, t0), max(acc.last, t1)
+        acc.flows += 1
+        if len(acc.uids) < 50:
+            acc.uids.extend(u for u in uids[: 50 - len(acc.uids)] if u)
+        if acc.out < self.slow_min_bytes or (acc.reported and acc.out < 2 * acc.reported):
+            return None
+        if acc.out < self.min_upload_ratio * max(acc.back, 1):
+            return None
+        n_devices = self.prevalence.devices(dst)
+        if n_devices > self.rare_devices or self.prevalence.fleet_service(src, dst, ctx) is not None:
+            return None  # a destination the fleet or the cohort uses: not a new drop site
+        observed = dev.last_ts - dev.first_ts
+        span = max(acc.last - acc.first, self.window)
+        if observed >= self.slow_min_observed:
+            # The device's own rate on everything else it sends, over the same time span.
+            others = max(0, dev.out_all - acc.out)
+            rate = others / max(observed, 1.0)
+            limit = max(self.slow_min_bytes, self.slow_ratio * rate * span)
+            basis = (
+                f"{self.slow_ratio:.0f}x what the device sends to all its other destinations in the same "
+                f"{span / 3600:.1f} h ({rate * 3600 / 1e6:.3f} MB/h over {observed / 3600:.1f} h observed)"
+            )
+        else:
+            limit = self.slow_cold_bytes
+            basis = f"{limit / 1e6:.0f} MB for a device observed under {self.slow_min_observed / 3600:.1f} h"
+        if acc.out < limit:
+            return None
+        acc.reported = acc.out
+        prevalence = len(self.prevalence.population)
+        score = 0.5 + 0.25 * min(1.0, math.log10(acc.out / limit + 1) / math.log10(11))
+        score += 0.15 if acc.new_country else 0.0
+        evidence = [
+            f"uploaded {acc.out / 1e6:.1f} MB to {dst} in {acc.flows} flows over {span / 3600:.1f} h "
+            f"(received {acc.back / 1e6:.2f} MB); limit {limit / 1e6:.1f} MB = {basis}",
+            f"{dst} is new for the device and rare in the fleet ({max(n_devices, 1)} of {prevalence} devices)"
+            + (f"; new country {acc.new_country} for the device and its cohort" if acc.new_country else ""),
+        ]
+        return make_finding(
+            ctx,
+            src,
+            "exfiltration",
+            self.name,
+            min(1.0, score),
+            acc.first,
+            acc.last,
+            evidence,
+            ["T1048", "T1041", "T1030"],
+            acc.uids,
+            mac=dev.mac,
+            destination=dst,
+            bytes_out=int(acc.out),
+            country=country,
+            slow=True,
         )
 
     def flush(self, ctx: Context) -> list[Finding]:

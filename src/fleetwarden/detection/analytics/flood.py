@@ -15,13 +15,23 @@ Contract
       ``min_out_flows`` mostly unanswered flows or ``min_out_packets`` packets to one
       destination in one window: DDoS participation (T1498.001 direct network flood).
 
+    Rates use the flows' durations: a flow is credited to the window it starts in with the
+    share of its packets that fits in one window at its average rate, and the evidence gives
+    packets per second over the time the flows were actually sending.  Packets alone make a
+    flood only when the flows are mostly one-way (unanswered): one long answered flow of
+    many packets (a camera stream to its recorder, a backup) is a transfer, not a DDoS.
+    When the victim is outside the site and every source is a local device, the entities are
+    the local participants (``direction="outbound"``), not the outside target.
+
     A finding is emitted in the update that crosses a threshold; while the flood goes on,
     a window is reported again only when its rate doubles over the last report, and the
     episode resets after a quiet window.
 
 Blind spots
-    Rates are counted on flows' start times, so one long flow that carries a flood is
-    credited to the window it started in; low-and-slow application-layer DoS (Slowloris)
+    A long flow that carries a flood is credited (at its average rate) to the window it
+    started in only, so a flood carried by a few flows longer than ``window`` is seen once per
+    flow; a single-source flood whose victim answers every packet is taken for a
+    transfer; low-and-slow application-layer DoS (Slowloris)
     and attacks below ``min_packets`` per window are missed; a flash crowd of real clients
     on a public service looks like a distributed flood unless its flows are answered
     (answered flows lower the one-way share and keep the rule quiet).
@@ -44,6 +54,7 @@ from fleetwarden.detection.analytics.base import Context
 from fleetwarden.detection.analytics.netcommon import (
     MAX_RECORD_IDS,
     group_mask,
+    is_local,
     make_finding,
     num_col,
     sorted_by_time,
@@ -84,6 +95,7 @@ class _Window:
     sports: Counter = field(default_factory=Counter)
     first: float = np.inf
     last: float = -np.inf
+    end: float = -np.inf  # latest flow end (start + duration)
     uids: list = field(default_factory=list)
     mac: str | None = None
 
@@ -92,8 +104,12 @@ class _Window:
         self.sources = set()
         self.flows = self.packets = self.bytes = self.oneway = 0
         self.sports = Counter()
-        self.first, self.last = np.inf, -np.inf
+        self.first, self.last, self.end = np.inf, -np.inf, -np.inf
         self.uids = []
+
+    def span(self, window: float) -> float:
+        """Seconds the window's packets were sent over: flows' durations count, capped at the window."""
+        return float(min(window, max(max(self.end, self.last) - self.first, 1e-3)))
 
 
 @dataclass
@@ -120,6 +136,7 @@ class FloodDetector:
         min_out_packets: int = 5_000,
         max_sources: int = 20_000,
         max_keys: int = 100_000,
+        max_participants: int = 256,
     ) -> None:
         self.window = window
         self.min_sources = min_sources
@@ -130,6 +147,7 @@ class FloodDetector:
         self.min_out_packets = min_out_packets
         self.max_sources = max_sources
         self.max_keys = max_keys
+        self.max_participants = max_participants
         self._in: dict[str, _Episode] = {}
         self._out: dict[tuple, _Episode] = {}
 
@@ -162,6 +180,7 @@ class FloodDetector:
                 "sport": np.where(flipped, dport, sport),
                 "win": np.floor(ts / self.window).astype(np.int64),
                 "ts": ts,
+                "end": ts + duration,
                 # A flow record stands for at least one packet even when counts are missing.
                 # A long flow is credited to the window it starts in: count only the share
                 # of its packets that fits in one window at its average rate.
@@ -174,8 +193,10 @@ class FloodDetector:
             }
         ).filter(pa.array(keep2))
         findings: list[Finding] = []
-        findings += self._inbound(table, ctx)
+        # Outbound first: a device already named as a flooder of a target is not named again
+        # as one of the local participants of the same flood.
         findings += self._outbound(table, ctx)
+        findings += self._inbound(table, ctx)
         return findings
 
     # inbound: the victim --------------------------------------------------------------
@@ -188,6 +209,7 @@ class FloodDetector:
                 ("oneway", "sum"),
                 ("ts", "min"),
                 ("ts", "max"),
+                ("end", "max"),
                 ("uid", "list"),
             ]
         )
@@ -204,7 +226,7 @@ class FloodDetector:
         }
         out = []
         rows = zip(*(g.column(c).to_pylist() for c in g.column_names), strict=True)
-        for d, w, srcs, pk, by, ow, t0, t1, uids in sorted(rows, key=lambda r: (r[1], r[0])):
+        for d, w, srcs, pk, by, ow, t0, t1, t2, uids in sorted(rows, key=lambda r: (r[1], r[0])):
             ep = self._in.get(d)
             if ep is None:
                 ep = self._in[d] = _Episode()
@@ -218,16 +240,14 @@ class FloodDetector:
             win.packets += pk
             win.bytes += by
             win.oneway += ow
-            win.first, win.last = min(win.first, t0), max(win.last, t1)
+            win.first, win.last, win.end = min(win.first, t0), max(win.last, t1), max(win.end, t2)
             win.sports.update(sport_counts.get((d, w), {}))
             if len(win.sports) > 256:
                 win.sports = Counter(dict(win.sports.most_common(64)))
             room = MAX_RECORD_IDS - len(win.uids)
             if room > 0:
                 win.uids.extend(u for u in uids[:room] if u)
-            f = self._check_inbound(d, ep, ctx)
-            if f:
-                out.append(f)
+            out += self._check_inbound(d, ep, ctx)
         if len(self._in) > self.max_keys:
             self._evict(self._in)
         return out
@@ -238,22 +258,25 @@ class FloodDetector:
             ep.reported_rate = 0.0
 
     def _inbound_hit(self, win: _Window) -> bool:
-        distributed = (
-            len(win.sources) >= self.min_sources
-            and win.flows >= self.min_flows
-            and win.oneway >= self.min_oneway * win.flows
-        )
-        return distributed or win.packets >= self.min_packets
+        oneway = win.oneway >= self.min_oneway * win.flows
+        distributed = len(win.sources) >= self.min_sources and win.flows >= self.min_flows and oneway
+        # Packets alone make a flood only when the victim does not answer them: a camera
+        # stream or a backup is one long, answered flow of many packets, not an attack.
+        return distributed or (win.packets >= self.min_packets and oneway)
 
-    def _check_inbound(self, dst: str, ep: _Episode, ctx: Context) -> Finding | None:
+    def _check_inbound(self, dst: str, ep: _Episode, ctx: Context) -> list[Finding]:
         win = ep.window
         if not self._inbound_hit(win):
-            return None
-        span = max(win.last - win.first, 1e-3)
+            return []
+        span = win.span(self.window)
         rate = win.packets / max(span, 1.0)
         if ep.reported_rate and rate < 2 * ep.reported_rate:
-            return None
+            return []
         ep.reported_rate = rate
+        if not is_local(ctx, dst) and all(is_local(ctx, s) for s in win.sources):
+            # An outside victim of our own devices: the story is each local device's
+            # participation (the entity must be the local device, not the outside target).
+            return self._participants(dst, win, span, ctx)
         nsrc = len(win.sources)
         share_oneway = win.oneway / max(win.flows, 1)
         (top_proto, top_port), top_n = win.sports.most_common(1)[0] if win.sports else (("", 0), 0)
@@ -262,7 +285,7 @@ class FloodDetector:
         evidence = [
             f"{nsrc}{'+' if nsrc >= self.max_sources else ''} distinct sources sent {win.flows} flows / "
             f"{win.packets} packets ({win.bytes / 1e6:.2f} MB) to {dst} within {span:.1f} s "
-            f"(thresholds {self.min_sources} sources and {self.min_flows} flows, or {self.min_packets} "
+            f"({win.packets / span:.0f} packets/s over the flows' durations) (thresholds {self.min_sources} sources and {self.min_flows} flows, or {self.min_packets} "
             f"packets, per {self.window:.0f} s); {share_oneway:.0%} of flows one-way"
         ]
         kind = "distributed flood"
@@ -279,27 +302,61 @@ class FloodDetector:
             _scale(win.packets, self.min_packets),
             _scale(win.flows, self.min_flows) if nsrc >= self.min_sources else 0.0,
         )
-        return make_finding(
-            ctx,
-            dst,
-            "ddos",
-            self.name,
-            score,
-            win.first,
-            win.last,
-            evidence,
-            ["T1498", "T1498.002"] if vector and top_share >= 0.5 else ["T1498", "T1499"],
-            list(win.uids),
-            direction="inbound",
-            attack=kind,
-            sources=nsrc,
-            packets=win.packets,
-        )
+        return [
+            make_finding(
+                ctx,
+                dst,
+                "ddos",
+                self.name,
+                score,
+                win.first,
+                win.last,
+                evidence,
+                ["T1498", "T1498.002"] if vector and top_share >= 0.5 else ["T1498", "T1499"],
+                list(win.uids),
+                direction="inbound",
+                attack=kind,
+                sources=nsrc,
+                packets=win.packets,
+            )
+        ]
+
+    def _participants(self, dst: str, win: _Window, span: float, ctx: Context) -> list[Finding]:
+        nsrc = len(win.sources)
+        score = max(_scale(nsrc, self.min_sources), _scale(win.packets, self.min_packets))
+        evidence = [
+            f"one of {nsrc} local devices that sent {win.flows} flows / {win.packets} packets "
+            f"({win.bytes / 1e6:.2f} MB) to outside host {dst} within {span:.1f} s, "
+            f"{win.oneway / max(win.flows, 1):.0%} unanswered: distributed flood participation"
+        ]
+        return [
+            make_finding(
+                ctx,
+                s,
+                "ddos",
+                self.name,
+                score,
+                win.first,
+                win.last,
+                evidence,
+                ["T1498", "T1498.001"],
+                list(win.uids),
+                direction="outbound",
+                target=dst,
+                packets=win.packets,
+                sources=nsrc,
+            )
+            for s in sorted(win.sources)[: self.max_participants]
+            if not ((ep := self._out.get((s, dst))) and ep.window.win == win.win and ep.reported_rate)
+        ]
 
     # outbound: the participant --------------------------------------------------------
     def _outbound_hit(self, win: _Window) -> bool:
-        return (win.flows >= self.min_out_flows and win.oneway >= 0.8 * win.flows) or (
-            win.packets >= self.min_out_packets
+        # Packets alone count only when mostly unanswered (a long upload is answered).
+        return (win.flows >= self.min_out_flows or win.packets >= self.min_out_packets) and (
+            win.oneway >= 0.8 * win.flows
+            if win.packets < self.min_out_packets
+            else win.oneway >= self.min_oneway * win.flows
         )
 
     def _outbound(self, table: pa.Table, ctx: Context) -> list[Finding]:
@@ -311,6 +368,7 @@ class FloodDetector:
                 ("ts", "count"),
                 ("ts", "min"),
                 ("ts", "max"),
+                ("end", "max"),
                 ("uid", "list"),
                 ("mac", "max"),
                 ("dport", "count_distinct"),
@@ -318,7 +376,7 @@ class FloodDetector:
         )
         out = []
         rows = zip(*(g.column(c).to_pylist() for c in g.column_names), strict=True)
-        for s, d, w, pk, by, ow, n, t0, t1, uids, mac, nports in sorted(rows, key=lambda r: (r[2], r[0])):
+        for s, d, w, pk, by, ow, n, t0, t1, t2, uids, mac, nports in sorted(rows, key=lambda r: (r[2], r[0])):
             key = (s, d)
             ep = self._out.get(key)
             if ep is None:
@@ -334,7 +392,7 @@ class FloodDetector:
             win.packets += pk
             win.bytes += by
             win.oneway += ow
-            win.first, win.last = min(win.first, t0), max(win.last, t1)
+            win.first, win.last, win.end = min(win.first, t0), max(win.last, t1), max(win.end, t2)
             win.mac = mac or win.mac
             win.sources.add(nports)  # per-pair windows reuse ``sources`` for dst-port counts
             room = MAX_RECORD_IDS - len(win.uids)
@@ -345,14 +403,14 @@ class FloodDetector:
             spread = max(win.sources, default=0) > max(10, 0.1 * win.flows)
             if not self._outbound_hit(win) or (spread and win.packets < self.min_out_packets):
                 continue
-            span = max(win.last - win.first, 1e-3)
+            span = win.span(self.window)
             rate = win.packets / max(span, 1.0)
             if ep.reported_rate and rate < 2 * ep.reported_rate:
                 continue
             ep.reported_rate = rate
             evidence = [
                 f"sent {win.flows} flows / {win.packets} packets ({win.bytes / 1e6:.2f} MB) to {d} within "
-                f"{span:.1f} s, {win.oneway / max(win.flows, 1):.0%} unanswered (thresholds "
+                f"{span:.1f} s ({win.packets / span:.0f} packets/s), {win.oneway / max(win.flows, 1):.0%} unanswered (thresholds "
                 f"{self.min_out_flows} unanswered flows or {self.min_out_packets} packets per "
                 f"{self.window:.0f} s): flood participation"
             ]

@@ -16,6 +16,7 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from fleetwarden.detection.analytics.base import Context
 from fleetwarden.events import EventBatch
@@ -131,8 +132,12 @@ class DistinctWindow:
     def add(self, item: Any, ts: float, uid: str, failed: bool, cap: int) -> None:
         if item in self.items or len(self.items) < cap:
             self.items[item] = ts
+            # The latest outcome wins: a host that answered since (a polled PLC that missed
+            # one poll) is no longer a failed target, whereas a scanner's targets stay failed.
             if failed:
                 self.failed.add(item)
+            else:
+                self.failed.discard(item)
         self.events += 1
         self.first_ts = min(self.first_ts, ts)
         self.last_ts = max(self.last_ts, ts)
@@ -186,3 +191,160 @@ def str_col(batch: EventBatch, name: str) -> np.ndarray:
 
 def num_col(batch: EventBatch, name: str, fill: float = 0) -> np.ndarray:
     return batch.np(name, fill=fill)
+
+
+def is_local(ctx: Context, ip: str) -> bool:
+    """Inside the monitored network: a private address or an inventoried device."""
+    return is_private(ip) or ip in ctx.ip_to_device
+
+
+def cohorts_of(ctx: Context, ip: str) -> tuple[str, ...]:
+    """Cohort keys of the device at ``ip``: its vendor and its (class, vendor); empty if unknown."""
+    device_id = ctx.ip_to_device.get(ip)
+    info = ctx.devices.get(device_id) if device_id else None
+    if info is None:
+        return ()
+    out = []
+    if info.vendor:
+        out.append(f"vendor:{info.vendor}")
+        if info.device_class:
+            out.append(f"class:{info.device_class}|{info.vendor}")
+    return tuple(out)
+
+
+class Prevalence:
+    """How many distinct devices of the fleet (and of each cohort) talk to an external destination.
+
+    The prevalence of a destination, as RITA and Defender for IoT use it: a service that many
+    devices contact is a fleet service (vendor cloud, NTP pool, CDN), not a command-and-control
+    server or a drop site of one compromised device.  Destinations are counted by address and,
+    when a DNS answer named it, by the registered domain of the name (vendors rotate cloud
+    addresses under one domain).  Everything is bounded: at most ``cap`` devices per key (the
+    count saturates far above any threshold), ``max_keys`` keys and ``max_names`` DNS answers,
+    the oldest dropped first.
+
+    Blind spot: a botnet whose C2 is contacted by many devices of the fleet looks prevalent;
+    callers only discount prevalence and keep other evidence (scans, floods) of such devices.
+    """
+
+    def __init__(self, cap: int = 256, max_keys: int = 200_000, max_names: int = 200_000) -> None:
+        self.cap = cap
+        self.max_keys = max_keys
+        self.max_names = max_names
+        self.by_key: dict[str, set[str]] = {}  # "ip:<addr>" / "dom:<registered domain>" -> devices
+        self.by_cohort: dict[tuple[str, str], set[str]] = {}  # (cohort, key) -> devices
+        self.population: set[str] = set()
+        self.cohort_population: dict[str, set[str]] = {}
+        self.names: dict[str, str] = {}  # answer address -> registered domain
+
+    # learning ---------------------------------------------------------------------------
+    def observe_dns(self, batch: EventBatch) -> None:
+        """Learn address -> registered domain from the answers of DNS records."""
+        if len(batch) == 0 or "answers" not in batch.table.column_names:
+            return
+        from fleetwarden.detection.analytics.dns import registered_domain
+
+        query = str_col(batch, "query")
+        answers = str_col(batch, "answers")
+        has = answers != ""
+        if not has.any():
+            return
+        pairs = set(zip(query[has].tolist(), answers[has].tolist(), strict=True))
+        for q, ans in pairs:
+            if not q:
+                continue
+            dom = registered_domain(q)[0]
+            for a in ans.split(","):
+                a = a.strip()
+                if a and _addr(a) is not None:
+                    self.names.pop(a, None)
+                    self.names[a] = dom
+        while len(self.names) > self.max_names:
+            self.names.pop(next(iter(self.names)))
+
+    def observe_flows(self, src: np.ndarray, dst: np.ndarray, ctx: Context) -> None:
+        """Count the (source, external destination) pairs of connections the sources opened.
+
+        Callers pass answered connections only: unanswered probes of a scan say nothing about
+        which services the fleet uses (and would fill the table with one-device keys).
+        """
+        if len(src) == 0:
+            return
+        pairs = pa.table({"s": pa.array(src, pa.string()), "d": pa.array(dst, pa.string())})
+        pairs = pairs.group_by(["s", "d"]).aggregate([])
+        for s, d in zip(pairs.column("s").to_pylist(), pairs.column("d").to_pylist(), strict=True):
+            if not s or not d or is_group(d) or is_local(ctx, d):
+                continue
+            if len(self.population) < 10 * self.max_keys:
+                self.population.add(s)
+            cohorts = cohorts_of(ctx, s)
+            for c in cohorts:
+                members = self.cohort_population.setdefault(c, set())
+                if len(members) < 10 * self.cap:
+                    members.add(s)
+            for key in self._keys(d):
+                devices = self.by_key.setdefault(key, set())
+                if len(devices) < self.cap:
+                    devices.add(s)
+                for c in cohorts:
+                    devices = self.by_cohort.setdefault((c, key), set())
+                    if len(devices) < self.cap:
+                        devices.add(s)
+        for table in (self.by_key, self.by_cohort):
+            if len(table) > self.max_keys:
+                # Oldest keys first; rare ones (one device) are the cheapest to forget.
+                drop = [k for k, v in list(table.items())[: len(table) // 2] if len(v) <= 1]
+                for k in drop or list(table)[: len(table) // 4]:
+                    del table[k]
+
+    def _keys(self, dst: str) -> tuple[str, ...]:
+        dom = self.names.get(dst)
+        return (f"ip:{dst}", f"dom:{dom}") if dom else (f"ip:{dst}",)
+
+    # asking -----------------------------------------------------------------------------
+    def devices(self, dst: str) -> int:
+        """Distinct devices seen contacting ``dst`` (by address; saturates at ``cap``)."""
+        return len(self.by_key.get(f"ip:{dst}", ()))
+
+    def domain(self, dst: str) -> str | None:
+        return self.names.get(dst)
+
+    def cohort_share(self, src: str, dst: str, ctx: Context) -> tuple[int, int, str | None]:
+        """Best (devices, cohort size, cohort) over the cohorts of ``src`` contacting ``dst`` or its domain."""
+        best: tuple[int, int, str | None] = (0, 0, None)
+        for c in cohorts_of(ctx, src):
+            size = len(self.cohort_population.get(c, ()))
+            for key in self._keys(dst):
+                n = len(self.by_cohort.get((c, key), ()))
+                if size and (n / size, n) > ((best[0] / best[1]) if best[1] else 0.0, best[0]):
+                    best = (n, size, c)
+        return best
+
+    def fleet_service(
+        self,
+        src: str,
+        dst: str,
+        ctx: Context,
+        min_population: int = 10,
+        min_devices: int = 5,
+        ratio: float = 0.02,
+        cohort_min: int = 2,
+        cohort_ratio: float = 0.3,
+    ) -> str | None:
+        """Why ``dst`` is a service of the fleet or of ``src``'s cohort, or None when it is rare.
+
+        Prevalence only applies once ``min_population`` devices have been seen talking to the
+        outside (a single-host capture says nothing about what is common).
+        """
+        population = len(self.population)
+        if population < min_population:
+            return None
+        n = self.devices(dst)
+        need = min(self.cap, max(min_devices, math.ceil(ratio * population)))
+        if n >= need:
+            return f"{n} of {population} devices of the fleet contact it"
+        k, size, cohort = self.cohort_share(src, dst, ctx)
+        if cohort and k >= cohort_min and k >= cohort_ratio * size:
+            via = f" (domain {self.names[dst]})" if dst in self.names else ""
+            return f"{k} of the {size} devices of cohort {cohort} contact it{via}"
+        return None

@@ -13,16 +13,24 @@ Contract
       value).  Scores stay low-to-medium: novelty is context for the correlator, not proof.
     * Plaintext management (``policy-violation``, T1021, T1040): established telnet, FTP,
       rlogin, SNMPv1/2 or MQTT without TLS, and HTTP to a management port of an inventoried
-      device, when encryption is required (``require_encryption``; ``ctx.require_encryption``
-      overrides it).  The entity is the device on the LAN side that offers (telnet, FTP,
-      HTTP admin) or speaks (MQTT client) the protocol; one finding per (device, protocol).
+      device, weighed by a :class:`PlaintextPolicy` (the detector's ``policy``, or
+      ``ctx.plaintext_policy``; ``ctx.require_encryption`` switches it off).  The entity is
+      always the local device: the one that offers the service (telnet, FTP, HTTP admin) or
+      speaks it (MQTT client), or the local client whose session to an *outside* server was
+      answered (the answered probe of its own scan: it is that device's story, not the
+      outside host's).  Default weights: inside the site low (MQTT to the site broker
+      lowest), management offered to or used from outside the site medium, MQTT leaving the
+      site medium; one finding per (device, protocol, weight).  ``auth`` events of logins
+      over telnet/FTP/rlogin (credentials crossed in clear) are medium.
 
     Countries come from :func:`fleetwarden.detection.enrich.country_of` when present,
     otherwise from geoip2fast's bundled database (no network access).
 
 Blind spots
     Protocols are recognised by port or by the flow's ``service`` field, so telnet on an odd
-    port without service detection is missed; new services of a device that talks to
+    port without service detection is missed; flows carry no payload, so credentials are
+    only "seen" through ``auth`` events; "outside the site" means outside RFC 1918 and the
+    inventory (another site's private subnet counts as inside); new services of a device that talks to
     everything during its learning period become part of its baseline; country lookups are
     only as good as the bundled GeoIP snapshot.
 
@@ -35,7 +43,7 @@ Reference
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 import numpy as np
@@ -45,6 +53,7 @@ from fleetwarden.detection.analytics.base import Context
 from fleetwarden.detection.analytics.netcommon import (
     device_class,
     is_group,
+    is_local,
     is_private,
     make_finding,
     num_col,
@@ -54,7 +63,7 @@ from fleetwarden.detection.analytics.netcommon import (
 from fleetwarden.events import EventBatch
 from fleetwarden.findings import Finding
 
-__all__ = ["ANALYTICS", "NoveltyDetector", "country_of"]
+__all__ = ["ANALYTICS", "NoveltyDetector", "PlaintextPolicy", "country_of"]
 
 # (proto, port) -> (name, score, which side is the device: "resp" offers it, "orig" speaks it)
 PLAINTEXT = {
@@ -67,6 +76,7 @@ PLAINTEXT = {
 }
 PLAINTEXT_SERVICES = {"telnet": ("telnet", 0.5, "resp"), "ftp": ("FTP", 0.4, "resp")}
 HTTP_ADMIN_PORTS = frozenset({80, 8080, 8000, 8081, 8888})
+PLAINTEXT_LOGIN_SERVICES = frozenset({"telnet", "ftp", "rlogin", "rsh"})
 ESTABLISHED = ("SF", "S1", "S2", "S3", "RSTO", "RSTR")
 
 
@@ -106,6 +116,25 @@ def country_of(ip: str) -> str | None:
     return _geo()(ip)
 
 
+@dataclass(frozen=True)
+class PlaintextPolicy:
+    """How much each kind of plaintext management use weighs (a score of 0 allows it).
+
+    Defaults follow a site that requires encryption on every management path but accepts
+    that LAN-only protocols are a hygiene issue (low), whereas management reachable from
+    outside the site, telemetry leaving the site in clear, and logins whose credentials
+    crossed the network in clear are medium.  Set on the detector, or on the run's Context
+    as ``ctx.plaintext_policy`` (``ctx.require_encryption`` switches the whole policy).
+    """
+
+    require_encryption: bool = True
+    lan_score: float = 0.3  # telnet/FTP/SNMP/HTTP admin between hosts of the site
+    lan_mqtt_score: float = 0.15  # MQTT on 1883 to a broker inside the site
+    outbound_score: float = 0.25  # the device opened a plaintext session to an external server
+    external_score: float = 0.55  # offered to / used from outside the site, or MQTT leaving it
+    credentials_score: float = 0.55  # a login over telnet/FTP: credentials in clear
+
+
 @dataclass
 class _Profile:
     services: set = field(default_factory=set)
@@ -122,21 +151,22 @@ class NoveltyDetector:
     """New services/countries for a device or its class; plaintext management protocols."""
 
     name = "novelty"
-    kinds = ("flow",)
+    kinds = ("flow", "auth")
 
     def __init__(
         self,
-        warmup_flows: int = 500,
+        warmup_flows: int = 50,
         warmup_seconds: float = 3600.0,
         min_cohort: int = 2,
         require_encryption: bool = True,
+        policy: PlaintextPolicy | None = None,
         max_values: int = 128,
         max_devices: int = 100_000,
     ) -> None:
         self.warmup_flows = warmup_flows
         self.warmup_seconds = warmup_seconds
         self.min_cohort = min_cohort
-        self.require_encryption = require_encryption
+        self.policy = policy or PlaintextPolicy(require_encryption=require_encryption)
         self.max_values = max_values
         self.max_devices = max_devices
         self._devices: dict[str, _Profile] = {}
@@ -145,7 +175,11 @@ class NoveltyDetector:
         self._policy_reported: set[tuple] = set()
 
     def update(self, batch: EventBatch, ctx: Context) -> list[Finding]:
-        if batch.kind != "flow" or len(batch) == 0:
+        if len(batch) == 0:
+            return []
+        if batch.kind == "auth":
+            return self._plaintext_logins(batch, ctx)
+        if batch.kind != "flow":
             return []
         batch = sorted_by_time(batch)
         findings = self._policy(batch, ctx)
@@ -153,9 +187,16 @@ class NoveltyDetector:
         return findings
 
     # plaintext management ---------------------------------------------------------
+    def _policy_now(self, ctx: Context) -> PlaintextPolicy:
+        policy = getattr(ctx, "plaintext_policy", None) or self.policy
+        required = getattr(ctx, "require_encryption", None)
+        if required is not None and required != policy.require_encryption:
+            policy = replace(policy, require_encryption=bool(required))
+        return policy
+
     def _policy(self, batch: EventBatch, ctx: Context) -> list[Finding]:
-        required = getattr(ctx, "require_encryption", self.require_encryption)
-        if not required:
+        policy = self._policy_now(ctx)
+        if not policy.require_encryption:
             return []
         ob = num_col(batch, "orig_bytes").astype(np.int64)
         rb = num_col(batch, "resp_bytes").astype(np.int64)
@@ -163,6 +204,7 @@ class NoveltyDetector:
         if not talked.any():
             return []
         b = batch.filter(talked)
+        ob, rb = ob[talked], rb[talked]
         proto = str_col(b, "proto")
         port = num_col(b, "id.resp_p").astype(np.int64)
         service = str_col(b, "service")
@@ -177,22 +219,44 @@ class NoveltyDetector:
         for i in np.flatnonzero(candidates):
             rule = PLAINTEXT.get((proto[i], int(port[i]))) or PLAINTEXT_SERVICES.get(service[i])
             if rule is None:
-                # HTTP management of an inventoried device from inside the network.
-                if proto[i] == "tcp" and dst[i] in ctx.ip_to_device and is_private(src[i]):
-                    rule = ("HTTP management", 0.25, "resp")
+                # HTTP management of an inventoried device.
+                if proto[i] == "tcp" and dst[i] in ctx.ip_to_device:
+                    rule = ("HTTP management", 0.0, "resp")
                 else:
                     continue
-            label, score, side = rule
-            device_ip = dst[i] if side == "resp" else src[i]
-            peer = src[i] if side == "resp" else dst[i]
-            if side == "orig" and not is_private(device_ip):
-                device_ip, peer = dst[i], src[i]
-            key = (device_ip, label)
+            label, _, side = rule
+            server, client = dst[i], src[i]
+            server_local, client_local = is_local(ctx, server), is_local(ctx, client)
+            mqtt = label.startswith("MQTT")
+            if side == "orig" and client_local:
+                # MQTT: the client device speaks plaintext to its broker.
+                device_ip, peer = client, server
+                if server_local:
+                    score, how = policy.lan_mqtt_score, f"used {label} inside the site with broker {peer}"
+                else:
+                    score, how = policy.external_score, f"sent {label} out of the site to {peer}"
+            elif server_local and not client_local:
+                # Management offered to (and used from) outside the site.
+                device_ip, peer = server, client
+                score = policy.external_score
+                how = f"accepted a plaintext {label} session from {peer} outside the site"
+            elif client_local and not server_local:
+                # The device opened a plaintext session to an external server: the answered
+                # probe of a scan, or remote management over the internet.  Its own doing.
+                device_ip, peer = client, server
+                score = policy.outbound_score
+                how = f"opened a plaintext {label} session to external host {peer}"
+            else:
+                device_ip, peer = server, client
+                score = policy.lan_mqtt_score if mqtt else policy.lan_score
+                verb = "served" if mqtt else "accepted"
+                how = f"{verb} a plaintext {label} session with {peer}"
+            if score <= 0:
+                continue  # the policy allows it
+            key = (device_ip, label, score)
             if key in self._policy_reported:
                 continue
             self._policy_reported.add(key)
-            where = f"{proto[i]}/{port[i]}"
-            verb = "accepted" if side == "resp" else "used"
             out.append(
                 make_finding(
                     ctx,
@@ -203,13 +267,59 @@ class NoveltyDetector:
                     float(ts[i]),
                     float(ts[i]),
                     [
-                        f"{verb} a plaintext {label} session on {where} with {peer} "
-                        f"({int(ob[talked][i])} B / {int(rb[talked][i])} B exchanged); policy requires "
-                        "encrypted management"
+                        f"{how} on {proto[i]}/{port[i]} ({int(ob[i])} B / {int(rb[i])} B exchanged); "
+                        "policy requires encrypted management"
                     ],
                     ["T1021", "T1040"],
                     [uid[i]],
                     protocol=label,
+                    peer=peer,
+                )
+            )
+        return out
+
+    def _plaintext_logins(self, batch: EventBatch, ctx: Context) -> list[Finding]:
+        """Logins over telnet/FTP: credentials crossed the network in clear text."""
+        policy = self._policy_now(ctx)
+        if not policy.require_encryption or policy.credentials_score <= 0:
+            return []
+        service = np.char.lower(str_col(batch, "service").astype(str))
+        hit = np.isin(service, list(PLAINTEXT_LOGIN_SERVICES))
+        if not hit.any():
+            return []
+        b = batch.filter(hit)
+        device = str_col(b, "device_id")
+        src = str_col(b, "src_ip")
+        user = str_col(b, "user")
+        svc = service[hit]
+        ts = b.np("ts")
+        out = []
+        for i in range(len(b)):
+            info = ctx.devices.get(device[i]) if device[i] else None
+            ip = info.ip if info is not None and info.ip else None
+            if ip is None:
+                continue  # the device the login was on is unknown: nothing to name
+            key = (ip, f"{svc[i]} login", policy.credentials_score)
+            if key in self._policy_reported:
+                continue
+            self._policy_reported.add(key)
+            out.append(
+                make_finding(
+                    ctx,
+                    ip,
+                    "policy-violation",
+                    self.name,
+                    policy.credentials_score,
+                    float(ts[i]),
+                    float(ts[i]),
+                    [
+                        f"account {user[i]!r} logged in over plaintext {svc[i]} from {src[i] or 'unknown'}: "
+                        "credentials crossed the network unencrypted; policy requires encrypted management"
+                    ],
+                    ["T1021", "T1040", "T1552"],
+                    [],
+                    protocol=svc[i],
+                    peer=src[i] or None,
                 )
             )
         return out

@@ -13,6 +13,10 @@ Contract
     * ICMP sweep: echo/timestamp/mask requests to many hosts;
     * ARP sweep: ARP who-has requests for many distinct addresses.
 
+    A target counts as failed when none of its attempts in a batch was answered, and the
+    latest outcome wins (a host that answered since is no longer a failed target): a
+    master polling many PLCs that miss an occasional poll is not a scanner.
+
     A finding is emitted in the update that completes the evidence (the distinct count
     crosses the threshold), and again each time the count doubles, so a long scan is
     reported while it runs and escalates.
@@ -192,14 +196,16 @@ class ScanDetector:
             }
         )
         findings: list[Finding] = []
-        # Horizontal (incl. ICMP sweeps): distinct hosts per (source, proto, port).
+        # Horizontal (incl. ICMP sweeps): distinct hosts per (source, proto, port).  A host
+        # counts as failed when none of its attempts in the batch was answered: a poller whose
+        # targets answer most polls is not probing dead addresses.
         h = table.group_by(["src", "proto", "port", "dst"]).aggregate(
-            [("ts", "max"), ("failed", "any"), ("uid", "min"), ("mac", "max")]
+            [("ts", "max"), ("failed", "all"), ("uid", "min"), ("mac", "max")]
         )
         touched: set[tuple] = set()
         for s, p, port, d, t, f, u, m in zip(
             *(h.column(c).to_pylist() for c in ("src", "proto", "port", "dst")),
-            *(h.column(c).to_pylist() for c in ("ts_max", "failed_any", "uid_min", "mac_max")),
+            *(h.column(c).to_pylist() for c in ("ts_max", "failed_all", "uid_min", "mac_max")),
             strict=True,
         ):
             key = (s, p, port)
@@ -216,12 +222,12 @@ class ScanDetector:
             pa.array(np.asarray(table.column("proto").to_numpy(zero_copy_only=False)) != "icmp")
         )
         v = tcpudp.group_by(["src", "dst", "proto", "port"]).aggregate(
-            [("ts", "max"), ("failed", "any"), ("uid", "min"), ("mac", "max")]
+            [("ts", "max"), ("failed", "all"), ("uid", "min"), ("mac", "max")]
         )
         touched = set()
         for s, d, p, port, t, f, u, m in zip(
             *(v.column(c).to_pylist() for c in ("src", "dst", "proto", "port")),
-            *(v.column(c).to_pylist() for c in ("ts_max", "failed_any", "uid_min", "mac_max")),
+            *(v.column(c).to_pylist() for c in ("ts_max", "failed_all", "uid_min", "mac_max")),
             strict=True,
         ):
             key = (s, d)
