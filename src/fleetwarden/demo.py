@@ -228,7 +228,18 @@ def render_report(report: DemoReport, console: Console) -> None:
         f"attack scenarios fully detected: {found}/{len(attacks)}"
         + (f" (partially: {partial})" if partial else ""),
         f"benign firmware rollout kept quiet: {'yes' if benign_ok else 'NO'}",
-        f"incidents not explained by a scenario (false positives): {len(report.unexplained)}",
+        _unexplained_line(report.unexplained),
         f"results stored in: {report.db_url}",
     ]
     console.print(Panel("\n".join(lines), title="Summary", expand=False))
+
+
+def _unexplained_line(unexplained: list[Incident]) -> str:
+    """False positives, split by what an analyst would have to look at (medium and above)."""
+    serious = [i for i in unexplained if i.severity in ("medium", "high", "critical")]
+    low = Counter(i.category for i in unexplained if i.severity == "low")
+    low_text = ", ".join(f"{n} {cat}" for cat, n in low.most_common()) or "none"
+    return (
+        f"incidents not explained by a scenario (false positives): {len(serious)} at medium or above; "
+        f"low-severity notes: {low_text}"
+    )
