@@ -133,7 +133,7 @@ def compare_unsupervised(data: Path, train_keys: list[str], key: str) -> list[st
     t0 = time.perf_counter()
     s = model.hbos_["all"].score(codes)
     out.append(
-        f"  unsup HBOS        {key}: AUC={roc_auc_score(y, s):.4f} "
+        f"  unsup HBOS (behaviour features, as in the model) {key}: AUC={roc_auc_score(y, s):.4f} "
         f"({(time.perf_counter() - t0) * 1e6 / len(s):.2f} us/flow)"
     )
     for name, est in (

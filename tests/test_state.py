@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 from fleetwarden.detection.features import FlowFeaturizer
-from fleetwarden.detection.state import STATE_DTYPE, STATS, DeviceStateTable, damped_prefix, stable_hash
+from fleetwarden.detection.state import (
+    STATE_DTYPE,
+    STATS,
+    DeviceStateTable,
+    damped_last,
+    damped_prefix,
+    stable_hash,
+)
 from fleetwarden.events import EventBatch
 
 
@@ -25,6 +32,23 @@ def test_damped_prefix_matches_brute_force_over_long_spans():
     for tau in (10.0, 600.0):
         pre, _ = damped_prefix(g, t, x, tau)
         np.testing.assert_allclose(pre, _brute(g, t, x, tau), rtol=1e-6, atol=1e-3)
+
+
+def test_damped_prefix_with_prior_and_damped_last_match_brute_force():
+    # a prior state (sums as of prior_t) continues into the batch; damped_last is what the state stores
+    rng = np.random.default_rng(2)
+    g = np.sort(rng.integers(0, 5, 600))
+    t = np.concatenate([np.sort(rng.uniform(100, 5_000, (g == k).sum())) for k in range(5)])
+    x = rng.uniform(0, 50, (600, 3))
+    prior = rng.uniform(0, 100, (5, 3))
+    prior_t = np.array([0.0, 90.0, -np.inf, 50.0, 99.0])
+    for tau in (10.0, 600.0):
+        brute = _brute(g, t, x, tau) + prior[g] * np.exp(-(t - prior_t[g]) / tau)[:, None]
+        pre, post = damped_prefix(g, t, x, tau, prior, prior_t)
+        np.testing.assert_allclose(pre, brute, rtol=1e-6, atol=1e-4)  # blocks drop weights < e^-16
+        last = np.r_[np.flatnonzero(g[1:] != g[:-1]), len(g) - 1]
+        np.testing.assert_allclose(damped_last(g, t, x, tau, prior, prior_t), pre[last] + x[last], rtol=1e-6)
+        np.testing.assert_allclose(post, pre[last] + x[last], rtol=1e-9)
 
 
 def _flows(n, devices, seed, t0=1.6e9):

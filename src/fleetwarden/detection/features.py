@@ -19,7 +19,9 @@ Context is causal: a flow's context uses that flow and the device's earlier flow
 It is computed vectorised: flows are sorted by (device, ts) and damped sums come from
 block-wise cumulative sums (:func:`fleetwarden.detection.state.damped_prefix`); the
 featurizer keeps a :class:`DeviceStateTable` between batches, so a file replayed in
-batches and a live stream give the same features.
+batches and a live stream give the same features.  The matrix is column-major (each
+feature one contiguous column, which is how it is written and binned), and the device
+keys of the last batch stay in ``last_keys`` for the scorer.
 
 Blind spots: "seconds since last flow to the same destination" only looks inside the
 current batch (pair history is not kept in the bounded state); flows are attributed to
@@ -32,7 +34,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fleetwarden.detection.state import SCALES, STATS, DeviceStateTable, damped_prefix, stable_hash
+from fleetwarden.detection.state import (
+    SCALES,
+    STATS,
+    DeviceStateTable,
+    damped_last,
+    damped_prefix,
+    stable_hash,
+)
 from fleetwarden.events import EventBatch
 
 __all__ = ["CATEGORIES", "FEATURES", "FlowFeaturizer", "device_keys"]
@@ -113,7 +122,13 @@ LOG_FEATURES = frozenset(
 )
 
 _S = {name: i for i, name in enumerate(STATS)}
-_NO_GAP = 1e6  # "no earlier flow to this destination seen": a very long gap
+_NO_GAP = 1e6
+# damped statistics each time scale's features read (the state keeps them all)
+_USED: dict[float, tuple[str, ...]] = {
+    10.0: ("flows",),
+    60.0: ("flows", "failed", "new_dst", "new_port", "iat"),
+    600.0: ("flows", "failed", "new_dst", "out_bytes", "in_bytes", "iat", "iat2", "tcp", "icmp"),
+}  # "no earlier flow to this destination seen": a very long gap
 
 
 def device_keys(batch: EventBatch) -> np.ndarray:
@@ -211,11 +226,14 @@ class FlowFeaturizer:
 
     def __init__(self, state: DeviceStateTable | None = None) -> None:
         self.state = state if state is not None else DeviceStateTable()
+        self.last_keys = np.zeros(0, dtype=np.uint64)
 
     def transform(self, batch: EventBatch) -> np.ndarray:
         n = len(batch)
-        out = np.zeros((n, len(FEATURES)), dtype=np.float32)
+        # column-major: every feature is written and binned as one contiguous column
+        out = np.zeros((len(FEATURES), n), dtype=np.float32).T
         if n == 0:
+            self.last_keys = np.zeros(0, dtype=np.uint64)
             return out
         col = {name: i for i, name in enumerate(FEATURES)}
         ts = batch["ts"].fill_null(0.0).to_numpy() if batch["ts"].null_count else batch["ts"].to_numpy()
@@ -260,6 +278,7 @@ class FlowFeaturizer:
 
         # ---- device context (sorted by device, then time) -------------------------------------
         keys = device_keys(batch)
+        self.last_keys = keys  # the scorer reuses them (device baselines) instead of hashing again
         rows = self.state.ensure(keys)
         order = np.lexsort((ts, rows))
         r_s, t_s = rows[order], ts[order]
@@ -304,25 +323,30 @@ class FlowFeaturizer:
         incl = {}
         new_sums = np.zeros((len(g_rows), len(SCALES), len(STATS)), dtype=np.float64)
         for k, tau in enumerate(SCALES):
-            pre, post_last = damped_prefix(
-                group, t_s, x, tau, prior["sums"][:, k, :].astype(np.float64), prior_t
-            )
-            incl[tau] = pre + x  # context including this flow
-            new_sums[:, k, :] = post_last
+            prior_k = prior["sums"][:, k, :].astype(np.float64)
+            # per-flow prefix sums only for the statistics a feature reads at this scale
+            cols = [_S[name] for name in _USED[tau]]
+            xc = x[:, cols]
+            pre, post_last = damped_prefix(group, t_s, xc, tau, prior_k[:, cols], prior_t)
+            pre += xc  # context including this flow
+            incl[tau] = {name: pre[:, j] for j, name in enumerate(_USED[tau])}
+            new_sums[:, k, cols] = post_last
+            rest = [j for j in range(len(STATS)) if j not in cols]
+            new_sums[:, k, rest] = damped_last(group, t_s, x[:, rest], tau, prior_k[:, rest], prior_t)
 
         def ratio(tau: float, num: str, den: str = "flows") -> np.ndarray:
             s = incl[tau]
-            return s[:, _S[num]] / np.maximum(s[:, _S[den]], 1e-9)
+            return s[num] / np.maximum(s[den], 1e-9)
 
         ctx = {
-            "flows_per_s_10s": incl[10.0][:, _S["flows"]] / 10.0,
-            "flows_per_s_60s": incl[60.0][:, _S["flows"]] / 60.0,
-            "flows_per_s_600s": incl[600.0][:, _S["flows"]] / 600.0,
+            "flows_per_s_10s": incl[10.0]["flows"] / 10.0,
+            "flows_per_s_60s": incl[60.0]["flows"] / 60.0,
+            "flows_per_s_600s": incl[600.0]["flows"] / 600.0,
             "failed_frac_60s": ratio(60.0, "failed"),
             "failed_frac_600s": ratio(600.0, "failed"),
-            "new_dst_60s": incl[60.0][:, _S["new_dst"]],
-            "new_dst_600s": incl[600.0][:, _S["new_dst"]],
-            "new_port_60s": incl[60.0][:, _S["new_port"]],
+            "new_dst_60s": incl[60.0]["new_dst"],
+            "new_dst_600s": incl[600.0]["new_dst"],
+            "new_port_60s": incl[60.0]["new_port"],
             "out_bytes_mean_600s": np.log1p(ratio(600.0, "out_bytes")),
             "in_bytes_mean_600s": np.log1p(ratio(600.0, "in_bytes")),
             "iat_mean_60s": np.log1p(ratio(60.0, "iat")),
