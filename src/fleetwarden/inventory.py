@@ -14,23 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from fleetwarden.detection.analytics.base import Context, DeviceInfo
+from fleetwarden.store.repository import DEVICE_FIELDS
 
 # Columns of the store's devices table; anything else in a row goes to ``attributes``.
-DEVICE_COLUMNS = (
-    "device_id",
-    "ip",
-    "mac",
-    "vendor",
-    "model",
-    "device_class",
-    "firmware_version",
-    "owner",
-    "site",
-    "zone",
-    "network_role",
-    "data_class",
-    "lifecycle",
-)
+DEVICE_COLUMNS = DEVICE_FIELDS - {"attributes"}
 _INFO_FIELDS = {"device_id", "ip", "mac", "device_class", "vendor", "model", "site", "country"}
 
 
