@@ -136,3 +136,14 @@ def test_inventory_import_refuses_rows_without_device_id(tmp_path):
     res = _run("inventory", "import", str(bad), "--db", f"sqlite:///{tmp_path / 'fw.db'}")
     assert res.exit_code == 2
     assert "device 2 has no device_id" in res.stderr
+
+
+def test_analyze_skip_bad_reports_what_was_skipped(tmp_path):
+    src = need_data("stratosphere", "ssh-bruteforce.test19.pcap")
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(src.read_bytes()[:30000])
+    res = _run("analyze", "--skip-bad", "--json", str(cut))
+    assert res.exit_code == 0, res.stderr
+    assert "cut.pcap: skipped 1 bad record(s)" in res.stderr
+    assert "truncated" in res.stderr
+    json.loads(res.stdout)

@@ -24,7 +24,7 @@ app = typer.Typer(
     help="FleetWarden: AI-powered threat detection for IoT fleets.",
 )
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 Files = Annotated[list[Path], typer.Argument(help="input files: pcap/pcapng, Zeek logs, IoT-23 CSV, JSONL")]
 ModelDir = Annotated[Path, typer.Option("--model", help="model directory")]
@@ -56,11 +56,13 @@ def _check_inputs(files: list[Path]) -> None:
 
 
 def _report_skips(stats_by_file: dict[str, object]) -> None:
+    """One stderr line per input that had bad records skipped, with the first reasons."""
     for name, stats in stats_by_file.items():
-        skipped = getattr(stats, "skipped", 0)
+        get = stats.get if isinstance(stats, dict) else lambda key, default, s=stats: getattr(s, key, default)
+        skipped = get("skipped", 0)
         if skipped:
             err.print(f"{name}: skipped {skipped} bad record(s)", markup=False, highlight=False)
-            for problem in getattr(stats, "problems", [])[:3]:
+            for problem in list(get("problems", []))[:3]:
                 err.print(f"  {problem}", markup=False, highlight=False)
 
 
@@ -176,7 +178,7 @@ def analyze(
     result = _run(analyze_paths, list(files), model_dir=model, skip_bad=skip_bad, ctx=ctx)
     if db is not None:
         _run(_record_analysis, db, files, result)
-    _report_skips(getattr(result, "stats", {}) or {})
+    _report_skips(result.stats.get("files", {}))
     if as_json:
         sys.stdout.write(json.dumps([i.to_dict() for i in result.incidents], indent=2) + "\n")
         return
