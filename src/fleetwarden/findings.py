@@ -98,18 +98,28 @@ class Incident:
 
     def to_dict(self) -> dict[str, Any]:
         """The ``analyze --json`` shape (DESIGN.md's command-line contract)."""
-        return {
-            "entity": self.entity,
-            "ip": self.ip,
-            "mac": self.mac,
-            "category": self.category,
-            "severity": self.severity,
-            "risk": self.risk,
-            "first_seen": _iso(self.first_seen),
-            "last_seen": _iso(self.last_seen),
-            "evidence": list(self.evidence),
-            "mitre": list(self.mitre),
-        }
+        return incident_json(self)
+
+
+def incident_json(incident: Any) -> dict[str, Any]:
+    """The ``analyze --json`` incident shape (DESIGN.md's command-line contract).
+
+    Takes an :class:`Incident` or anything with the same attributes, such as the stored
+    ``fleetwarden.store.models.IncidentRecord`` (whose JSON lists may be None), so the
+    contract has one definition whichever side an incident comes from.
+    """
+    return {
+        "entity": incident.entity,
+        "ip": incident.ip,
+        "mac": incident.mac,
+        "category": incident.category,
+        "severity": incident.severity,
+        "risk": incident.risk,
+        "first_seen": _iso(incident.first_seen),
+        "last_seen": _iso(incident.last_seen),
+        "evidence": list(incident.evidence or []),
+        "mitre": list(incident.mitre or []),
+    }
 
 
 def _iso(ts: float) -> str:

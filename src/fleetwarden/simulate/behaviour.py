@@ -253,6 +253,21 @@ PLC_COMMANDS = np.array(
 )
 PUMP_COMMANDS = np.array(["set_rate", "start_infusion", "stop_infusion", "silence_alarm"], dtype=object)
 MAINT_COMMANDS = np.array(["read_diagnostics", "backup_config", "config_push", "reboot"], dtype=object)
+# Classes the maintenance contractor services (and an intruder with its account goes for).
+MAINTAINED_CLASSES = ("plc", "gateway", "infusion-pump", "pos-terminal")
+# Columns of an auth row as :meth:`NormalBehaviour.add_auth` takes it (label columns apart).
+AUTH_FIELDS = (
+    "ts",
+    "user",
+    "src_ip",
+    "src_country",
+    "src_lat",
+    "src_lon",
+    "service",
+    "success",
+    "reason",
+    "device_id",
+)
 
 
 # --- time helpers -----------------------------------------------------------------------------
@@ -352,7 +367,6 @@ class NormalBehaviour:
             }
             for si in range(len(SITES))
         }
-        self.vendor_country = np.array([VENDORS[v].country for v in fleet.vendor], dtype=object)
         self.cloud_ip = np.array([VENDORS[v].cloud_ip(i) for i, v in enumerate(fleet.vendor)], dtype=object)
         self.cloud_domain = np.array([VENDORS[v].cloud_domain for v in fleet.vendor], dtype=object)
         self.update_ip = np.array([VENDORS[v].update_ip for v in fleet.vendor], dtype=object)
@@ -433,7 +447,6 @@ class NormalBehaviour:
             service = np.where(port == 8883, "ssl", "mqtt").astype(object)
         if ch.inbound:
             orig_h, resp_h, orig_mac, resp_mac = dst, dev_ip, None, dev_mac
-            ob, rb = ob, rb
         else:
             orig_h, resp_h, orig_mac, resp_mac = dev_ip, dst, dev_mac, None
         parts.add(
@@ -616,6 +629,12 @@ class NormalBehaviour:
         ]
         return np.flatnonzero((f.site == site) & np.isin(f.cls, ui))
 
+    def maintenance_targets(self, site: int) -> np.ndarray:
+        """Devices of a site that the maintenance contractor services."""
+        f = self.fleet
+        maintained = [DEVICE_CLASSES.index(c) for c in MAINTAINED_CLASSES]
+        return np.flatnonzero((f.site == site) & np.isin(f.cls, maintained))
+
     def operator_origin(self, si: int, op: Operator, k: int = 0) -> tuple[str, str, float, float, str]:
         """(src_ip, country, lat, lon, service) of an operator's logins."""
         city = CITIES[op.city]
@@ -643,21 +662,7 @@ class NormalBehaviour:
 
     def _operators(self, parts: R.Parts, rng: np.random.Generator) -> None:
         """Operators log in during their shifts: once at the start, a few times later; rare typos."""
-        cols: dict[str, list] = {
-            k: []
-            for k in (
-                "ts",
-                "user",
-                "src_ip",
-                "src_country",
-                "src_lat",
-                "src_lon",
-                "service",
-                "success",
-                "reason",
-                "device_id",
-            )
-        }
+        rows: list[tuple] = []
         for si, site in enumerate(SITES):
             targets = self.login_targets(si)
             if not len(targets):
@@ -677,30 +682,11 @@ class NormalBehaviour:
                         )
                         attempts = [(t - rng.uniform(5, 40), False)] if rng.random() < 0.04 else []
                         for ts, ok in [*attempts, (t, True)]:
-                            cols["ts"].append(ts)
-                            cols["user"].append(op.name)
-                            cols["src_ip"].append(ip)
-                            cols["src_country"].append(cc)
-                            cols["src_lat"].append(lat)
-                            cols["src_lon"].append(lon)
-                            cols["service"].append(svc)
-                            cols["success"].append(ok)
-                            cols["reason"].append(None if ok else "bad password")
-                            cols["device_id"].append(self.fleet.device_id[tgt])
-        n = len(cols["ts"])
-        parts.add(
-            "auth",
-            {
-                **{
-                    k: np.array(v, dtype=object)
-                    if k not in ("ts", "src_lat", "src_lon", "success")
-                    else np.array(v)
-                    for k, v in cols.items()
-                },
-                "label": R.full(n, "benign"),
-                "detailed_label": R.full(n, "operator-login"),
-            },
-        )
+                            reason = None if ok else "bad password"
+                            rows.append(
+                                (ts, op.name, ip, cc, lat, lon, svc, ok, reason, self.fleet.device_id[tgt])
+                            )
+        self.add_auth(parts, rows, "benign", "operator-login")
 
     def on_shift(
         self, si: int, ts: np.ndarray, onsite_only: bool = True
@@ -787,10 +773,9 @@ class NormalBehaviour:
     def _maintenance(self, parts: R.Parts, rng: np.random.Generator) -> None:
         """Daily maintenance window: the contractor logs in over the VPN and services a few devices."""
         auth: list[tuple] = []
-        maint_cls = [DEVICE_CLASSES.index(c) for c in ("plc", "gateway", "infusion-pump", "pos-terminal")]
         for si, site in enumerate(SITES):
             op = site.maintenance
-            targets = np.flatnonzero((self.fleet.site == si) & np.isin(self.fleet.cls, maint_cls))
+            targets = self.maintenance_targets(si)
             gws = np.flatnonzero(
                 (self.fleet.site == si) & (self.fleet.cls == DEVICE_CLASSES.index("gateway"))
             )
@@ -829,21 +814,10 @@ class NormalBehaviour:
         self.add_auth(parts, auth, "benign", "maintenance-login")
 
     def add_auth(self, parts: R.Parts, rows: list[tuple], label: str, step: str | np.ndarray) -> None:
+        """Auth records from rows of :data:`AUTH_FIELDS` values."""
         if not rows:
             return
-        names = (
-            "ts",
-            "user",
-            "src_ip",
-            "src_country",
-            "src_lat",
-            "src_lon",
-            "service",
-            "success",
-            "reason",
-            "device_id",
-        )
-        cols = {k: np.array([r[i] for r in rows], dtype=object) for i, k in enumerate(names)}
+        cols = {k: np.array([r[i] for r in rows], dtype=object) for i, k in enumerate(AUTH_FIELDS)}
         for k in ("ts", "src_lat", "src_lon"):
             cols[k] = cols[k].astype(np.float64)
         cols["success"] = cols["success"].astype(bool)

@@ -420,10 +420,7 @@ def remote_access_misuse(c: Ctx) -> ScenarioTruth:
     steps.append("impossible-travel")
     nb.add_auth(c.parts, rows, label, np.array(steps, dtype=object))
     # what the intruder does with the session
-    maint_cls = [DEVICE_CLASSES.index(x) for x in ("gateway", "plc", "infusion-pump", "pos-terminal")]
-    targets = np.array(
-        [i for i in np.flatnonzero((f.site == si) & np.isin(f.cls, maint_cls)) if i not in c.used]
-    )
+    targets = np.array([i for i in nb.maintenance_targets(si) if i not in c.used])
     k = min(3, len(targets))
     tgt = rng.choice(targets, size=k, replace=False) if k else np.zeros(0, dtype=int)
     c.used.update(int(i) for i in tgt)

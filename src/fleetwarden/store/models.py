@@ -29,6 +29,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from fleetwarden.findings import incident_json
+
 # JSON that is indexable/compact on PostgreSQL and plain text JSON on SQLite
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 
@@ -65,6 +67,10 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
     type_annotation_map = {dict[str, Any]: JSONType, list[str]: JSONType, list[Any]: JSONType}
 
+    def to_dict(self) -> dict[str, Any]:
+        """Every column, by attribute name."""
+        return {attr.key: getattr(self, attr.key) for attr in self.__mapper__.column_attrs}
+
 
 class Vendor(Base):
     """A device maker, with where to send security reports."""
@@ -77,9 +83,6 @@ class Vendor(Base):
     security_contact: Mapped[str | None] = mapped_column(String(500))
     attributes: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[float] = mapped_column(Double)
-
-    def to_dict(self) -> dict[str, Any]:
-        return _columns(self)
 
 
 class Device(Base):
@@ -112,9 +115,6 @@ class Device(Base):
     attributes: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[float] = mapped_column(Double)
     updated_at: Mapped[float] = mapped_column(Double)
-
-    def to_dict(self) -> dict[str, Any]:
-        return _columns(self)
 
 
 class IncidentRecord(Base):
@@ -149,25 +149,9 @@ class IncidentRecord(Base):
     created_at: Mapped[float] = mapped_column(Double)
     updated_at: Mapped[float] = mapped_column(Double)
 
-    def to_dict(self) -> dict[str, Any]:
-        return _columns(self)
-
     def to_contract(self) -> dict[str, Any]:
         """The ``analyze --json`` incident shape (DESIGN.md)."""
-        from fleetwarden.findings import _iso
-
-        return {
-            "entity": self.entity,
-            "ip": self.ip,
-            "mac": self.mac,
-            "category": self.category,
-            "severity": self.severity,
-            "risk": self.risk,
-            "first_seen": _iso(self.first_seen),
-            "last_seen": _iso(self.last_seen),
-            "evidence": list(self.evidence or []),
-            "mitre": list(self.mitre or []),
-        }
+        return incident_json(self)
 
 
 class FindingRecord(Base):
@@ -209,9 +193,6 @@ class FindingRecord(Base):
     source: Mapped[str | None] = mapped_column(String(500))
     created_at: Mapped[float] = mapped_column(Double)
 
-    def to_dict(self) -> dict[str, Any]:
-        return _columns(self)
-
 
 class Action(Base):
     """A response step: proposed, approved where policy says so, executed, reversible."""
@@ -240,9 +221,6 @@ class Action(Base):
     updated_at: Mapped[float] = mapped_column(Double)
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
-    def to_dict(self) -> dict[str, Any]:
-        return _columns(self)
-
 
 class AuditEntry(Base):
     """One link of the hash-chained, append-only audit log (see :mod:`fleetwarden.audit`)."""
@@ -257,9 +235,6 @@ class AuditEntry(Base):
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64), unique=True)
-
-    def to_dict(self) -> dict[str, Any]:
-        return _columns(self)
 
 
 class ModelRecord(Base):
@@ -277,7 +252,7 @@ class ModelRecord(Base):
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        d = _columns(self)
+        d = super().to_dict()
         d["metadata"] = d.pop("meta")
         return d
 
@@ -295,9 +270,6 @@ class IngestBatch(Base):
     last_ts: Mapped[float | None] = mapped_column(Double)
     created_at: Mapped[float] = mapped_column(Double)
 
-    def to_dict(self) -> dict[str, Any]:
-        return _columns(self)
-
 
 TABLES = (
     "vendors",
@@ -309,7 +281,3 @@ TABLES = (
     "models",
     "ingest_batches",
 )
-
-
-def _columns(obj: Base) -> dict[str, Any]:
-    return {attr.key: getattr(obj, attr.key) for attr in obj.__mapper__.column_attrs}

@@ -44,27 +44,8 @@ from fleetwarden.store.models import (
     Vendor,
 )
 
-DEVICE_FIELDS = frozenset(
-    {
-        "device_id",
-        "ip",
-        "mac",
-        "vendor",
-        "model",
-        "device_class",
-        "firmware_version",
-        "owner",
-        "site",
-        "zone",
-        "network_role",
-        "data_class",
-        "lifecycle",
-        "discovered",
-        "first_seen",
-        "last_seen",
-        "attributes",
-    }
-)
+# Device columns a caller may set: all but the ones the store keeps itself.
+DEVICE_FIELDS = frozenset(Device.__table__.columns.keys()) - {"id", "created_at", "updated_at"}
 # response actions move only forward along these edges (reverting is its own step)
 ACTION_TRANSITIONS: dict[str, tuple[str, ...]] = {
     "proposed": ("approved", "rejected"),

@@ -61,6 +61,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fleetwarden.detection.analytics.base import Context, DeviceInfo
+from fleetwarden.detection.analytics.netcommon import str_col
 from fleetwarden.events import EventBatch
 from fleetwarden.findings import Finding
 
@@ -70,6 +71,7 @@ __all__ = [
     "CredentialMisuse",
     "EpisodeBook",
     "country_of_ip",
+    "fmt_duration",
     "great_circle_km",
     "in_maintenance_window",
     "local_hours",
@@ -103,6 +105,15 @@ def noisy_or(weights: Iterable[float]) -> float:
     for w in weights:
         p *= 1.0 - min(1.0, max(0.0, w))
     return 1.0 - p
+
+
+def fmt_duration(seconds: float) -> str:
+    """A span for evidence sentences: seconds under 2 min, minutes under 2 h, else hours."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def great_circle_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
@@ -241,10 +252,6 @@ class EpisodeBook:
             self.open.move_to_end(key)
         return ep
 
-    def touch(self, key: Any) -> None:
-        if key in self.open:
-            self.open.move_to_end(key)
-
     def close_due(self, now: float) -> list[tuple[Any, Episode]]:
         """Episodes quiet for ``gap`` (ordered by last update, so the scan stops early)."""
         out, self._evicted = self._evicted, []
@@ -266,10 +273,6 @@ class EpisodeBook:
         return out
 
 
-def _str_col(batch: EventBatch, name: str) -> np.ndarray:
-    return batch.np(name, fill="")
-
-
 def _target_keys(batch: EventBatch) -> np.ndarray:
     """device_id when present, else the account: what a login attempt is aimed at."""
     dev = pc.fill_null(batch["device_id"], "")
@@ -281,14 +284,6 @@ def _target_keys(batch: EventBatch) -> np.ndarray:
 def _device_ip(ctx: Context, device_id: str) -> str | None:
     info = ctx.devices.get(device_id)
     return info.ip if info else None
-
-
-def _fmt_dur(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 # ---------------------------------------------------------------------------------------
@@ -339,9 +334,9 @@ class BruteForce:
         ts = batch.np("ts")
         success = batch.np("success")
         target = _target_keys(batch)
-        src = _str_col(batch, "src_ip")
-        user = _str_col(batch, "user")
-        device = _str_col(batch, "device_id")
+        src = str_col(batch, "src_ip")
+        user = str_col(batch, "user")
+        device = str_col(batch, "device_id")
         out: list[Finding] = []
         fail_idx = np.flatnonzero(~success)
         if len(fail_idx):
@@ -417,7 +412,7 @@ class BruteForce:
         score = min(0.9, 0.55 + 0.2 * math.log2(ratio))
         evidence = [
             f"{st.failures} failed logins on {target} from {src or 'an unknown source'} in "
-            f"{_fmt_dur(span)}; peak {st.peak} in {_fmt_dur(self.window)} vs threshold {self.threshold}",
+            f"{fmt_duration(span)}; peak {st.peak} in {fmt_duration(self.window)} vs threshold {self.threshold}",
         ]
         if len(st.users) > 1:
             evidence.append(f"{len(st.users)} accounts tried: {', '.join(sorted(st.users)[:5])}")
@@ -425,7 +420,7 @@ class BruteForce:
         if st.success_at is not None:
             score = max(score, 0.95)
             evidence.append(
-                f"then a successful login from the same source {_fmt_dur(st.success_at - st.last)}"
+                f"then a successful login from the same source {fmt_duration(st.success_at - st.last)}"
                 " after the last failure"
             )
             mitre.append("T1078")
@@ -490,7 +485,7 @@ class BruteForce:
                         last_seen=ep["last"],
                         evidence=[
                             f"password spraying: failed logins to {n} distinct accounts from {s} within "
-                            f"{_fmt_dur(self.spray_window)} vs threshold {self.spray_accounts}",
+                            f"{fmt_duration(self.spray_window)} vs threshold {self.spray_accounts}",
                             f"accounts: {', '.join(sorted(ep['accounts'])[:8])}",
                         ],
                         mitre=["T1110", "T1110.003"],
@@ -568,14 +563,14 @@ class CredentialMisuse:
             return []
         ts = batch.np("ts")
         success = batch.np("success")
-        user = _str_col(batch, "user")
-        src = _str_col(batch, "src_ip")
-        device = _str_col(batch, "device_id")
+        user = str_col(batch, "user")
+        src = str_col(batch, "src_ip")
+        device = str_col(batch, "device_id")
         target = _target_keys(batch)
-        country = _str_col(batch, "src_country")
+        country = str_col(batch, "src_country")
         lat = batch.np("src_lat")
         lon = batch.np("src_lon")
-        service = _str_col(batch, "service")
+        service = str_col(batch, "service")
         offsets = np.array([_utc_offset(ctx.devices.get(d)) if d else 0.0 for d in device])
         off = off_hours(local_hours(ts, offsets), ctx.working_hours)
         if not self.fleet_countries_:
@@ -626,7 +621,7 @@ class CredentialMisuse:
                         "impossible_travel",
                         0.7,
                         f"impossible travel: {km:,.0f} km from the previous login ({h.last_ip}) in "
-                        f"{_fmt_dur(ts - t0)} = {speed:,.0f} km/h vs limit {self.max_speed_kmh:,.0f} km/h",
+                        f"{fmt_duration(ts - t0)} = {speed:,.0f} km/h vs limit {self.max_speed_kmh:,.0f} km/h",
                     )
                 )
         elif (
@@ -640,8 +635,8 @@ class CredentialMisuse:
                 (
                     "impossible_travel",
                     0.5,
-                    f"login country changed {h.last_country} -> {cc} within {_fmt_dur(ts - h.last_ts)} "
-                    f"(limit {_fmt_dur(self.country_hop_s)}; no coordinates to compute a speed)",
+                    f"login country changed {h.last_country} -> {cc} within {fmt_duration(ts - h.last_ts)} "
+                    f"(limit {fmt_duration(self.country_hop_s)}; no coordinates to compute a speed)",
                 )
             )
 
@@ -693,7 +688,7 @@ class CredentialMisuse:
                         "success_after_burst",
                         0.75,
                         f"successful login to {target} from {where} after {n} failed attempts from the same "
-                        f"source in the preceding {_fmt_dur(self.burst_window)} (threshold {self.burst_min})",
+                        f"source in the preceding {fmt_duration(self.burst_window)} (threshold {self.burst_min})",
                     )
                 )
                 q.clear()

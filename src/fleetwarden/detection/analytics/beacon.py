@@ -71,6 +71,7 @@ import pyarrow.compute as pc
 from fleetwarden.detection.analytics.base import Context
 from fleetwarden.detection.analytics.netcommon import (
     Prevalence,
+    address_mask,
     group_mask,
     is_local,
     make_finding,
@@ -147,11 +148,6 @@ def beacon_score(ts: np.ndarray, sizes: np.ndarray, observed_span: float) -> dic
     }
 
 
-def _local_mask(dst: np.ndarray, ctx: Context) -> np.ndarray:
-    uniq, inv = np.unique(dst.astype(str), return_inverse=True)
-    return np.fromiter((is_local(ctx, u) for u in uniq), dtype=bool, count=len(uniq))[inv]
-
-
 class BeaconDetector:
     """Periodic connections of one device to one destination service (see module docstring)."""
 
@@ -220,7 +216,7 @@ class BeaconDetector:
             self.prevalence.observe_flows(str_col(batch, "id.orig_h")[answered], dst[answered], ctx)
         if not self.internal:
             # Hubs, brokers and gateways on the LAN are polled by design: not C2 candidates.
-            keep &= ~_local_mask(dst, ctx)
+            keep &= ~address_mask(dst, lambda ip: is_local(ctx, ip))
         if not keep.any():
             return []
         sub = batch.filter(keep)

@@ -52,20 +52,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fleetwarden.detection.analytics.auth import lru_get, noisy_or
+from fleetwarden.detection.analytics.auth import fmt_duration, lru_get, noisy_or
 from fleetwarden.detection.analytics.base import Context
 from fleetwarden.events import EventBatch
 from fleetwarden.findings import Finding
 
 __all__ = ["ANALYTICS", "AttestationPolicy", "ClonedIdentity", "UnknownDevice"]
-
-
-def _fmt_dur(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 @dataclass
@@ -133,7 +125,7 @@ class ClonedIdentity:
                         (
                             0.8,
                             f"serial {serial[i]} already enrolled as {prev[0]} "
-                            f"{_fmt_dur(ts[i] - prev[1])} earlier, now claimed by {dev[i]}",
+                            f"{fmt_duration(ts[i] - prev[1])} earlier, now claimed by {dev[i]}",
                             f"serial:{prev[0]}",
                         )
                     )
@@ -186,8 +178,8 @@ class ClonedIdentity:
         if span is not None and span[0] < ts and ts - span[1] <= self.overlap_s:
             w = 0.7
             live = (
-                f"while {dev} is live (reporting for {_fmt_dur(ts - span[0])} before this enrolment"
-                + (", and since" if span[1] > ts else f", last {_fmt_dur(ts - span[1])} earlier")
+                f"while {dev} is live (reporting for {fmt_duration(ts - span[0])} before this enrolment"
+                + (", and since" if span[1] > ts else f", last {fmt_duration(ts - span[1])} earlier")
                 + ")"
             )
         elif str(info.extra.get("lifecycle", "")).lower() == "active":  # type: ignore[union-attr]
@@ -224,8 +216,8 @@ class ClonedIdentity:
                     (
                         0.9 if alternating else 0.5,
                         f"{'alternating' if alternating else 'two'} keys for one identity: {key[:12]} and "
-                        f"{sorted(others)[0][:12]} within {_fmt_dur(ts - last_other)} "
-                        f"(overlap window {_fmt_dur(self.overlap_s)})",
+                        f"{sorted(others)[0][:12]} within {fmt_duration(ts - last_other)} "
+                        f"(overlap window {fmt_duration(self.overlap_s)})",
                         ("key-alternating:" if alternating else "key:") + "|".join(sorted(others | {key})),
                     )
                 )
@@ -237,7 +229,7 @@ class ClonedIdentity:
                     (
                         0.6,
                         f"enrolments alternate between addresses {ip} and {', '.join(between[:3])} within "
-                        f"{_fmt_dur(self.overlap_s)}",
+                        f"{fmt_duration(self.overlap_s)}",
                         "ip:" + "|".join(sorted({ip, *between})),
                     )
                 )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -58,19 +58,17 @@ def is_group(ip: str) -> bool:
     return False
 
 
+def address_mask(ips: np.ndarray, test: Callable[[str], bool]) -> np.ndarray:
+    """``test`` over an array of addresses, called once per distinct value (a batch repeats a few hosts)."""
+    if len(ips) == 0:
+        return np.zeros(0, dtype=bool)
+    uniq, inv = np.unique(ips.astype(str), return_inverse=True)
+    return np.fromiter((test(u) for u in uniq), dtype=bool, count=len(uniq))[inv]
+
+
 def group_mask(ips: np.ndarray) -> np.ndarray:
-    """Vectorised :func:`is_group` over an object array of addresses (one lookup per distinct value)."""
-    if len(ips) == 0:
-        return np.zeros(0, dtype=bool)
-    uniq, inv = np.unique(ips.astype(str), return_inverse=True)
-    return np.fromiter((is_group(u) for u in uniq), dtype=bool, count=len(uniq))[inv]
-
-
-def private_mask(ips: np.ndarray) -> np.ndarray:
-    if len(ips) == 0:
-        return np.zeros(0, dtype=bool)
-    uniq, inv = np.unique(ips.astype(str), return_inverse=True)
-    return np.fromiter((is_private(u) for u in uniq), dtype=bool, count=len(uniq))[inv]
+    """Vectorised :func:`is_group` over an object array of addresses."""
+    return address_mask(ips, is_group)
 
 
 def sorted_by_time(batch: EventBatch) -> EventBatch:

@@ -110,10 +110,6 @@ class _Reservoirs:
             out[j] = s
         return out
 
-    def peek(self, keys: np.ndarray) -> np.ndarray:
-        """Slot per key, -1 when unknown; creates nothing."""
-        return np.array([self.slot_of.get(k, -1) for k in keys.tolist()], dtype=np.int64)
-
     def _new_slot(self) -> int:
         if self.free:
             s = self.free.pop()
