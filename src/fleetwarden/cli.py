@@ -215,7 +215,7 @@ def _record_analysis(db: str, files: list[Path], result) -> None:
 
 @app.command()
 def demo(
-    devices: Annotated[int, typer.Option(min=24, max=100_000, help="devices in the simulated fleet")] = 300,
+    devices: Annotated[int, typer.Option(min=24, max=100_000, help="devices in the simulated fleet")] = 200,
     hours: Annotated[float, typer.Option(min=1, max=24 * 14, help="simulated hours")] = 24,
     seed: Annotated[int, typer.Option(help="random seed: same seed, same fleet")] = 7,
     db: DbUrl = None,

@@ -67,7 +67,7 @@ def context_from_fleet(fleet: Any) -> Context:
 
 
 def run_demo(
-    devices: int = 300,
+    devices: int = 200,
     hours: float = 24,
     seed: int = 7,
     db: str | None = None,
