@@ -100,10 +100,10 @@ def main() -> None:
                 t = clock()
                 codes = model.binner_.transform(X)
                 keys = fz.last_keys if model.device_counts_ else None
-                s, contrib, _ = model._combine(codes, "all", keys)
+                s, contrib, _, _ = model._combine(codes, "all", keys)
                 t_model += clock() - t
                 t = clock()
-                reasons = model.explain(X, codes, contrib, s > min(0.5, model.threshold_))
+                reasons = model.explain(X, codes, contrib, s > model.threshold_)
                 t_expl += clock() - t
                 t = clock()
                 table = pa.table(

@@ -29,7 +29,7 @@ def test_context_is_causal_and_batch_split_invariant():
     np.testing.assert_allclose(prefix, full[:k], rtol=1e-4, atol=1e-4)  # later flows never leak back
     fz = FlowFeaturizer()
     split = np.vstack([fz.transform(b.slice(0, k)), fz.transform(b.slice(k))])
-    cols = [i for i, n in enumerate(FEATURES) if n != "same_dst_gap_s"]  # pair gaps are per batch
+    cols = list(range(len(FEATURES)))
     np.testing.assert_allclose(split[:, cols], full[:, cols], rtol=1e-3, atol=1e-3)
 
 
@@ -42,6 +42,21 @@ def test_scan_and_flood_flows_have_their_behaviour_in_the_context():
     assert np.median(X[scan, f["new_dst_60s"]]) > 5 * max(np.median(X[cc, f["new_dst_60s"]]), 0.01)
     assert np.median(X[ddos, f["flows_per_s_10s"]]) > 50 * np.median(X[cc, f["flows_per_s_10s"]])
     assert np.median(X[ddos, f["failed_frac_60s"]]) > 0.9
+
+
+def test_pair_context_marks_persistent_failure_to_one_service():
+    # Mirai's C&C retries tcp/6667 on one address for hours; the device's benign NTP/DNS repeats
+    # are UDP and mostly answered
+    b = _batch("CTU-Malware-Capture-34-1-labeled.csv")
+    X = FlowFeaturizer().transform(b)
+    det, lab = b.np("detailed_label"), np.char.lower(b.np("label").astype(str))
+    f = {n: i for i, n in enumerate(FEATURES)}
+    cc, benign = det == "C&C", lab == "benign"
+    failed = np.expm1(X[:, f["pair_tcp_failed_600s"]])
+    assert np.median(failed[cc]) > 20 and np.quantile(failed[benign], 0.9) < 1
+    assert np.median(X[cc, f["pair_fail_frac_600s"]]) > 0.7  # measured 0.78 (some retries connect: S3)
+    # seconds since the previous attempt to the same (destination, port): short for retries
+    assert np.median(np.expm1(X[cc, f["pair_gap_s"]])) < 60
 
 
 def test_offline_enrichment_country_asn_domain():

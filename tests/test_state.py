@@ -111,3 +111,22 @@ def test_stable_hash_is_deterministic_and_spreads():
     h = stable_hash(np.array(["10.0.0.1", "10.0.0.2", "10.0.0.1"], dtype=object))
     assert h[0] == h[2] != h[1]
     assert int(stable_hash(np.array(["10.0.0.1"], dtype=object))[0]) == int(h[0])
+
+
+def test_pair_table_forgets_idle_pairs_and_merges_by_decay():
+    from fleetwarden.detection.state import PAIR_HORIZON, PairStateTable
+
+    t = PairStateTable()
+    t.update(np.array([1, 5], dtype=np.uint64), np.array([0.0, 100.0]), np.ones((2, 1, 2)))
+    assert len(t) == 2
+    last, sums = t.lookup(np.array([5, 7], dtype=np.uint64))
+    assert last[0] == 100.0 and last[1] == -np.inf and sums[1].sum() == 0
+    # a pair idle for longer than the horizon is dropped at the next update
+    t.update(np.array([9], dtype=np.uint64), np.array([PAIR_HORIZON + 50.0]), np.ones((1, 1, 2)))
+    assert sorted(t.rows["key"].tolist()) == [5, 9]
+    other = PairStateTable()
+    other.update(np.array([5], dtype=np.uint64), np.array([700.0]), np.full((1, 1, 2), 2.0))
+    merged = t.merge(other)
+    row = merged.rows[merged.rows["key"] == 5][0]
+    assert row["last_ts"] == 700.0
+    np.testing.assert_allclose(row["sums"], 2.0 + np.exp(-600.0 / 600.0), rtol=1e-5)

@@ -34,6 +34,9 @@ import numpy as np
 import pyarrow as pa
 
 __all__ = [
+    "PAIR_SCALES",
+    "PAIR_STATS",
+    "PairStateTable",
     "SCALES",
     "STATE_DTYPE",
     "STATS",
@@ -344,3 +347,76 @@ def _popcount(words: np.ndarray) -> np.ndarray:
         return np.bitwise_count(words)
     b = words.view(np.uint8).reshape(*words.shape, 8)
     return np.unpackbits(b, axis=-1).sum(axis=(-1, -2)).reshape(words.shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# per-(device, destination, port) context
+# ---------------------------------------------------------------------------------------------
+# Time constants of the pair statistics and what they count: attempts, and TCP attempts that
+# never completed a handshake (a SYN nobody answered, a reset): persistent failure to one
+# service is what C&C retries, floods and dead-drop polling look like, while a benign device's
+# repeats to its servers mostly succeed.
+PAIR_SCALES: tuple[float, ...] = (600.0,)
+PAIR_STATS: tuple[str, ...] = ("flows", "tcp_failed")
+# A pair idle for longer than this is forgotten (its damped sums weigh < e^-6 at 600 s): the
+# table stays bounded by the pairs active in the last hour, and "seconds since the previous
+# attempt to this pair" saturates at this horizon.
+PAIR_HORIZON = 3600.0
+PAIR_DTYPE = np.dtype(
+    [
+        ("key", np.uint64),  # hash of (device, destination, port, protocol)
+        ("last_ts", np.float64),
+        ("sums", np.float32, (len(PAIR_SCALES), len(PAIR_STATS))),  # damped sums as of last_ts
+    ]
+)
+
+
+class PairStateTable:
+    """Damped attempt and failure counts per (device, destination, port, protocol), sorted by key.
+
+    24 bytes a pair; pairs idle for :data:`PAIR_HORIZON` seconds are dropped at each update,
+    so the size follows the pairs active in the last hour (a scanning device brings many,
+    briefly).  Mergeable across shards by key (sums decayed to the later ``last_ts`` and added).
+    """
+
+    def __init__(self, rows: np.ndarray | None = None) -> None:
+        self.rows = rows if rows is not None else np.zeros(0, dtype=PAIR_DTYPE)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(last_ts, sums) of each key; -inf and zeros where the pair is unknown."""
+        pos = np.searchsorted(self.rows["key"], keys)
+        pos_c = np.minimum(pos, max(len(self.rows) - 1, 0))
+        hit = self.rows["key"][pos_c] == keys if len(self.rows) else np.zeros(len(keys), dtype=bool)
+        last = np.where(hit, self.rows["last_ts"][pos_c] if len(self.rows) else -np.inf, -np.inf)
+        sums = np.zeros((len(keys), len(PAIR_SCALES), len(PAIR_STATS)))
+        if len(self.rows):
+            sums[hit] = self.rows["sums"][pos_c[hit]]
+        return last, sums
+
+    def update(self, keys: np.ndarray, last_ts: np.ndarray, sums: np.ndarray) -> None:
+        """Replace/insert the rows of ``keys`` (unique, sorted) and drop idle pairs."""
+        fresh = np.zeros(len(keys), dtype=PAIR_DTYPE)
+        fresh["key"], fresh["last_ts"], fresh["sums"] = keys, last_ts, sums
+        old = self.rows[~np.isin(self.rows["key"], keys, assume_unique=True)] if len(self.rows) else self.rows
+        rows = np.concatenate([old, fresh])
+        now = float(np.max(rows["last_ts"])) if len(rows) else 0.0
+        rows = rows[rows["last_ts"] >= now - PAIR_HORIZON]
+        self.rows = rows[np.argsort(rows["key"], kind="stable")]
+
+    def merge(self, other: PairStateTable) -> PairStateTable:
+        rows = np.concatenate([self.rows, other.rows])
+        if not len(rows):
+            return PairStateTable()
+        rows = rows[np.lexsort((rows["last_ts"], rows["key"]))]
+        keys, start = np.unique(rows["key"], return_index=True)
+        end = np.r_[start[1:], len(rows)]
+        last = rows["last_ts"][end - 1]
+        dt = np.maximum(last[np.repeat(np.arange(len(keys)), end - start)] - rows["last_ts"], 0.0)
+        w = np.exp(-dt[:, None] / np.asarray(PAIR_SCALES)[None, :])[:, :, None]
+        sums = np.add.reduceat(rows["sums"] * w, start, axis=0)
+        out = np.zeros(len(keys), dtype=PAIR_DTYPE)
+        out["key"], out["last_ts"], out["sums"] = keys, last, sums
+        return PairStateTable(out)
