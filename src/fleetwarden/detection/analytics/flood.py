@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from fleetwarden.detection.analytics.base import Context
 from fleetwarden.detection.analytics.netcommon import (
@@ -201,6 +202,9 @@ class FloodDetector:
 
     # inbound: the victim --------------------------------------------------------------
     def _inbound(self, table: pa.Table, ctx: Context) -> list[Finding]:
+        table, resets = self._inbound_rows(table)
+        if table.num_rows == 0:
+            return []
         g = table.group_by(["dst", "win"]).aggregate(
             [
                 ("src", "distinct"),
@@ -230,6 +234,10 @@ class FloodDetector:
             ep = self._in.get(d)
             if ep is None:
                 ep = self._in[d] = _Episode()
+            if (d, w) in resets:
+                # Windows skipped before this one stayed under every threshold: each ended
+                # the episode when the next window of the destination opened.
+                ep.reported_rate = 0.0
             win = ep.window
             if win.win != w:
                 self._close(ep, win)
@@ -251,6 +259,64 @@ class FloodDetector:
         if len(self._in) > self.max_keys:
             self._evict(self._in)
         return out
+
+    def _inbound_rows(self, table: pa.Table) -> tuple[pa.Table, set[tuple[str, int]]]:
+        """The rows of the (destination, window) groups whose replay can change anything.
+
+        Per destination, the first group (it may continue a window of the previous batch)
+        and the last one (its window stays open for the next batch) are replayed, and so is
+        every group that crosses a threshold.  Any other group is a fresh window that stays
+        under every threshold; its only effect is to end the episode (``_close``) when the
+        next window of its destination opens, so it is skipped and that next replayed group
+        is returned in ``resets`` for the loop to reset ``reported_rate`` first.  The counts
+        that decide this are cheap (no per-group lists); the full aggregation runs on the
+        rows kept.
+        """
+        n = table.num_rows
+        if n == 0:
+            return table, set()
+        enc = pc.dictionary_encode(table.column("dst").combine_chunks())
+        dcode = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        win = table.column("win").to_numpy()
+        wmin = int(win.min())
+        span = int(win.max()) - wmin + 1
+        rowkey = dcode * span + (win - wmin)
+        keys, inv = np.unique(rowkey, return_inverse=True)
+        if len(keys) <= 2:
+            return table, set()
+        src_enc = pc.dictionary_encode(table.column("src").combine_chunks())
+        scode = src_enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        flows = np.bincount(inv, minlength=len(keys))
+        packets = np.zeros(len(keys), dtype=np.int64)
+        np.add.at(packets, inv, table.column("pkts").to_numpy())
+        oneway = np.zeros(len(keys), dtype=np.int64)
+        np.add.at(oneway, inv, table.column("oneway").to_numpy())
+        pairs = np.unique(inv * (int(scode.max()) + 1) + scode)
+        nsrc = np.minimum(np.bincount(pairs // (int(scode.max()) + 1), minlength=len(keys)), self.max_sources)
+        # Vectorised _inbound_hit and _outbound_hit of a fresh window (see _close).
+        mostly_oneway = oneway >= self.min_oneway * flows
+        hit_in = mostly_oneway & (
+            ((nsrc >= self.min_sources) & (flows >= self.min_flows)) | (packets >= self.min_packets)
+        )
+        hit_out = ((flows >= self.min_out_flows) | (packets >= self.min_out_packets)) & np.where(
+            packets < self.min_out_packets, oneway >= 0.8 * flows, mostly_oneway
+        )
+        gd, gw = keys // span, keys % span + wmin  # keys are sorted by (destination, window)
+        first = np.ones(len(keys), dtype=bool)
+        first[1:] = gd[1:] != gd[:-1]
+        last = np.ones(len(keys), dtype=bool)
+        last[:-1] = gd[1:] != gd[:-1]
+        keep = first | last | hit_in | hit_out | (gw < 0)
+        if keep.all():
+            return table, set()
+        kept = np.flatnonzero(keep)
+        # A kept group after a skipped one of the same destination (the first group of a
+        # destination is always kept, so the previous kept group has the same destination).
+        gap = np.zeros(len(kept), dtype=bool)
+        gap[1:] = (np.diff(kept) > 1) & ~first[kept[1:]]
+        names = enc.dictionary.to_pylist()
+        resets = {(names[gd[k]], int(gw[k])) for k in kept[gap]}
+        return table.filter(pa.array(keep[inv])), resets
 
     def _close(self, ep: _Episode, win: _Window) -> None:
         # A window that stayed under every threshold ends the episode.
@@ -360,6 +426,9 @@ class FloodDetector:
         )
 
     def _outbound(self, table: pa.Table, ctx: Context) -> list[Finding]:
+        table = self._outbound_rows(table)
+        if table.num_rows == 0:
+            return []
         g = table.group_by(["src", "dst", "win"]).aggregate(
             [
                 ("pkts", "sum"),
@@ -436,6 +505,27 @@ class FloodDetector:
         if len(self._out) > self.max_keys:
             self._evict(self._out)
         return out
+
+    def _outbound_rows(self, table: pa.Table) -> pa.Table:
+        """The rows of the sources that can reach the per-pair loop.
+
+        A (source, destination) pair gets state only from a group of at least a twentieth
+        of a threshold; pairs without state whose groups are all smaller are skipped by the
+        loop.  Keeping every row of a source that already has state or has such a group in
+        this batch is a superset of what the loop uses, found with cheap counts.
+        """
+        if table.num_rows == 0:
+            return table
+        g = table.group_by(["src", "dst", "win"]).aggregate([("pkts", "sum"), ("ts", "count")])
+        big = (g.column("ts_count").to_numpy() >= self.min_out_flows / 20) | (
+            g.column("pkts_sum").to_numpy() >= self.min_out_packets / 20
+        )
+        wanted = {k[0] for k in self._out}
+        if big.any():
+            wanted.update(g.column("src").filter(pa.array(big)).to_pylist())
+        if not wanted:
+            return table.slice(0, 0)
+        return table.filter(pc.is_in(table.column("src"), value_set=pa.array(list(wanted), pa.string())))
 
     def _evict(self, table: dict) -> None:
         latest = max(ep.window.win for ep in table.values())

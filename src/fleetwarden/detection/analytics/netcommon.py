@@ -183,12 +183,38 @@ def make_finding(
     )
 
 
+# The engine hands one batch to several analytics in turn, and each reads the same columns
+# (addresses, uids, byte counts): converting an Arrow string column to numpy objects is the
+# costly part, so the conversions of the latest table are kept until another table comes.
+# The arrays are read-only so that no analytic can change what the next one reads.
+_cache_table: pa.Table | None = None
+_cache: dict[tuple[str, str, str], np.ndarray] = {}
+
+
+def column(batch: EventBatch, name: str, fill: Any = None) -> np.ndarray:
+    """``batch.np(name, fill)``, converted once per batch table; the array is read-only."""
+    global _cache_table
+    table = batch.table
+    if table is not _cache_table:
+        _cache.clear()
+        _cache_table = table
+    key = (name, type(fill).__name__, repr(fill))
+    arr = _cache.get(key)
+    if arr is None:
+        arr = batch.np(name, fill=fill)
+        arr.flags.writeable = False
+        _cache[key] = arr
+    return arr
+
+
 def str_col(batch: EventBatch, name: str) -> np.ndarray:
-    return batch.np(name, fill="")
+    """String column with nulls as ''; read-only and shared by the analytics (see :func:`column`)."""
+    return column(batch, name, "")
 
 
 def num_col(batch: EventBatch, name: str, fill: float = 0) -> np.ndarray:
-    return batch.np(name, fill=fill)
+    """Numeric column with nulls as ``fill``; read-only and shared (see :func:`column`)."""
+    return column(batch, name, fill)
 
 
 def is_local(ctx: Context, ip: str) -> bool:
@@ -270,12 +296,18 @@ class Prevalence:
             return
         pairs = pa.table({"s": pa.array(src, pa.string()), "d": pa.array(dst, pa.string())})
         pairs = pairs.group_by(["s", "d"]).aggregate([])
-        for s, d in zip(pairs.column("s").to_pylist(), pairs.column("d").to_pylist(), strict=True):
-            if not s or not d or is_group(d) or is_local(ctx, d):
-                continue
+        s_all = pairs.column("s").to_numpy(zero_copy_only=False)
+        d_all = pairs.column("d").to_numpy(zero_copy_only=False)
+        # Only pairs to an external peer count; the test runs once per distinct destination.
+        skip = address_mask(d_all, lambda d: not d or is_group(d) or is_local(ctx, d)) | (s_all == "")
+        keep = ~skip
+        cohorts_cache: dict[str, tuple[str, ...]] = {}
+        for s, d in zip(s_all[keep].tolist(), d_all[keep].tolist(), strict=True):
             if len(self.population) < 10 * self.max_keys:
                 self.population.add(s)
-            cohorts = cohorts_of(ctx, s)
+            cohorts = cohorts_cache.get(s)
+            if cohorts is None:
+                cohorts = cohorts_cache[s] = cohorts_of(ctx, s)
             for c in cohorts:
                 members = self.cohort_population.setdefault(c, set())
                 if len(members) < 10 * self.cap:
