@@ -301,15 +301,16 @@ class FlowFeaturizer:
         # ---- device context (sorted by device, then time) -------------------------------------
         keys = device_keys(batch)
         self.last_keys = keys  # the scorer reuses them (device baselines) instead of hashing again
-        rows = self.state.ensure(keys)
-        order = np.lexsort((ts, rows))
+        rows, rank = self.state.ensure_ranked(keys)
+        # (device key, ts) order: ranks follow the keys, whatever the state's storage order
+        order = np.lexsort((ts, rank))
         # the scorer reuses the timestamps and the (device, ts) order for its device-level evidence
         self.last_ts, self.last_order = ts, order
         r_s, t_s = rows[order], ts[order]
         grp_start = np.r_[True, r_s[1:] != r_s[:-1]]
         group = np.cumsum(grp_start) - 1
         g_rows = r_s[grp_start]
-        prior = self.state.rows[g_rows]
+        prior = self.state.data[g_rows]
         known = prior["n"] > 0
 
         dst_h = stable_hash(batch["id.resp_h"])[order]
@@ -391,7 +392,7 @@ class FlowFeaturizer:
         # ---- state update -----------------------------------------------------------------------
         last_idx = np.r_[np.flatnonzero(grp_start)[1:] - 1, n - 1]
         first_idx = np.flatnonzero(grp_start)
-        st = self.state.rows
+        st = self.state.data
         st["sums"][g_rows] = new_sums.astype(np.float32)
         st["last_ts"][g_rows] = np.fmax(prior["last_ts"], t_s[last_idx])
         st["first_ts"][g_rows] = np.fmin(prior["first_ts"], t_s[first_idx])

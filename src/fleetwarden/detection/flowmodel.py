@@ -358,10 +358,15 @@ class FlowModel:
         n, f = codes.shape
         pos = np.minimum(np.searchsorted(dev_keys, keys), max(len(dev_keys) - 1, 0))
         known = dev_keys[pos] == keys if len(dev_keys) else np.zeros(n, dtype=bool)
-        # table 0 is the cohort's, table i + 1 is device i's: one gather for every row
-        tid = np.where(known, pos + 1, 0)
-        flat = (tid[:, None] * f + np.arange(f)[None, :]) * MAX_BINS + codes
-        return tables.reshape(-1)[flat]
+        if not known.any():
+            return h.contributions(codes)
+        # tables[j] holds feature j's table of the cohort (0) and of every known device (i + 1): one
+        # gather per contiguous column, no (n, f) index matrix
+        base = np.where(known, pos + 1, 0) * MAX_BINS
+        out = np.empty((f, n), dtype=np.float32).T
+        for j in range(f):
+            np.take(tables[j], base + codes[:, j], out=out[:, j])
+        return out
 
     def _device_tables(self, h: HBOS) -> tuple[np.ndarray, np.ndarray]:
         """Sorted device keys and their blended -log p tables, built once per cohort model."""
@@ -380,6 +385,8 @@ class FlowModel:
                     for k in keys.tolist()
                 ]
             ).astype(np.float32)
+            # feature-major: feature j's (1 + devices) x MAX_BINS tables contiguous, flattened
+            tables = np.ascontiguousarray(tables.transpose(1, 0, 2)).reshape(tables.shape[1], -1)
             cache[id(h)] = (keys, tables)
         return cache[id(h)]
 
@@ -475,20 +482,8 @@ class FlowModel:
         keeps explaining millions of unremarkable flows cheap.
         """
         n, f = codes.shape
-        # only features whose bin differs from the baseline bin can be reasons
-        # (a fresh array: the top-k passes below overwrite it)
-        c = np.where(codes != self.baseline_bin_[None, :], contrib, np.float32(0.0)).astype(
-            np.float32, copy=False
-        )
         k = min(TOP_REASONS, f)
-        # top-k by k row-wise argmax passes: much cheaper than argpartition for k = 3 of ~40 columns
-        rng = np.arange(n)
-        top = np.empty((n, k), dtype=np.intp)
-        valid = np.empty((n, k), dtype=bool)
-        for j in range(k):
-            top[:, j] = c.argmax(axis=1)
-            valid[:, j] = c[rng, top[:, j]] > 0.0
-            c[rng, top[:, j]] = -np.inf
+        top, valid = self._top_reasons(codes, contrib, k)
         if detailed is None:
             return self._full_text(X, top, valid)
         # names-only text: one string per distinct (top-1, top-2, top-3) combination
@@ -516,6 +511,41 @@ class FlowModel:
         idx = inv.ravel().copy()
         idx[rows] = len(names) + np.arange(len(rows))
         return pa.concat_arrays([pa.array(names, type=pa.string()), full]).take(pa.array(idx))
+
+    def _top_reasons(self, codes: np.ndarray, contrib: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(n, k) indices of each row's k largest positive contributions among the features whose bin
+        differs from the baseline bin (largest first, ties to the lower index), and which are valid.
+
+        One pass over the contiguous columns: each value is packed with its column into a uint64 whose
+        order is (value, -column) (positive float32 bits order like the floats), and a running top-k
+        of those keys is kept with elementwise max/min; no row-major copy of the matrix, no argsort.
+        Invalid slots (fewer than k positive contributions) get index 0."""
+        n, f = codes.shape
+        assert f < 64, "column index must fit in the low 6 bits of the key"
+        best = [np.zeros(n, dtype=np.uint64) for _ in range(k)]
+        key = np.empty(n, dtype=np.uint64)
+        hi = np.empty(n, dtype=np.uint64)
+        ok = np.empty(n, dtype=bool)
+        base = self.baseline_bin_
+        for j in range(f):
+            v = np.asarray(contrib[:, j], dtype=np.float32)
+            np.greater(v, np.float32(0.0), out=ok)
+            ok &= codes[:, j] != base[j]
+            np.copyto(key, v.view(np.uint32), casting="unsafe")
+            key <<= np.uint64(6)
+            key |= np.uint64(63 - j)
+            key *= ok  # zero: not a reason
+            for b in best[:-1]:
+                np.maximum(b, key, out=hi)
+                np.minimum(b, key, out=key)
+                b[...] = hi
+            np.maximum(best[-1], key, out=best[-1])
+        top = np.empty((n, k), dtype=np.intp)
+        valid = np.empty((n, k), dtype=bool)
+        for j, b in enumerate(best):
+            valid[:, j] = b != 0
+            top[:, j] = np.where(valid[:, j], 63 - (b & np.uint64(63)).astype(np.intp), 0)
+        return top, valid
 
     def _full_text(self, X: np.ndarray, top: np.ndarray, valid: np.ndarray) -> pa.Array:
         n, k = top.shape

@@ -65,11 +65,38 @@ class QuantileBinner:
         return self
 
     def transform(self, X: np.ndarray) -> np.ndarray:
+        """Bin code of every value: the number of edges strictly below it (``searchsorted`` side="left":
+        a value equal to an edge falls in the lower bin, as np.quantile cut it); NaN goes last."""
         codes = np.empty(X.shape[::-1], dtype=np.uint8).T  # column-major, like the feature matrix
-        for j, e in enumerate(self.edges_):
-            # side="left": a value equal to an edge falls in the lower bin, as np.quantile cut it
-            codes[:, j] = np.searchsorted(e, X[:, j], side="left")
+        if X.dtype != np.float32:
+            for j, e in enumerate(self.edges_):
+                codes[:, j] = np.searchsorted(e, X[:, j], side="left")
+            return codes
+        # float32 features against <= 19 edges: one vectorised comparison per edge is ~10x faster than
+        # a binary search per value.  The edges are rounded DOWN to float32, which keeps every
+        # comparison exact: for a float32 x, x > e  <=>  x > (largest float32 <= e).
+        tmp = np.empty(len(X), dtype=bool)
+        for j, e32 in enumerate(self._edges32()):
+            x = X[:, j]
+            acc = codes[:, j]
+            acc[:] = 0
+            for v in e32:
+                np.greater(x, v, out=tmp)
+                acc += tmp.view(np.uint8)
+            nan = np.isnan(x)
+            if nan.any():
+                acc[nan] = len(e32)
         return codes
+
+    def _edges32(self) -> list[list[np.float32]]:
+        if getattr(self, "_e32_of", None) is not self.edges_:
+            out = []
+            for e in self.edges_:
+                d = e.astype(np.float32)
+                d = np.where(d.astype(np.float64) > e, np.nextafter(d, np.float32(-np.inf)), d)
+                out.append([np.float32(v) for v in d.astype(np.float32)])
+            self._e32, self._e32_of = out, self.edges_
+        return self._e32
 
     def fractions(self, codes: np.ndarray) -> np.ndarray:
         """(features, max_bins) fraction of rows in each bin."""
@@ -80,9 +107,13 @@ class QuantileBinner:
 
 
 def _gather(table: np.ndarray, codes: np.ndarray) -> np.ndarray:
-    """table[f, codes[:, f]] for every row, as an (n, f) matrix."""
-    f = codes.shape[1]
-    return table.reshape(-1)[codes.astype(np.intp) + (np.arange(f) * table.shape[1])[None, :]]
+    """table[f, codes[:, f]] for every row, as a column-major (n, f) matrix (one small-table
+    look-up per contiguous column: no (n, f) index matrix)."""
+    n, f = codes.shape
+    out = np.empty((f, n), dtype=table.dtype).T
+    for j in range(f):
+        np.take(table[j], codes[:, j], out=out[:, j])
+    return out
 
 
 class HBOS:

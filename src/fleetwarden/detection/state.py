@@ -207,16 +207,43 @@ def damped_last(
 class DeviceStateTable:
     """Damped per-device statistics for many devices in one structured array.
 
-    Rows are kept sorted by ``key`` so look-ups are a binary search; new devices are
-    inserted in one vectorised merge per batch.
+    Rows are stored in arrival order (appended, with spare capacity, so a new device never
+    moves the others) and found through a small sorted index of (key, row) pairs: inserting
+    many new devices costs 16 bytes of index per device moved, not a whole ~460-byte row, which
+    matters when a flood brings hundreds of thousands of spoofed sources.  :attr:`rows` gives the
+    table sorted by key (reordering the storage once when needed); :attr:`data` the storage in
+    row-id order, which is what :meth:`ensure` and :meth:`find` index.
     """
 
     def __init__(self, rows: np.ndarray | None = None) -> None:
         self.rows = rows if rows is not None else np.zeros(0, dtype=STATE_DTYPE)
 
+    @property
+    def rows(self) -> np.ndarray:
+        """The device rows sorted by key (row ids from earlier :meth:`ensure` calls become invalid)."""
+        if not self._sorted:
+            self._data = self._data[: self._n][self._irows]
+            self._irows = np.arange(self._n, dtype=np.intp)
+            self._sorted = True
+        return self._data[: self._n]
+
+    @rows.setter
+    def rows(self, rows: np.ndarray) -> None:
+        order = np.argsort(rows["key"], kind="stable")
+        self._data = rows[order] if len(rows) and np.any(order != np.arange(len(rows))) else rows
+        self._n = len(rows)
+        self._ikeys = self._data["key"].copy()
+        self._irows = np.arange(self._n, dtype=np.intp)
+        self._sorted = True
+
+    @property
+    def data(self) -> np.ndarray:
+        """The device rows in storage order: ``data[i]`` is the row of row id ``i``."""
+        return self._data[: self._n]
+
     # size / persistence -----------------------------------------------------------------
     def __len__(self) -> int:
-        return len(self.rows)
+        return self._n
 
     @staticmethod
     def bytes_per_device() -> int:
@@ -233,59 +260,71 @@ class DeviceStateTable:
 
     # look-up ----------------------------------------------------------------------------
     def find(self, keys: np.ndarray) -> np.ndarray:
-        """Row index of each key, -1 where the device is unknown."""
-        pos = np.searchsorted(self.rows["key"], keys)
-        pos_c = np.minimum(pos, max(len(self.rows) - 1, 0))
-        hit = (
-            (len(self.rows) > 0) & (self.rows["key"][pos_c] == keys)
-            if len(self.rows)
-            else np.zeros(len(keys), dtype=bool)
-        )
-        return np.where(hit, pos_c, -1)
+        """Row id (index into :attr:`data`) of each key, -1 where the device is unknown."""
+        if not self._n:
+            return np.full(len(keys), -1, dtype=np.intp)
+        pos = np.minimum(np.searchsorted(self._ikeys, keys), self._n - 1)
+        return np.where(self._ikeys[pos] == keys, self._irows[pos], -1)
 
     def ensure(self, keys: np.ndarray) -> np.ndarray:
-        """Insert the unknown keys (fresh rows) and return the row index of every key."""
-        uniq = np.unique(keys)
-        missing = uniq[self.find(uniq) < 0]
-        if len(missing):
-            fresh = np.zeros(len(missing), dtype=STATE_DTYPE)
+        """Insert the unknown keys (fresh rows) and return the row id of every key."""
+        return self.ensure_ranked(keys)[0]
+
+    def ensure_ranked(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """As :meth:`ensure`, plus each key's rank among the batch's distinct keys (sorting flows by
+        rank sorts them by key, whatever the storage order)."""
+        uniq, rank = np.unique(keys, return_inverse=True)
+        rid = self.find(uniq)
+        miss = rid < 0
+        if miss.any():
+            missing = uniq[miss]  # sorted
+            m, n0 = len(missing), self._n
+            if n0 + m > len(self._data):
+                grown = np.zeros(max(2 * len(self._data), n0 + m, 1024), dtype=STATE_DTYPE)
+                # raw bytes: a structured copy with sub-array fields goes field by field, ~10x slower
+                grown[:n0].view(np.uint8)[...] = self._data[:n0].view(np.uint8)
+                self._data = grown
+            fresh = self._data[n0 : n0 + m]  # spare capacity is all zeros
             fresh["key"] = missing
             fresh["first_ts"] = np.nan
             fresh["last_ts"] = np.nan
-            # both sides are sorted: one linear insertion, no re-sort of the whole table
-            self.rows = np.insert(self.rows, np.searchsorted(self.rows["key"], missing), fresh)
-        return self.find(keys)
+            new_ids = np.arange(n0, n0 + m, dtype=np.intp)
+            # both sides are sorted: one linear insertion into the 16-byte-a-device index
+            at = np.searchsorted(self._ikeys, missing)
+            if self._sorted and n0 and at[0] < n0:
+                self._sorted = False  # new keys fall between old ones: storage no longer in key order
+            self._ikeys = np.insert(self._ikeys, at, missing)
+            self._irows = np.insert(self._irows, at, new_ids)
+            self._n = n0 + m
+            rid[miss] = new_ids
+        return rid[rank.ravel()], rank.ravel()
 
     # sketches -----------------------------------------------------------------------------
     def seen_before(self, rows: np.ndarray, h: np.ndarray, which: str = "dst") -> np.ndarray:
         """True where the device's bitmap already holds hash ``h`` (before this batch)."""
         field, nbits = ("dst_bits", DST_BITS) if which == "dst" else ("port_bits", PORT_BITS)
         bit = (h % np.uint64(nbits)).astype(np.int64)
-        words = self.rows[field][rows, bit >> 6]
+        words = self.data[field][rows, bit >> 6]
         return (words >> (bit & 63).astype(np.uint64)) & np.uint64(1) == 1
 
     def add_to_sketches(self, rows: np.ndarray, h: np.ndarray, which: str = "dst") -> None:
         field, nbits = ("dst_bits", DST_BITS) if which == "dst" else ("port_bits", PORT_BITS)
         hll, m = ("hll_dst", HLL_DST) if which == "dst" else ("hll_port", HLL_PORT)
-        # work on the touched rows only (a copy of a few rows, not of the whole table)
-        uniq_rows, inv = np.unique(rows, return_inverse=True)
-        bits = self.rows[field][uniq_rows]
+        data = self.data
         # reset bitmaps that are more than half full: "seen" would otherwise become always-true
-        full = _popcount(bits).sum(axis=1) > nbits // 2
-        bits[full] = 0
+        # (only the touched rows are read, a copy of a few rows, not of the whole table)
+        uniq_rows = np.unique(rows)
+        full = _popcount(data[field][uniq_rows]).sum(axis=1) > nbits // 2
+        if full.any():
+            data[field][uniq_rows[full]] = 0
         bit = (h % np.uint64(nbits)).astype(np.int64)
-        words_per = nbits // 64
-        flat = bits.reshape(-1)
-        np.bitwise_or.at(flat, inv * words_per + (bit >> 6), np.uint64(1) << (bit & 63).astype(np.uint64))
-        self.rows[field][uniq_rows] = flat.reshape(bits.shape)
+        # set bits and raise registers in place in the table (no gather / scatter of whole rows)
+        np.bitwise_or.at(data[field], (rows, bit >> 6), np.uint64(1) << (bit & 63).astype(np.uint64))
         # HyperLogLog: bucket from the top bits, rank from the rest
         bucket = (h >> np.uint64(58)).astype(np.int64) % m
         rest = h & np.uint64((1 << 58) - 1)
         rank = (58 - np.floor(np.log2(rest.astype(np.float64) + 1.0))).astype(np.uint8)
-        regs = self.rows[hll][uniq_rows]
-        flat_r = regs.reshape(-1)
-        np.maximum.at(flat_r, inv * m + bucket, rank)
-        self.rows[hll][uniq_rows] = flat_r.reshape(regs.shape)
+        np.maximum.at(data[hll], (rows, bucket), rank)
 
     def distinct_estimate(self, which: str = "dst") -> np.ndarray:
         """HyperLogLog estimate of lifetime distinct destinations (or ports) per row."""
@@ -400,11 +439,17 @@ class PairStateTable:
         """Replace/insert the rows of ``keys`` (unique, sorted) and drop idle pairs."""
         fresh = np.zeros(len(keys), dtype=PAIR_DTYPE)
         fresh["key"], fresh["last_ts"], fresh["sums"] = keys, last_ts, sums
-        old = self.rows[~np.isin(self.rows["key"], keys, assume_unique=True)] if len(self.rows) else self.rows
-        rows = np.concatenate([old, fresh])
+        rows = self.rows
+        # both sides are sorted by key: replace the known pairs in place, insert the others
+        pos = np.searchsorted(rows["key"], keys)
+        hit = rows["key"][np.minimum(pos, len(rows) - 1)] == keys if len(rows) else np.zeros(len(keys), bool)
+        if hit.any():
+            rows = rows.copy()
+            rows[pos[hit]] = fresh[hit]
+        rows = np.insert(rows, pos[~hit], fresh[~hit]) if not hit.all() else rows
         now = float(np.max(rows["last_ts"])) if len(rows) else 0.0
-        rows = rows[rows["last_ts"] >= now - PAIR_HORIZON]
-        self.rows = rows[np.argsort(rows["key"], kind="stable")]
+        keep = rows["last_ts"] >= now - PAIR_HORIZON
+        self.rows = rows if keep.all() else rows[keep]
 
     def merge(self, other: PairStateTable) -> PairStateTable:
         rows = np.concatenate([self.rows, other.rows])
