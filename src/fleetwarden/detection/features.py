@@ -50,9 +50,11 @@ from fleetwarden.detection.state import (
     STATS,
     DeviceStateTable,
     PairStateTable,
-    damped_last,
-    damped_prefix,
+    damped_last_cols,
+    damped_prefix_cols,
+    encode_strings,
     stable_hash,
+    stable_hash_encoded,
 )
 from fleetwarden.events import EventBatch
 
@@ -154,6 +156,17 @@ def device_keys(batch: EventBatch) -> np.ndarray:
     return stable_hash(dev)
 
 
+def _device_keys_ranked(batch: EventBatch) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """:func:`device_keys` plus ``np.unique(keys, return_inverse=True)``, both from the distinct
+    device strings (few) instead of a sort of every flow's key."""
+    dev = pc.coalesce(batch["device_id"], batch["id.orig_h"])
+    if len(dev) == 0:
+        return np.zeros(0, dtype=np.uint64), (np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.intp))
+    h, idx = stable_hash_encoded(encode_strings(dev))
+    uniq, inv = np.unique(h, return_inverse=True)
+    return h[idx], (uniq, inv.ravel()[idx])
+
+
 def _codes(col: pa.ChunkedArray, values: tuple[str, ...], *, lower: bool = False) -> np.ndarray:
     """Code of each string in ``values`` (null -> '' if listed); unknown -> len(values)."""
     col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
@@ -171,9 +184,9 @@ def _num(batch: EventBatch, name: str) -> np.ndarray:
     return col.to_numpy().astype(np.float64)
 
 
-def _scope(col: pa.ChunkedArray) -> np.ndarray:
-    """Address scope code per flow, computed on the distinct addresses only."""
-    enc = pc.fill_null(col, "").combine_chunks().dictionary_encode()
+def _scope(enc: pa.DictionaryArray) -> np.ndarray:
+    """Address scope code per flow (``enc``: :func:`encode_strings` of the addresses), computed on the
+    distinct addresses only."""
     d = enc.dictionary
     code = np.zeros(len(d), dtype=np.int64)  # public
     rules = [
@@ -291,7 +304,8 @@ class FlowFeaturizer:
         pclass = np.where((port == 23) | (port == 2323), 3, pclass)
         pclass = np.where(proto == 2, 4, pclass)  # ICMP "ports" are type/code
         out[:, col["dst_port_class"]] = pclass
-        out[:, col["dst_scope"]] = _scope(batch["id.resp_h"])
+        resp_enc = encode_strings(batch["id.resp_h"])  # scope and hash both work on the distinct addresses
+        out[:, col["dst_scope"]] = _scope(resp_enc)
         hist = _history_flags(batch["history"])
         for j, name in enumerate(
             ("hist_len", "hist_handshake", "hist_orig_data", "hist_resp_data", "hist_reset", "hist_syn_only")
@@ -299,9 +313,9 @@ class FlowFeaturizer:
             out[:, col[name]] = hist[:, j]
 
         # ---- device context (sorted by device, then time) -------------------------------------
-        keys = device_keys(batch)
+        keys, distinct = _device_keys_ranked(batch)
         self.last_keys = keys  # the scorer reuses them (device baselines) instead of hashing again
-        rows, rank = self.state.ensure_ranked(keys)
+        rows, rank = self.state.ensure_ranked(keys, distinct)
         # (device key, ts) order: ranks follow the keys, whatever the state's storage order
         order = np.lexsort((ts, rank))
         # the scorer reuses the timestamps and the (device, ts) order for its device-level evidence
@@ -310,16 +324,21 @@ class FlowFeaturizer:
         grp_start = np.r_[True, r_s[1:] != r_s[:-1]]
         group = np.cumsum(grp_start) - 1
         g_rows = r_s[grp_start]
-        prior = self.state.data[g_rows]
+        data = self.state.data
+        # only the fields read here (a whole row also carries ~300 bytes of sketches)
+        prior = {f: data[f][g_rows] for f in ("sums", "last_ts", "first_ts", "n")}
         known = prior["n"] > 0
 
-        dst_h = stable_hash(batch["id.resp_h"])[order]
+        resp_hash, resp_idx = stable_hash_encoded(resp_enc)
+        dst_h = resp_hash[resp_idx[order]]
         port_h = _mix(port.astype(np.uint64)[order], proto.astype(np.uint64)[order] + np.uint64(7))
         key_s = keys[order]
         first_dst, _ = _first_and_gap(_mix(key_s, dst_h), t_s)
         first_port, _ = _first_and_gap(_mix(key_s, port_h), t_s)
-        new_dst = first_dst & ~self.state.seen_before(r_s, dst_h, "dst")
-        new_port = first_port & ~self.state.seen_before(r_s, port_h, "port")
+        # the device groups are the touched rows: the sketches are gathered once per device, not per flow
+        sk = {"touched": g_rows, "local": group}
+        new_dst = first_dst & ~self.state.seen_before(r_s, dst_h, "dst", **sk)
+        new_port = first_port & ~self.state.seen_before(r_s, port_h, "port", **sk)
 
         iat = np.empty(n)
         iat[1:] = t_s[1:] - t_s[:-1]
@@ -328,36 +347,37 @@ class FlowFeaturizer:
         has_iat = np.isfinite(iat)
         iat = np.where(has_iat, np.maximum(iat, 0.0), 0.0)
 
-        x = np.zeros((n, len(STATS)))
-        x[:, _S["flows"]] = 1.0
-        x[:, _S["failed"]] = failed[order]
-        x[:, _S["new_dst"]] = new_dst
-        x[:, _S["new_port"]] = new_port
-        x[:, _S["out_bytes"]] = oib[order]
-        x[:, _S["in_bytes"]] = rib[order]
-        x[:, _S["out_pkts"]] = op[order]
-        x[:, _S["in_pkts"]] = rp[order]
-        x[:, _S["iat"]] = iat
-        x[:, _S["iat2"]] = iat * iat
+        # one contiguous row per statistic (the damped sums run along rows)
+        x = np.empty((len(STATS), n))
+        x[_S["flows"]] = 1.0
+        x[_S["failed"]] = failed[order]
+        x[_S["new_dst"]] = new_dst
+        x[_S["new_port"]] = new_port
+        x[_S["out_bytes"]] = oib[order]
+        x[_S["in_bytes"]] = rib[order]
+        x[_S["out_pkts"]] = op[order]
+        x[_S["in_pkts"]] = rp[order]
+        x[_S["iat"]] = iat
+        np.multiply(iat, iat, out=x[_S["iat2"]])
         p_s = proto[order]
-        x[:, _S["tcp"]] = p_s == 0
-        x[:, _S["udp"]] = p_s == 1
-        x[:, _S["icmp"]] = p_s == 2
+        np.equal(p_s, 0, out=x[_S["tcp"]], casting="unsafe")
+        np.equal(p_s, 1, out=x[_S["udp"]], casting="unsafe")
+        np.equal(p_s, 2, out=x[_S["icmp"]], casting="unsafe")
 
         prior_t = np.where(known, prior["last_ts"], -np.inf)
         incl = {}
         new_sums = np.zeros((len(g_rows), len(SCALES), len(STATS)), dtype=np.float64)
         for k, tau in enumerate(SCALES):
-            prior_k = prior["sums"][:, k, :].astype(np.float64)
+            prior_k = prior["sums"][:, k, :].T.astype(np.float64)  # (stats, devices)
             # per-flow prefix sums only for the statistics a feature reads at this scale
             cols = [_S[name] for name in _USED[tau]]
-            xc = x[:, cols]
-            pre, post_last = damped_prefix(group, t_s, xc, tau, prior_k[:, cols], prior_t)
+            xc = x[cols]
+            pre, post_last = damped_prefix_cols(group, t_s, xc, tau, prior_k[cols], prior_t)
             pre += xc  # context including this flow
-            incl[tau] = {name: pre[:, j] for j, name in enumerate(_USED[tau])}
-            new_sums[:, k, cols] = post_last
+            incl[tau] = {name: pre[j] for j, name in enumerate(_USED[tau])}
+            new_sums[:, k, cols] = post_last.T
             rest = [j for j in range(len(STATS)) if j not in cols]
-            new_sums[:, k, rest] = damped_last(group, t_s, x[:, rest], tau, prior_k[:, rest], prior_t)
+            new_sums[:, k, rest] = damped_last_cols(group, t_s, x[rest], tau, prior_k[rest], prior_t).T
 
         def ratio(tau: float, num: str, den: str = "flows") -> np.ndarray:
             s = incl[tau]
@@ -397,8 +417,8 @@ class FlowFeaturizer:
         st["last_ts"][g_rows] = np.fmax(prior["last_ts"], t_s[last_idx])
         st["first_ts"][g_rows] = np.fmin(prior["first_ts"], t_s[first_idx])
         st["n"][g_rows] = prior["n"] + np.diff(np.r_[first_idx, n])
-        self.state.add_to_sketches(r_s, dst_h, "dst")
-        self.state.add_to_sketches(r_s, port_h, "port")
+        self.state.add_to_sketches(r_s, dst_h, "dst", **sk)
+        self.state.add_to_sketches(r_s, port_h, "port", **sk)
         return out
 
     def _pair_context(self, pair: np.ndarray, t: np.ndarray, tcp_failed: np.ndarray) -> dict[str, np.ndarray]:
@@ -426,14 +446,17 @@ class FlowFeaturizer:
         gap[g_first] = np.where(live, pt[g_first] - prior_t, _NO_GAP)
         gap[gap > PAIR_HORIZON] = _NO_GAP
         np.maximum(gap, 0.0, out=gap)  # a stream slightly out of time order
-        x = np.column_stack([np.ones(n), tcp_failed[perm]])
+        x = np.empty((2, n))
+        x[0] = 1.0
+        x[1] = tcp_failed[perm]
         incl, post = [], []
         for k, tau in enumerate(PAIR_SCALES):
-            pre, post_last = damped_prefix(
-                group, pt, x, tau, np.where(live[:, None], prior_sums[:, k, :], 0), prior_t
+            pre, post_last = damped_prefix_cols(
+                group, pt, x, tau, np.where(live, prior_sums[:, k, :].T, 0), prior_t
             )
-            incl.append(pre + x)
-            post.append(post_last)
+            pre += x
+            incl.append(pre.T)
+            post.append(post_last.T)
         # the state keeps each pair's last episode
         last_g = np.r_[np.flatnonzero(g_key[1:] != g_key[:-1]), len(g_key) - 1]
         g_last_row = np.r_[g_first[1:] - 1, n - 1]

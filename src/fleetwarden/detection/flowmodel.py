@@ -67,7 +67,7 @@ import pyarrow.csv as pacsv
 
 from fleetwarden.detection.features import CATEGORIES, FEATURES, LOG_FEATURES, FlowFeaturizer
 from fleetwarden.detection.models import HBOS, MAX_BINS, BinnedLogit, QuantileBinner, psi
-from fleetwarden.detection.state import PAIR_SCALES, PairStateTable, damped_prefix
+from fleetwarden.detection.state import PAIR_SCALES, PairStateTable, damped_prefix_cols
 from fleetwarden.events import EventBatch
 from fleetwarden.sources import ReadStats, SourceError, read_events
 
@@ -343,7 +343,16 @@ class FlowModel:
             return score, anom_c, np.zeros(len(score), dtype=bool), za > _SUSPECT_Z
         sup_won = zs > za
         # each part's contributions in its own calibrated units, so reasons compare across rows
-        c = np.where(sup_won[:, None], sup_c / self.sup_scale_[1], anom_c / self._anom_unit(cohorts))
+        unit = self._anom_unit(cohorts)
+        if isinstance(unit, float) and anom_c.dtype == sup_c.dtype == np.float32:
+            # one cohort: the same float32 divisions column by column over contiguous memory, written
+            # in place (the (n, f) np.where below broadcasts a row mask over column-major arrays)
+            c = np.empty((anom_c.shape[1], anom_c.shape[0]), dtype=np.float32).T
+            for j in range(c.shape[1]):
+                np.divide(anom_c[:, j], unit, out=c[:, j])
+                np.divide(sup_c[:, j], self.sup_scale_[1], out=c[:, j], where=sup_won)
+        else:
+            c = np.where(sup_won[:, None], sup_c / self.sup_scale_[1], anom_c / unit)
         return score, c, sup_won, np.maximum(za, zs) > _SUSPECT_Z
 
     def _anom_unit(self, cohorts: np.ndarray | str) -> float | np.ndarray:
@@ -410,10 +419,14 @@ class FlowModel:
         group = np.cumsum(start) - 1
         g_key = k[start]
         prior_t, prior_sums = table.lookup(g_key)
-        x = np.column_stack([np.ones(n), suspect[order]])
-        pre, post_last = damped_prefix(group, t, x, _DEVICE_TAU, prior_sums[:, _DEVICE_SCALE, :], prior_t)
-        incl = pre + x
-        post = post_last[:, None, :]
+        x = np.empty((2, n))  # one contiguous row per statistic
+        x[0] = 1.0
+        x[1] = suspect[order]
+        pre, post_last = damped_prefix_cols(
+            group, t, x, _DEVICE_TAU, prior_sums[:, _DEVICE_SCALE, :].T, prior_t
+        )
+        incl = (pre + x).T
+        post = post_last.T[:, None, :]
         last = np.r_[np.flatnonzero(start)[1:] - 1, n - 1]
         table.update(g_key, t[last], post)
         share = np.empty(n)
@@ -507,7 +520,7 @@ class FlowModel:
         rows = np.flatnonzero(detailed)
         if not len(rows):
             return pa.array(names, type=pa.string()).take(pa.array(inv.ravel()))
-        full = self._full_text(X[rows], top[rows], valid[rows])
+        full = self._full_text(X, top[rows], valid[rows], rows)
         idx = inv.ravel().copy()
         idx[rows] = len(names) + np.arange(len(rows))
         return pa.concat_arrays([pa.array(names, type=pa.string()), full]).take(pa.array(idx))
@@ -547,18 +560,24 @@ class FlowModel:
             top[:, j] = np.where(valid[:, j], 63 - (b & np.uint64(63)).astype(np.intp), 0)
         return top, valid
 
-    def _full_text(self, X: np.ndarray, top: np.ndarray, valid: np.ndarray) -> pa.Array:
+    def _full_text(
+        self, X: np.ndarray, top: np.ndarray, valid: np.ndarray, rows: np.ndarray | None = None
+    ) -> pa.Array:
+        """Detailed reasons of the rows ``rows`` of ``X`` (all rows when None); ``top`` / ``valid``
+        are those rows' own."""
         n, k = top.shape
+        rows = np.arange(n) if rows is None else rows
         parts = []
         for j in range(k):
             fi = top[:, j]
-            text = self._format(fi, X[np.arange(n), fi])
-            parts.append(pc.if_else(pa.array(valid[:, j]), pc.binary_join_element_wise("; ", text, ""), ""))
+            # the "; " separator is part of the few distinct texts, not joined onto every row
+            text = self._format(fi, X[rows, fi], prefix="; ")
+            parts.append(pc.if_else(pa.array(valid[:, j]), text, ""))
         # no nulls here: null_handling="skip" drops all-null rows in pyarrow 26
         joined = pc.binary_join_element_wise(*parts, "")
         return pc.utf8_ltrim(joined, characters="; ")
 
-    def _format(self, fi: np.ndarray, vals: np.ndarray) -> pa.Array:
+    def _format(self, fi: np.ndarray, vals: np.ndarray, prefix: str = "") -> pa.Array:
         """'name=value vs baseline b' for (feature, value) pairs, formatted once per distinct pair."""
         shown = vals.astype(np.float64)
         is_log = np.isin(fi, [FEATURES.index(n) for n in LOG_FEATURES])
@@ -572,7 +591,7 @@ class FlowModel:
             rows = np.flatnonzero(fi == fidx)
             uniq, inv = np.unique(rounded[rows], return_inverse=True)
             out[rows] = len(texts) + inv.ravel()
-            texts.extend(self._text(fidx, v) for v in uniq.tolist())
+            texts.extend(prefix + self._text(fidx, v) for v in uniq.tolist())
         return pa.array(texts, type=pa.string()).take(pa.array(out))
 
     def _text(self, fidx: int, v: float) -> str:

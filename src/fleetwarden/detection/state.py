@@ -42,8 +42,12 @@ __all__ = [
     "STATS",
     "DeviceStateTable",
     "damped_last",
+    "damped_last_cols",
     "damped_prefix",
+    "damped_prefix_cols",
+    "encode_strings",
     "stable_hash",
+    "stable_hash_encoded",
 ]
 
 # Time constants (seconds) of the damped statistics: burst, minute, ten minutes.
@@ -100,27 +104,70 @@ def stable_hash(values: pa.Array | pa.ChunkedArray | np.ndarray) -> np.ndarray:
     """
     if isinstance(values, np.ndarray):
         values = pa.array(values, type=pa.string(), from_pandas=True)
-    if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks()
     if len(values) == 0:
         return np.zeros(0, dtype=np.uint64)
-    enc = values.fill_null("").dictionary_encode()
-    uniq = enc.dictionary.to_numpy(zero_copy_only=False).astype("S")
-    width = max(uniq.dtype.itemsize, 1)
-    mat = np.frombuffer(uniq.tobytes(), dtype=np.uint8).reshape(len(uniq), width).astype(np.uint64)
-    h = np.full(len(uniq), 0xCBF29CE484222325, dtype=np.uint64)
+    h, idx = stable_hash_encoded(encode_strings(values))
+    return h[idx]
+
+
+def encode_strings(values: pa.Array | pa.ChunkedArray) -> pa.DictionaryArray:
+    """Dictionary encoding of a string column with nulls as ``""`` (what :func:`stable_hash` hashes);
+    computed once, it serves every per-distinct-value computation on the column."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if values.null_count:
+        values = values.fill_null("")
+    return values.dictionary_encode()
+
+
+def stable_hash_encoded(enc: pa.DictionaryArray) -> tuple[np.ndarray, np.ndarray]:
+    """(:func:`stable_hash` of each dictionary value, each row's dictionary index) of an
+    :func:`encode_strings` array: ``h[idx]`` is the per-row hash."""
+    idx = enc.indices.to_numpy(zero_copy_only=False)
+    if len(enc.dictionary) == 0:
+        return np.zeros(0, dtype=np.uint64), idx
+    mat = _byte_matrix(enc.dictionary)
+    # byte j of every string as one contiguous row
+    cols = np.ascontiguousarray(mat.T, dtype=np.uint64)
+    h = np.full(len(mat), 0xCBF29CE484222325, dtype=np.uint64)
     prime = np.uint64(0x100000001B3)
+    step = np.empty_like(h)
     with np.errstate(over="ignore"):
-        for j in range(width):
+        for c in cols:
+            if c.all():  # no string ends before this byte: no padding to skip
+                h ^= c
+                h *= prime
+                continue
             # padding (NUL) bytes are skipped so the hash does not depend on the batch's longest string
-            h = np.where(mat[:, j] != 0, (h ^ mat[:, j]) * prime, h)
+            np.bitwise_xor(h, c, out=step)
+            step *= prime
+            np.copyto(h, step, where=c != 0)
         # final avalanche (splitmix64) so low bits are usable for bitmaps / HLL buckets
         h ^= h >> np.uint64(30)
         h *= np.uint64(0xBF58476D1CE4E5B9)
         h ^= h >> np.uint64(27)
         h *= np.uint64(0x94D049BB133111EB)
         h ^= h >> np.uint64(31)
-    return h[enc.indices.to_numpy(zero_copy_only=False)]
+    return h, idx
+
+
+def _byte_matrix(strings: pa.Array) -> np.ndarray:
+    """(len, longest) uint8 matrix of the UTF-8 bytes of non-null strings, NUL-padded, straight from
+    the Arrow offsets and data buffers (no Python string per value)."""
+    strings = strings.cast(pa.large_string()) if pa.types.is_string(strings.type) else strings
+    m = len(strings)
+    _, off_buf, data_buf = strings.buffers()
+    offsets = np.frombuffer(off_buf, dtype=np.int64)[strings.offset : strings.offset + m + 1]
+    lengths = np.diff(offsets)
+    width = max(int(lengths.max()) if m else 0, 1)
+    mat = np.zeros((m, width), dtype=np.uint8)
+    total = int(offsets[-1] - offsets[0]) if m else 0
+    if total:
+        data = np.frombuffer(data_buf, dtype=np.uint8)[offsets[0] : offsets[-1]]
+        # row-major position of every byte: its row's start in the matrix plus its place in the string
+        pos = np.arange(total) + np.repeat(np.arange(m) * width - (offsets[:-1] - offsets[0]), lengths)
+        mat.reshape(-1)[pos] = data
+    return mat
 
 
 def damped_prefix(
@@ -139,26 +186,50 @@ def damped_prefix(
     ``group`` holds dense ids 0..G-1 (non-decreasing), ``x`` is (n, k).
     """
     n, k = x.shape
-    n_groups = int(group[-1]) + 1 if n else 0
     if n == 0:
         return np.zeros((0, k)), np.zeros((0, k))
+    pre_t, post_t = damped_prefix_cols(
+        group, t, np.ascontiguousarray(x.T), tau, None if prior_sums is None else prior_sums.T, prior_t
+    )
+    return pre_t.T, post_t.T
+
+
+def damped_prefix_cols(
+    group: np.ndarray,
+    t: np.ndarray,
+    xt: np.ndarray,
+    tau: float,
+    prior_sums: np.ndarray | None = None,
+    prior_t: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`damped_prefix` on statistics stored row-wise: ``xt`` is (k, n) (one contiguous row per
+    statistic), ``prior_sums`` (k, G); returns ``pre`` (k, n) and ``post_last`` (k, G).
+
+    Every statistic's cumulative sum, gather and scaling then runs over contiguous memory; the values
+    are bit-for-bit those of the (n, k) layout (the same operations on the same numbers)."""
+    xt = np.asarray(xt, dtype=np.float64)
+    k, n = xt.shape
+    if n == 0:
+        return np.zeros((k, 0)), np.zeros((k, 0))
     u = (t - t[0]) / tau
     blk = np.floor(u / _BLOCK)
     start = np.empty(n, dtype=bool)
     start[0] = True
     np.not_equal(group[1:], group[:-1], out=start[1:])
+    g_end = np.flatnonzero(start[1:])  # last flow of every group but the last
     start[1:] |= blk[1:] != blk[:-1]
-    seg = np.cumsum(start) - 1
     seg_first = np.flatnonzero(start)
+    seg_len = np.diff(np.r_[seg_first, n])
     r = u - blk * _BLOCK  # position inside the block, in [0, _BLOCK)
-    xw = x * np.exp(r)[:, None]
-    pre = np.cumsum(xw, axis=0)
+    xw = xt * np.exp(r)
+    pre = np.cumsum(xw, axis=1)
     seg_last = np.r_[seg_first[1:] - 1, n - 1]
-    base = pre[seg_first] - xw[seg_first]  # cumulative sum before each segment
+    base = pre[:, seg_first] - xw[:, seg_first]  # cumulative sum before each segment
     # totals of each segment (in its own reference) for the carry into the next block
-    seg_total = pre[seg_last] - base
+    seg_total = pre[:, seg_last] - base
     pre -= xw  # exclusive prefix
-    pre -= base[seg]  # ... within the segment
+    # segments are contiguous runs: repeating per-segment values is a copy, not a gather
+    pre -= np.repeat(base, seg_len, axis=1)  # ... within the segment
     seg_g = group[seg_first]
     seg_b = blk[seg_first]
     prev_ok = np.zeros(len(seg_first), dtype=bool)
@@ -166,19 +237,23 @@ def damped_prefix(
     if prev_ok.any():
         # carry is in reference (blk-1)*B: exp(-B) brings it to this block's reference
         carry = np.zeros_like(seg_total)
-        carry[1:] = np.where(prev_ok[1:, None], seg_total[:-1] * np.exp(-_BLOCK), 0.0)
-        pre += carry[seg]
-    pre *= np.exp(-r)[:, None]
+        carry[:, 1:] = np.where(prev_ok[1:], seg_total[:, :-1] * np.exp(-_BLOCK), 0.0)
+        pre += np.repeat(carry, seg_len, axis=1)
+    pre *= np.exp(-r)
     if prior_sums is not None and prior_t is not None:
         dt = t - prior_t[group]
         # only flows whose prior still weighs more than e^-40 (the others add nothing in float64)
-        rows = np.flatnonzero(np.isfinite(dt) & (dt < 40.0 * tau))
-        if len(rows):
-            w = np.exp(-np.maximum(dt[rows], 0.0) / tau)
-            pre[rows] += prior_sums[group[rows]] * w[:, None]
-    last = np.r_[np.flatnonzero(group[1:] != group[:-1]), n - 1]
-    post_last = pre[last] + x[last]
-    assert len(last) == n_groups
+        ok = np.isfinite(dt) & (dt < 40.0 * tau)
+        if ok.all():
+            pre += prior_sums[:, group] * np.exp(-np.maximum(dt, 0.0) / tau)
+        else:
+            rows = np.flatnonzero(ok)
+            if len(rows):
+                w = np.exp(-np.maximum(dt[rows], 0.0) / tau)
+                pre[:, rows] += prior_sums[:, group[rows]] * w
+    last = np.r_[g_end, n - 1]
+    post_last = pre[:, last] + xt[:, last]
+    assert len(last) == int(group[-1]) + 1
     return pre, post_last
 
 
@@ -192,16 +267,29 @@ def damped_last(
 ) -> np.ndarray:
     """Damped sums of each group as of its last flow (what the state stores), for flows sorted by
     (group, t): one weighted per-group reduction, cheaper than the prefix sums of every flow."""
-    n, k = x.shape
+    return damped_last_cols(group, t, np.ascontiguousarray(x.T), tau, prior_sums.T, prior_t).T
+
+
+def damped_last_cols(
+    group: np.ndarray,
+    t: np.ndarray,
+    xt: np.ndarray,
+    tau: float,
+    prior_sums: np.ndarray,
+    prior_t: np.ndarray,
+) -> np.ndarray:
+    """:func:`damped_last` on statistics stored row-wise: ``xt`` (k, n), ``prior_sums`` (k, G);
+    returns (k, G)."""
+    n = len(t)
     last = np.r_[np.flatnonzero(group[1:] != group[:-1]), n - 1]
     t_last = t[last]
     # weights <= 1: no overflow whatever the span of the batch
     w = np.exp(-(t_last[group] - t) / tau)
     starts = np.r_[0, last[:-1] + 1]
-    out = np.add.reduceat(x * w[:, None], starts, axis=0)
+    out = np.add.reduceat(xt * w, starts, axis=1)
     dt = np.maximum(t_last - prior_t, 0.0)
     dt = np.where(np.isfinite(dt), dt, np.inf)
-    return out + prior_sums * np.exp(-dt / tau)[:, None]
+    return out + prior_sums * np.exp(-dt / tau)
 
 
 class DeviceStateTable:
@@ -270,10 +358,13 @@ class DeviceStateTable:
         """Insert the unknown keys (fresh rows) and return the row id of every key."""
         return self.ensure_ranked(keys)[0]
 
-    def ensure_ranked(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def ensure_ranked(
+        self, keys: np.ndarray, distinct: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """As :meth:`ensure`, plus each key's rank among the batch's distinct keys (sorting flows by
-        rank sorts them by key, whatever the storage order)."""
-        uniq, rank = np.unique(keys, return_inverse=True)
+        rank sorts them by key, whatever the storage order).  ``distinct`` = ``np.unique(keys,
+        return_inverse=True)`` when the caller has it cheaper (e.g. from a dictionary encoding)."""
+        uniq, rank = np.unique(keys, return_inverse=True) if distinct is None else distinct
         rid = self.find(uniq)
         miss = rid < 0
         if miss.any():
@@ -300,31 +391,65 @@ class DeviceStateTable:
         return rid[rank.ravel()], rank.ravel()
 
     # sketches -----------------------------------------------------------------------------
-    def seen_before(self, rows: np.ndarray, h: np.ndarray, which: str = "dst") -> np.ndarray:
-        """True where the device's bitmap already holds hash ``h`` (before this batch)."""
+    def seen_before(
+        self,
+        rows: np.ndarray,
+        h: np.ndarray,
+        which: str = "dst",
+        *,
+        touched: np.ndarray | None = None,
+        local: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """True where the device's bitmap already holds hash ``h`` (before this batch).
+
+        ``touched`` (the distinct rows, any order) and ``local`` (each flow's index into ``touched``)
+        are optional: a caller that already grouped its flows by device saves the grouping here."""
         field, nbits = ("dst_bits", DST_BITS) if which == "dst" else ("port_bits", PORT_BITS)
-        bit = (h % np.uint64(nbits)).astype(np.int64)
-        words = self.data[field][rows, bit >> 6]
+        bit = (h & np.uint64(nbits - 1)).astype(np.int64)  # nbits: a power of 2
+        if touched is None or local is None:
+            words = self.data[field][rows, bit >> 6]
+        else:
+            # gather the few touched rows once (contiguous), then index them flat
+            words = self.data[field][touched].reshape(-1)[local * (nbits // 64) + (bit >> 6)]
         return (words >> (bit & 63).astype(np.uint64)) & np.uint64(1) == 1
 
-    def add_to_sketches(self, rows: np.ndarray, h: np.ndarray, which: str = "dst") -> None:
+    def add_to_sketches(
+        self,
+        rows: np.ndarray,
+        h: np.ndarray,
+        which: str = "dst",
+        *,
+        touched: np.ndarray | None = None,
+        local: np.ndarray | None = None,
+    ) -> None:
+        """Set the bitmap bits and raise the HyperLogLog registers of hashes ``h`` of devices ``rows``
+        (``touched`` / ``local`` as in :meth:`seen_before`)."""
         field, nbits = ("dst_bits", DST_BITS) if which == "dst" else ("port_bits", PORT_BITS)
         hll, m = ("hll_dst", HLL_DST) if which == "dst" else ("hll_port", HLL_PORT)
+        if touched is None or local is None:
+            touched, local = np.unique(rows, return_inverse=True)
+            local = local.ravel()
         data = self.data
+        nwords = nbits // 64
+        # work on a contiguous copy of the touched rows' sketches: unbuffered ufunc.at on a flat
+        # contiguous array is several times faster than on the strided field of the whole table
+        words = data[field][touched]
         # reset bitmaps that are more than half full: "seen" would otherwise become always-true
-        # (only the touched rows are read, a copy of a few rows, not of the whole table)
-        uniq_rows = np.unique(rows)
-        full = _popcount(data[field][uniq_rows]).sum(axis=1) > nbits // 2
+        full = _popcount(words).sum(axis=1) > nbits // 2
         if full.any():
-            data[field][uniq_rows[full]] = 0
-        bit = (h % np.uint64(nbits)).astype(np.int64)
-        # set bits and raise registers in place in the table (no gather / scatter of whole rows)
-        np.bitwise_or.at(data[field], (rows, bit >> 6), np.uint64(1) << (bit & 63).astype(np.uint64))
+            words[full] = 0
+        bit = (h & np.uint64(nbits - 1)).astype(np.int64)  # nbits: a power of 2
+        np.bitwise_or.at(
+            words.reshape(-1), local * nwords + (bit >> 6), np.uint64(1) << (bit & 63).astype(np.uint64)
+        )
+        data[field][touched] = words
         # HyperLogLog: bucket from the top bits, rank from the rest
-        bucket = (h >> np.uint64(58)).astype(np.int64) % m
+        bucket = (h >> np.uint64(58)).astype(np.int64) & (m - 1)  # m: a power of 2
         rest = h & np.uint64((1 << 58) - 1)
         rank = (58 - np.floor(np.log2(rest.astype(np.float64) + 1.0))).astype(np.uint8)
-        np.maximum.at(data[hll], (rows, bucket), rank)
+        regs = data[hll][touched]
+        np.maximum.at(regs.reshape(-1), local * m + bucket, rank)
+        data[hll][touched] = regs
 
     def distinct_estimate(self, which: str = "dst") -> np.ndarray:
         """HyperLogLog estimate of lifetime distinct destinations (or ports) per row."""
