@@ -513,3 +513,25 @@ def test_slow_exfiltration_on_a_simulated_fleet():
     assert sc.start <= first.last_seen <= sc.start + 3 * 3600  # within three hours of the start
     assert first.severity in ("medium", "high", "critical")
     assert any("new country" in e for f in found for e in f.evidence)
+
+
+def test_slow_exfil_drops_the_least_recently_active_destination_when_full():
+    # A device observed for over an hour follows each new external destination; with room for
+    # two, a third drops the one idle the longest (not the oldest followed: A was active again).
+    det, ctx = ExfilDetector(max_slow=2), Context()
+    src = "10.0.0.7"
+    rows = [flow(0, src, "52.0.0.1", 443, state="SF", ob=100, rb=100, rp=1)]
+    rows += [flow(3700, src, "52.0.0.1", 443, state="SF", ob=100, rb=100, rp=1)]
+    det.update(flows(rows), ctx)
+    slow = det._devices[src].slow
+    steps = [
+        (4000, "52.1.0.1", {"52.1.0.1"}),  # A
+        (4010, "52.1.0.2", {"52.1.0.1", "52.1.0.2"}),  # B
+        (4020, "52.1.0.1", {"52.1.0.1", "52.1.0.2"}),  # A again: B is now the least recent
+        (4030, "52.1.0.3", {"52.1.0.1", "52.1.0.3"}),  # C drops B
+        (4040, "52.1.0.4", {"52.1.0.3", "52.1.0.4"}),  # D drops A (active at 4020 < 4030)
+    ]
+    for ts, dst, expected in steps:
+        det.update(flows([flow(ts, src, dst, 443, state="SF", ob=1000, rb=100, rp=1)]), ctx)
+        assert set(slow) - {"52.0.0.1"} == expected
+    assert slow["52.1.0.3"].out == 1000 and slow["52.1.0.3"].last == 4030

@@ -138,3 +138,44 @@ def test_context_names_inventory_device():
     assert (
         found[0].entity == "cam-7" and found[0].device_id == "cam-7" and found[0].mac == "aa:bb:cc:dd:ee:07"
     )
+
+
+def test_engine_shares_one_prevalence_learned_once_per_batch():
+    from fleetwarden.detection.analytics.beacon import BeaconDetector
+    from fleetwarden.detection.analytics.exfil import ExfilDetector
+
+    engine = Engine()
+    beacon = next(a for a in engine.analytics if isinstance(a, BeaconDetector))
+    exfil = next(a for a in engine.analytics if isinstance(a, ExfilDetector))
+    assert beacon.prevalence is exfil.prevalence
+    n = 30
+    batch = EventBatch.from_columns(
+        "flow",
+        {
+            "ts": 1000.0 + np.arange(n),
+            "uid": [f"P{i}" for i in range(n)],
+            "id.orig_h": [f"10.0.1.{i % 12 + 1}" for i in range(n - 1)] + ["10.0.1.99"],
+            "id.resp_h": [f"52.7.0.{i % 3 + 1}" for i in range(n)],
+            "id.resp_p": [443] * n,
+            "proto": ["tcp"] * n,
+            "conn_state": ["SF"] * n,
+            "orig_pkts": [4] * n,
+            "resp_pkts": [3] * (n - 1) + [0],  # the last one unanswered: not learned from
+            "orig_bytes": [300] * n,
+            "resp_bytes": [900] * (n - 1) + [0],
+        },
+    )
+    engine.process(batch)
+    # Same prevalence as a detector alone learns from the batch, though two analytics fed it.
+    alone = BeaconDetector()
+    alone.update(batch, Context())
+    shared = beacon.prevalence
+    assert len(shared.population) == len(alone.prevalence.population) == 12
+    assert {k: len(v) for k, v in shared.by_key.items()} == {
+        k: len(v) for k, v in alone.prevalence.by_key.items()
+    }
+    assert shared.devices("52.7.0.1") == 4 and "10.0.1.99" not in shared.population
+    # Analytics handed to two engines keep separate tables per engine (none pre-filled is shared).
+    other = Engine()
+    assert other.analytics[0] is not engine.analytics[0]
+    assert next(a for a in other.analytics if isinstance(a, BeaconDetector)).prevalence is not shared

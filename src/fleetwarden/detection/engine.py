@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from fleetwarden.detection.analytics.base import Analytic, Context
-from fleetwarden.detection.analytics.netcommon import cap_ids, make_finding, sorted_by_time
+from fleetwarden.detection.analytics.netcommon import cap_ids, make_finding, share_prevalence, sorted_by_time
 from fleetwarden.events import EventBatch
 from fleetwarden.findings import Finding, Incident
 
@@ -83,6 +83,8 @@ class Engine:
         anomaly_cooldown: float = 60.0,
     ) -> None:
         self.analytics = list(analytics) if analytics is not None else default_analytics()
+        # Beacon and exfil learn the same fleet prevalence from the same batches: one copy.
+        share_prevalence(self.analytics)
         self.flow_model = flow_model
         self.ctx = ctx if ctx is not None else Context()
         self.anomaly_cooldown = anomaly_cooldown

@@ -201,7 +201,7 @@ class BeaconDetector:
     def update(self, batch: EventBatch, ctx: Context) -> list[Finding]:
         if batch.kind == "dns":
             # DNS answers name the destinations: cloud addresses rotate, their domain stays.
-            self.prevalence.observe_dns(batch)
+            self.prevalence.observe_batch(batch, ctx)
             return []
         if batch.kind != "flow" or len(batch) == 0:
             return []
@@ -211,9 +211,8 @@ class BeaconDetector:
         rp = num_col(batch, "resp_pkts")
         flipped = (num_col(batch, "orig_pkts") <= 0) & (rp > 0)
         keep = ~group_mask(dst) & ~flipped
-        answered = keep & ((rp > 0) | (num_col(batch, "resp_bytes") > 0))
-        if answered.any():
-            self.prevalence.observe_flows(str_col(batch, "id.orig_h")[answered], dst[answered], ctx)
+        # The answered connections the sources opened (shared with exfil when an engine runs both).
+        self.prevalence.observe_batch(batch, ctx)
         if not self.internal:
             # Hubs, brokers and gateways on the LAN are polled by design: not C2 candidates.
             keep &= ~address_mask(dst, lambda ip: is_local(ctx, ip))

@@ -42,12 +42,15 @@ Reference
 
 from __future__ import annotations
 
+import heapq
 import math
+import operator
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from fleetwarden.detection.analytics.base import Context
 from fleetwarden.detection.analytics.netcommon import (
@@ -81,6 +84,10 @@ class _Device:
     first_ts: float = math.inf
     last_ts: float = -math.inf
     slow: dict = field(default_factory=dict)  # dst -> _Slow
+    # (last, seq, dst) of the followed destinations, with stale entries: finds the least
+    # recently active one to drop without scanning them all (see ExfilDetector._drop_oldest)
+    slow_heap: list = field(default_factory=list)
+    slow_seq: int = 0
     countries: set = field(default_factory=set)
 
 
@@ -94,6 +101,24 @@ class _Slow:
     uids: list = field(default_factory=list)
     reported: int = 0  # bytes at the last report (0 = never)
     new_country: str | None = None
+    dst: str = ""  # the destination followed (its key in ``_Device.slow``)
+    seq: int = 0  # creation order within the device (the order of ``_Device.slow``)
+
+
+_LAST = operator.attrgetter("last")
+
+
+def _encode(values: np.ndarray, ordered: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct strings and each value's code (``ordered``: codes follow string order)."""
+    enc = pc.dictionary_encode(pa.array(values, pa.string()))
+    names = enc.dictionary
+    codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    if ordered and len(names) > 1:
+        # Arrow sorts UTF-8 bytewise, which is code point order: the order of Python strings.
+        rank = np.empty(len(names), dtype=np.int64)
+        rank[pc.array_sort_indices(names).to_numpy()] = np.arange(len(names))
+        return names.to_numpy(zero_copy_only=False)[np.argsort(rank)], rank[codes]
+    return names.to_numpy(zero_copy_only=False), codes
 
 
 class ExfilDetector:
@@ -145,61 +170,150 @@ class ExfilDetector:
 
     def update(self, batch: EventBatch, ctx: Context) -> list[Finding]:
         if batch.kind == "dns":
-            self.prevalence.observe_dns(batch)
+            self.prevalence.observe_batch(batch, ctx)
             return []
         if batch.kind != "flow" or len(batch) == 0:
             return []
+        from fleetwarden.detection.analytics.novelty import country_of
+
         batch = sorted_by_time(batch)
+        # The answered connections the sources opened (shared with beacon when an engine runs both).
+        self.prevalence.observe_batch(batch, ctx)
         ts = batch.np("ts")
         replied = (num_col(batch, "resp_pkts") > 0) | (num_col(batch, "resp_bytes") > 0)
-        answered = replied & (num_col(batch, "orig_pkts") > 0)
-        if answered.any():
-            self.prevalence.observe_flows(
-                str_col(batch, "id.orig_h")[answered], str_col(batch, "id.resp_h")[answered], ctx
-            )
-        table = pa.table(
-            {
-                "src": str_col(batch, "id.orig_h"),
-                "dst": str_col(batch, "id.resp_h"),
-                "win": np.floor(ts / self.window).astype(np.int64),
-                # Only answered flows carry an upload: the peer acknowledged the data.  One-way
-                # floods (GBs sent, nothing back) are the flood analytic's, not a theft.
-                "ob": np.where(replied, num_col(batch, "orig_bytes"), 0).astype(np.int64),
-                "rb": num_col(batch, "resp_bytes").astype(np.int64),
-                "ts": ts,
-                "uid": str_col(batch, "uid"),
-                "mac": str_col(batch, "orig_l2_addr"),
-            }
-        )
-        g = table.group_by(["src", "win", "dst"]).aggregate(
-            [("ob", "sum"), ("rb", "sum"), ("ts", "min"), ("ts", "max"), ("uid", "list"), ("mac", "max")]
-        )
+        src = str_col(batch, "id.orig_h")
+        dst = str_col(batch, "id.resp_h")
+        win = np.floor(ts / self.window).astype(np.int64)
+        # Only answered flows carry an upload: the peer acknowledged the data.  One-way
+        # floods (GBs sent, nothing back) are the flood analytic's, not a theft.
+        ob = np.where(replied, num_col(batch, "orig_bytes"), 0).astype(np.int64)
+        rb = num_col(batch, "resp_bytes").astype(np.int64)
+
+        # Group the records by (source, window, destination), vectorised.  Groups are visited
+        # by window, then source, then in the order of their first record, and each group's
+        # records keep their time order (its uids are its first records).
+        s_names, s_code = _encode(src, ordered=True)
+        d_names, d_code = _encode(dst)
+        wmin = int(win.min())
+        n_s, n_d = len(s_names), len(d_names)
+        key = ((win - wmin) * n_s + s_code) * n_d + d_code
+        keys, first, inv = np.unique(key, return_index=True, return_inverse=True)
+        rows = np.argsort(inv, kind="stable")
+        starts = np.zeros(len(keys), dtype=np.int64)
+        np.cumsum(np.bincount(inv, minlength=len(keys))[:-1], out=starts[1:])
+        ends = np.append(starts[1:], len(rows))
+        g_ob = np.add.reduceat(ob[rows], starts)
+        g_rb = np.add.reduceat(rb[rows], starts)
+        ts_rows = ts[rows]
+        g_t0 = np.minimum.reduceat(ts_rows, starts)
+        g_t1 = np.maximum.reduceat(ts_rows, starts)
+        g_mac = np.maximum.reduceat(str_col(batch, "orig_l2_addr")[rows], starts)
+        uid_rows = str_col(batch, "uid")[rows]
+        order = np.lexsort((first, keys // n_d))
+        g_dst = keys % n_d
+        g_src = (keys // n_d) % n_s
+        g_win = keys // (n_d * n_s) + wmin
+
+        # Per distinct destination / source, what does not change within the batch.
+        d_list = d_names.tolist()
+        external = [not (is_local(ctx, d) or is_group(d)) for d in d_list]
+        s_list = s_names.tolist()
+        cohorts = [cohorts_of(ctx, s) for s in s_list]
+        prev = self.prevalence
+        fleet = len(prev.population) >= 10
+        has_cohort = [
+            fleet and any(len(prev.cohort_population.get(c, ())) >= 3 for c in cs) for cs in cohorts
+        ]
+        d_country: dict[int, str | None] = {}
+        g_country = []
+        for di in g_dst[order].tolist():
+            if external[di]:
+                if di not in d_country:
+                    d_country[di] = country_of(d_list[di])
+                g_country.append(d_country[di])
+            else:
+                g_country.append(False)  # not external: only the device's totals move
+        uids = uid_rows.tolist()
+        no_empty_uid = bool(np.all(uid_rows != ""))
+
         findings = []
-        rows = zip(*(g.column(c).to_pylist() for c in g.column_names), strict=True)
-        for src, win, dst, ob, rb, t0, t1, uids, mac in sorted(rows, key=lambda r: (r[1], r[0])):
-            dev = self._devices.get(src)
+        devices = self._devices
+        min_bytes, rare, min_observed = self.min_bytes, self.rare_windows, self.slow_min_observed
+        cohort_countries = self._cohort_countries
+        for si, d_ip, country, w, ob_g, rb_g, t0, t1, mac, lo, hi in zip(
+            g_src[order].tolist(),
+            d_names[g_dst[order]].tolist(),
+            g_country,
+            g_win[order].tolist(),
+            g_ob[order].tolist(),
+            g_rb[order].tolist(),
+            g_t0[order].tolist(),
+            g_t1[order].tolist(),
+            g_mac[order].tolist(),
+            starts[order].tolist(),
+            ends[order].tolist(),
+            strict=True,
+        ):
+            s_ip = s_list[si]
+            dev = devices.get(s_ip)
             if dev is None:
-                dev = self._devices[src] = _Device()
-            if dev.win != win:
-                self._roll(dev, win)
-            dev.total += ob
-            dev.out_all += ob
+                dev = devices[s_ip] = _Device()
+            if dev.win != w:
+                self._roll(dev, w)
+            dev.total += ob_g
+            dev.out_all += ob_g
             dev.first_ts, dev.last_ts = min(dev.first_ts, t0), max(dev.last_ts, t1)
             dev.mac = mac or dev.mac
-            if is_local(ctx, dst) or is_group(dst):
+            if country is False:
                 continue
-            f = self._slow_update(src, dev, dst, ob, rb, t0, t1, uids, ctx)
-            if f:
-                findings.append(f)
-            acc = dev.sent.setdefault(dst, [0, 0, t0, t1, []])
-            acc[0] += ob
-            acc[1] += rb
-            acc[2], acc[3] = min(acc[2], t0), max(acc[3], t1)
-            if len(acc[4]) < 50:
-                acc[4].extend(u for u in uids[: 50 - len(acc[4])] if u)
-            f = self._check(src, dev, dst, acc, ctx)
-            if f:
-                findings.append(f)
+            if (
+                d_ip in dev.slow
+                or dev.seen.get(d_ip, 0) <= rare
+                and (has_cohort[si] or dev.last_ts - dev.first_ts >= min_observed)
+            ):
+                # Followed already, or new enough to be followed from now: the full step.
+                f = self._slow_update(
+                    s_ip,
+                    dev,
+                    d_ip,
+                    ob_g,
+                    rb_g,
+                    t0,
+                    t1,
+                    uids,
+                    lo,
+                    hi,
+                    ctx,
+                    country,
+                    cohorts[si],
+                    has_cohort[si],
+                )
+                if f:
+                    findings.append(f)
+            elif country:
+                # What _slow_update does for a destination it does not follow: learn its country.
+                if len(dev.countries) < 64:
+                    dev.countries.add(country)
+                for c in cohorts[si]:
+                    cc = cohort_countries.setdefault(c, set())
+                    if len(cc) < 256:
+                        cc.add(country)
+            acc = dev.sent.get(d_ip)
+            if acc is None:
+                acc = dev.sent[d_ip] = [ob_g, rb_g, t0, t1, []]
+            else:
+                acc[0] += ob_g
+                acc[1] += rb_g
+                acc[2], acc[3] = min(acc[2], t0), max(acc[3], t1)
+            room = 50 - len(acc[4])
+            if room > 0:
+                part = uids[lo : min(hi, lo + room)]
+                acc[4] += part if no_empty_uid else [u for u in part if u]
+            # _check needs min_bytes in the window first: most groups stop here, unchecked.
+            if acc[0] >= min_bytes:
+                f = self._check(s_ip, dev, d_ip, acc, ctx)
+                if f:
+                    findings.append(f)
         if len(self._devices) > self.max_devices:
             latest = max(d.win for d in self._devices.values())
             self._devices = {k: d for k, d in self._devices.items() if d.win >= latest - 12}
@@ -266,34 +380,71 @@ class ExfilDetector:
         )
 
     # slow exfiltration over hours ---------------------------------------------------------
-    def _slow_update(
-        self, src: str, dev: _Device, dst: str, ob: int, rb: int, t0: float, t1: float, uids: list, ctx
-    ) -> Finding | None:
-        from fleetwarden.detection.analytics.novelty import country_of
+    def _drop_oldest(self, dev: _Device) -> None:
+        """Stop following the least recently active destination (the first created on a tie).
 
+        Same choice as ``min(dev.slow.values(), key=last)``: heap entries are (last, creation
+        order), and an entry is stale once its destination is dropped or active again later.
+        """
+        heap, slow = dev.slow_heap, dev.slow
+        if len(heap) > 8 * self.max_slow:
+            heap[:] = [(a.last, a.seq, a.dst) for a in slow.values()]
+            heapq.heapify(heap)
+        while heap:
+            last, seq, dst = heapq.heappop(heap)
+            acc = slow.get(dst)
+            if acc is not None and acc.seq == seq and acc.last == last:
+                del slow[dst]
+                return
+        del slow[min(slow.values(), key=_LAST).dst]  # not reached: each one has a current entry
+
+    def _slow_update(
+        self,
+        src: str,
+        dev: _Device,
+        dst: str,
+        ob: int,
+        rb: int,
+        t0: float,
+        t1: float,
+        uids: list[str],
+        lo: int,
+        hi: int,
+        ctx: Context,
+        country: str | None,
+        cohorts: tuple[str, ...],
+        cohort: bool,
+    ) -> Finding | None:
+        """One (window, destination) group of ``src`` to an external ``dst``: follow it over hours.
+
+        ``uids[lo:hi]`` are the group's record ids; ``cohort`` tells whether the fleet has a
+        cohort of the device's kind (at least 10 devices seen, 3 in one of ``cohorts``).
+        """
         acc = dev.slow.get(dst)
         if acc is not None and t1 - acc.last > self.slow_horizon:
             del dev.slow[dst]  # idle for the whole horizon: a new episode starts from zero
             acc = None
-        country = country_of(dst)
-        cohorts = cohorts_of(ctx, src)
         if acc is None:
             # New for the device: judged against its own history once it has some, or from
             # the start against the fleet when there is one (rarity is checked at alert time).
             # Destinations of the device's first ``slow_min_observed`` seconds are its baseline,
             # unless a cohort of the fleet tells what is usual for its kind of device.
             learned = dev.last_ts - dev.first_ts >= self.slow_min_observed
-            cohort = len(self.prevalence.population) >= 10 and any(
-                len(self.prevalence.cohort_population.get(c, ())) >= 3 for c in cohorts
-            )
             if dev.seen.get(dst, 0) <= self.rare_windows and (learned or cohort):
-                if len(dev.slow) >= self.max_slow:
-                    oldest = min(dev.slow, key=lambda k: dev.slow[k].last)
-                    del dev.slow[oldest]
-                acc = dev.slow[dst] = _Slow()
-                known = dev.countries | set().union(*(self._cohort_countries.get(c, ()) for c in cohorts))
-                if country and country not in known and dev.countries:
-                    acc.new_country = country
+                slow = dev.slow
+                if len(slow) >= self.max_slow:
+                    # The least recently active (the first of them in the table on a tie).
+                    self._drop_oldest(dev)
+                dev.slow_seq += 1
+                acc = slow[dst] = _Slow(dst=dst, seq=dev.slow_seq)
+                heapq.heappush(dev.slow_heap, (acc.last, acc.seq, dst))
+                if (
+                    country
+                    and dev.countries
+                    and country not in dev.countries
+                    and not any(country in self._cohort_countries.get(c, ()) for c in cohorts)
+                ):
+                    acc.new_country = country  # neither the device nor its cohort went there
         if country:
             if len(dev.countries) < 64:
                 dev.countries.add(country)
@@ -305,10 +456,14 @@ class ExfilDetector:
             return None
         acc.out += ob
         acc.back += rb
-        acc.first, acc.last = min(acc.first, t0), max(acc.last, t1)
+        acc.first = min(acc.first, t0)
+        if t1 > acc.last:
+            acc.last = t1
+            heapq.heappush(dev.slow_heap, (t1, acc.seq, dst))
         acc.flows += 1
-        if len(acc.uids) < 50:
-            acc.uids.extend(u for u in uids[: 50 - len(acc.uids)] if u)
+        room = 50 - len(acc.uids)
+        if room > 0:
+            acc.uids.extend(u for u in uids[lo : min(hi, lo + room)] if u)
         if acc.out < self.slow_min_bytes or (acc.reported and acc.out < 2 * acc.reported):
             return None
         if acc.out < self.min_upload_ratio * max(acc.back, 1):

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from fleetwarden.detection.analytics.base import Context
 from fleetwarden.events import EventBatch
@@ -62,8 +63,18 @@ def address_mask(ips: np.ndarray, test: Callable[[str], bool]) -> np.ndarray:
     """``test`` over an array of addresses, called once per distinct value (a batch repeats a few hosts)."""
     if len(ips) == 0:
         return np.zeros(0, dtype=bool)
-    uniq, inv = np.unique(ips.astype(str), return_inverse=True)
-    return np.fromiter((test(u) for u in uniq), dtype=bool, count=len(uniq))[inv]
+    try:
+        # Hash-based distinct values (an Arrow dictionary), much cheaper than sorting strings.
+        enc = pc.dictionary_encode(pa.array(ips, pa.string()))
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        uniq, inv = np.unique(ips.astype(str), return_inverse=True)
+        return np.fromiter((test(u) for u in uniq), dtype=bool, count=len(uniq))[inv]
+    if enc.null_count:
+        uniq, inv = np.unique(ips.astype(str), return_inverse=True)
+        return np.fromiter((test(u) for u in uniq), dtype=bool, count=len(uniq))[inv]
+    names = enc.dictionary.to_pylist()
+    mask = np.fromiter((test(u) for u in names), dtype=bool, count=len(names))
+    return mask[enc.indices.to_numpy(zero_copy_only=False)]
 
 
 def group_mask(ips: np.ndarray) -> np.ndarray:
@@ -260,6 +271,7 @@ class Prevalence:
         self.population: set[str] = set()
         self.cohort_population: dict[str, set[str]] = {}
         self.names: dict[str, str] = {}  # answer address -> registered domain
+        self._last_table: pa.Table | None = None  # the batch learned from last (see observe_batch)
 
     # learning ---------------------------------------------------------------------------
     def observe_dns(self, batch: EventBatch) -> None:
@@ -286,6 +298,33 @@ class Prevalence:
         while len(self.names) > self.max_names:
             self.names.pop(next(iter(self.names)))
 
+    def observe_batch(self, batch: EventBatch, ctx: Context) -> None:
+        """Learn from one ``flow`` or ``dns`` batch; a batch already learned from is skipped.
+
+        The flows counted are the connections the source opened (not replies the flow
+        builder flipped onto it: no packets from the originator, some from the responder)
+        that were answered (packets or bytes back).  Several analytics may hand the same
+        batch to one shared instance (see :func:`share_prevalence`): learning is idempotent,
+        so only the first call per batch does the work.
+        """
+        table = batch.table
+        if table is self._last_table or len(batch) == 0:
+            return
+        self._last_table = table
+        if batch.kind == "dns":
+            self.observe_dns(batch)
+            return
+        if batch.kind != "flow":
+            return
+        rp = num_col(batch, "resp_pkts")
+        answered = ((rp > 0) | (num_col(batch, "resp_bytes") > 0)) & ~(
+            (num_col(batch, "orig_pkts") <= 0) & (rp > 0)
+        )
+        if answered.any():
+            self.observe_flows(
+                str_col(batch, "id.orig_h")[answered], str_col(batch, "id.resp_h")[answered], ctx
+            )
+
     def observe_flows(self, src: np.ndarray, dst: np.ndarray, ctx: Context) -> None:
         """Count the (source, external destination) pairs of connections the sources opened.
 
@@ -295,31 +334,62 @@ class Prevalence:
         if len(src) == 0:
             return
         pairs = pa.table({"s": pa.array(src, pa.string()), "d": pa.array(dst, pa.string())})
-        pairs = pairs.group_by(["s", "d"]).aggregate([])
+        pairs = pairs.group_by(["s", "d"], use_threads=False).aggregate([])
         s_all = pairs.column("s").to_numpy(zero_copy_only=False)
         d_all = pairs.column("d").to_numpy(zero_copy_only=False)
         # Only pairs to an external peer count; the test runs once per distinct destination.
         skip = address_mask(d_all, lambda d: not d or is_group(d) or is_local(ctx, d)) | (s_all == "")
         keep = ~skip
-        cohorts_cache: dict[str, tuple[str, ...]] = {}
-        for s, d in zip(s_all[keep].tolist(), d_all[keep].tolist(), strict=True):
-            if len(self.population) < 10 * self.max_keys:
-                self.population.add(s)
-            cohorts = cohorts_cache.get(s)
-            if cohorts is None:
-                cohorts = cohorts_cache[s] = cohorts_of(ctx, s)
-            for c in cohorts:
+        s_list = s_all[keep].tolist()
+        d_list = d_all[keep].tolist()
+        if not s_list:
+            return
+        # Every structure is a set whose size is all that is ever asked, capped: adding the
+        # sources grouped per key (rather than pair by pair) gives the same sizes, and keys are
+        # still created in the order of their first pair (the order eviction follows).
+        sources = list(dict.fromkeys(s_list))
+        limit = 10 * self.max_keys
+        if len(self.population) + len(sources) <= limit:
+            self.population.update(sources)
+        else:
+            for s in sources:
+                if len(self.population) < limit:
+                    self.population.add(s)
+        cohorts_of_src = {s: cohorts_of(ctx, s) for s in sources}
+        for s in sources:
+            for c in cohorts_of_src[s]:
                 members = self.cohort_population.setdefault(c, set())
                 if len(members) < 10 * self.cap:
                     members.add(s)
+        per_dst: dict[str, list[str]] = {}
+        for s, d in zip(s_list, d_list, strict=True):
+            per_dst.setdefault(d, []).append(s)
+        cap = self.cap
+        by_key = self.by_key
+        for d, srcs in per_dst.items():
             for key in self._keys(d):
-                devices = self.by_key.setdefault(key, set())
-                if len(devices) < self.cap:
-                    devices.add(s)
-                for c in cohorts:
-                    devices = self.by_cohort.setdefault((c, key), set())
-                    if len(devices) < self.cap:
+                devices = by_key.get(key)
+                if devices is None:
+                    devices = by_key[key] = set()
+                if len(devices) + len(srcs) <= cap:
+                    devices.update(srcs)
+                else:
+                    for s in srcs:
+                        if len(devices) >= cap:
+                            break
                         devices.add(s)
+        if any(cohorts_of_src.values()):
+            # Pair by pair, so that cohort keys are created in the order of their first pair.
+            by_cohort = self.by_cohort
+            for s, d in zip(s_list, d_list, strict=True):
+                cohorts = cohorts_of_src[s]
+                if not cohorts:
+                    continue
+                for key in self._keys(d):
+                    for c in cohorts:
+                        devices = by_cohort.setdefault((c, key), set())
+                        if len(devices) < cap:
+                            devices.add(s)
         for table in (self.by_key, self.by_cohort):
             if len(table) > self.max_keys:
                 # Oldest keys first; rare ones (one device) are the cheapest to forget.
@@ -378,3 +448,24 @@ class Prevalence:
             via = f" (domain {self.names[dst]})" if dst in self.names else ""
             return f"{k} of the {size} devices of cohort {cohort} contact it{via}"
         return None
+
+
+def share_prevalence(analytics: Iterable[Any]) -> Prevalence | None:
+    """Make the analytics that each keep a ``prevalence`` share one instance; return it.
+
+    Beacon and exfiltration analytics learn the same prevalence from the same batches (DNS
+    answers and the answered connections of ``flow`` batches, :meth:`Prevalence.observe_batch`),
+    so one engine keeps one copy, fed by whichever analytic sees a batch first.  Only
+    instances still empty and sized alike are shared (an analytic handed a pre-filled or
+    differently capped table keeps its own).
+    """
+    shared: Prevalence | None = None
+    for a in analytics:
+        prev = getattr(a, "prevalence", None)
+        if not isinstance(prev, Prevalence) or prev.population or prev.by_key or prev.names:
+            continue
+        if shared is None:
+            shared = prev
+        elif (prev.cap, prev.max_keys, prev.max_names) == (shared.cap, shared.max_keys, shared.max_names):
+            a.prevalence = shared
+    return shared

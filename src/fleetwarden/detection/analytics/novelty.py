@@ -48,6 +48,7 @@ from functools import lru_cache
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from fleetwarden.detection.analytics.base import Context
 from fleetwarden.detection.analytics.netcommon import (
@@ -336,9 +337,11 @@ class NoveltyDetector:
             {
                 "src": str_col(batch, "id.orig_h"),
                 "dst": dst,
-                "svc": np.char.add(
-                    np.char.add(str_col(batch, "proto").astype(str), "/"),
-                    num_col(batch, "id.resp_p").astype(np.int64).astype(str),
+                # "proto/port" built by Arrow (numpy's char.add is slow on object strings).
+                "svc": pc.binary_join_element_wise(
+                    pa.array(str_col(batch, "proto"), pa.string()),
+                    pc.cast(pa.array(num_col(batch, "id.resp_p").astype(np.int64)), pa.string()),
+                    "/",
                 ),
                 "est": established,
                 "ts": ts,
