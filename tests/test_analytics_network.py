@@ -535,3 +535,17 @@ def test_slow_exfil_drops_the_least_recently_active_destination_when_full():
         det.update(flows([flow(ts, src, dst, 443, state="SF", ob=1000, rb=100, rp=1)]), ctx)
         assert set(slow) - {"52.0.0.1"} == expected
     assert slow["52.1.0.3"].out == 1000 and slow["52.1.0.3"].last == 4030
+
+
+def test_exfil_teaches_a_country_again_to_a_cohort_assigned_later():
+    # The per-group loop skips countries a device already taught its cohorts; a device whose
+    # inventory record (hence cohort) arrives later must still teach that cohort its countries.
+    from fleetwarden.detection.analytics.base import DeviceInfo
+
+    det, ctx = ExfilDetector(), Context()
+    src = "10.0.0.7"
+    det.update(flows([flow(0, src, "8.8.8.8", 443, state="SF", ob=100, rb=100, rp=1)]), ctx)
+    assert det._devices[src].countries == {"US"} and not det._cohort_countries
+    ctx.add_device(DeviceInfo("cam-7", ip=src, device_class="camera", vendor="acme"))
+    det.update(flows([flow(10, src, "8.8.4.4", 443, state="SF", ob=100, rb=100, rp=1)]), ctx)
+    assert det._cohort_countries == {"vendor:acme": {"US"}, "class:camera|acme": {"US"}}

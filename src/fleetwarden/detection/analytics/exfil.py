@@ -89,9 +89,13 @@ class _Device:
     slow_heap: list = field(default_factory=list)
     slow_seq: int = 0
     countries: set = field(default_factory=set)
+    # countries this device already taught its cohorts (``taught_cohorts``): adding them again
+    # changes nothing, so the per-group update skips them
+    taught_cohorts: tuple | None = None
+    taught: set = field(default_factory=set)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Slow:
     out: int = 0
     back: int = 0
@@ -239,7 +243,10 @@ class ExfilDetector:
         findings = []
         devices = self._devices
         min_bytes, rare, min_observed = self.min_bytes, self.rare_windows, self.slow_min_observed
+        horizon, max_slow = self.slow_horizon, self.max_slow
+        slow_min_bytes = self.slow_min_bytes
         cohort_countries = self._cohort_countries
+        heappush = heapq.heappush
         for si, d_ip, country, w, ob_g, rb_g, t0, t1, mac, lo, hi in zip(
             g_src[order].tolist(),
             d_names[g_dst[order]].tolist(),
@@ -262,42 +269,70 @@ class ExfilDetector:
                 self._roll(dev, w)
             dev.total += ob_g
             dev.out_all += ob_g
-            dev.first_ts, dev.last_ts = min(dev.first_ts, t0), max(dev.last_ts, t1)
-            dev.mac = mac or dev.mac
+            if t0 < dev.first_ts:
+                dev.first_ts = t0
+            if t1 > dev.last_ts:
+                dev.last_ts = t1
+            if mac:
+                dev.mac = mac
             if country is False:
                 continue
+            # Slow exfiltration: follow the destination over hours.  Inlined, as it runs for
+            # nearly every group (a device's destinations are mostly new to it).
+            slow = dev.slow
+            acc_s = slow.get(d_ip)
+            if acc_s is not None and t1 - acc_s.last > horizon:
+                del slow[d_ip]  # idle for the whole horizon: a new episode starts from zero
+                acc_s = None
             if (
-                d_ip in dev.slow
-                or dev.seen.get(d_ip, 0) <= rare
+                acc_s is None
+                and dev.seen.get(d_ip, 0) <= rare
                 and (has_cohort[si] or dev.last_ts - dev.first_ts >= min_observed)
             ):
-                # Followed already, or new enough to be followed from now: the full step.
-                f = self._slow_update(
-                    s_ip,
-                    dev,
-                    d_ip,
-                    ob_g,
-                    rb_g,
-                    t0,
-                    t1,
-                    uids,
-                    lo,
-                    hi,
-                    ctx,
-                    country,
-                    cohorts[si],
-                    has_cohort[si],
-                )
-                if f:
-                    findings.append(f)
-            elif country:
-                # What _slow_update does for a destination it does not follow: learn its country.
+                if len(slow) >= max_slow:
+                    self._drop_oldest(dev)
+                dev.slow_seq += 1
+                acc_s = slow[d_ip] = _Slow(dst=d_ip, seq=dev.slow_seq)
+                if (
+                    country
+                    and dev.countries
+                    and country not in dev.countries
+                    and not any(country in cohort_countries.get(c, ()) for c in cohorts[si])
+                ):
+                    acc_s.new_country = country  # neither the device nor its cohort went there
+            if country and (country not in dev.taught or dev.taught_cohorts != cohorts[si]):
+                # Learn the country for the device and its cohorts; a device teaches its
+                # cohorts each country once (per cohort assignment): later adds are no-ops.
+                if dev.taught_cohorts != cohorts[si]:
+                    dev.taught_cohorts, dev.taught = cohorts[si], set()
+                dev.taught.add(country)
                 if len(dev.countries) < 64:
                     dev.countries.add(country)
                 for c in cohorts[si]:
                     cc = cohort_countries.setdefault(c, set())
                     if len(cc) < 256:
                         cc.add(country)
+            if acc_s is not None:
+                acc_s.out += ob_g
+                acc_s.back += rb_g
+                if t0 < acc_s.first:
+                    acc_s.first = t0
+                if t1 > acc_s.last:
+                    acc_s.last = t1
+                    heappush(dev.slow_heap, (t1, acc_s.seq, d_ip))
+                acc_s.flows += 1
+                room = 50 - len(acc_s.uids)
+                if room > 0:
+                    if hi - lo == 1:
+                        u = uids[lo]
+                        if u:
+                            acc_s.uids.append(u)
+                    else:
+                        acc_s.uids.extend(u for u in uids[lo : min(hi, lo + room)] if u)
+                if acc_s.out >= slow_min_bytes:
+                    f = self._slow_check(s_ip, dev, d_ip, acc_s, ctx, country)
+                    if f:
+                        findings.append(f)
             acc = dev.sent.get(d_ip)
             if acc is None:
                 acc = dev.sent[d_ip] = [ob_g, rb_g, t0, t1, []]
@@ -398,72 +433,10 @@ class ExfilDetector:
                 return
         del slow[min(slow.values(), key=_LAST).dst]  # not reached: each one has a current entry
 
-    def _slow_update(
-        self,
-        src: str,
-        dev: _Device,
-        dst: str,
-        ob: int,
-        rb: int,
-        t0: float,
-        t1: float,
-        uids: list[str],
-        lo: int,
-        hi: int,
-        ctx: Context,
-        country: str | None,
-        cohorts: tuple[str, ...],
-        cohort: bool,
+    def _slow_check(
+        self, src: str, dev: _Device, dst: str, acc: _Slow, ctx: Context, country: str | None
     ) -> Finding | None:
-        """One (window, destination) group of ``src`` to an external ``dst``: follow it over hours.
-
-        ``uids[lo:hi]`` are the group's record ids; ``cohort`` tells whether the fleet has a
-        cohort of the device's kind (at least 10 devices seen, 3 in one of ``cohorts``).
-        """
-        acc = dev.slow.get(dst)
-        if acc is not None and t1 - acc.last > self.slow_horizon:
-            del dev.slow[dst]  # idle for the whole horizon: a new episode starts from zero
-            acc = None
-        if acc is None:
-            # New for the device: judged against its own history once it has some, or from
-            # the start against the fleet when there is one (rarity is checked at alert time).
-            # Destinations of the device's first ``slow_min_observed`` seconds are its baseline,
-            # unless a cohort of the fleet tells what is usual for its kind of device.
-            learned = dev.last_ts - dev.first_ts >= self.slow_min_observed
-            if dev.seen.get(dst, 0) <= self.rare_windows and (learned or cohort):
-                slow = dev.slow
-                if len(slow) >= self.max_slow:
-                    # The least recently active (the first of them in the table on a tie).
-                    self._drop_oldest(dev)
-                dev.slow_seq += 1
-                acc = slow[dst] = _Slow(dst=dst, seq=dev.slow_seq)
-                heapq.heappush(dev.slow_heap, (acc.last, acc.seq, dst))
-                if (
-                    country
-                    and dev.countries
-                    and country not in dev.countries
-                    and not any(country in self._cohort_countries.get(c, ()) for c in cohorts)
-                ):
-                    acc.new_country = country  # neither the device nor its cohort went there
-        if country:
-            if len(dev.countries) < 64:
-                dev.countries.add(country)
-            for c in cohorts:
-                cc = self._cohort_countries.setdefault(c, set())
-                if len(cc) < 256:
-                    cc.add(country)
-        if acc is None:
-            return None
-        acc.out += ob
-        acc.back += rb
-        acc.first = min(acc.first, t0)
-        if t1 > acc.last:
-            acc.last = t1
-            heapq.heappush(dev.slow_heap, (t1, acc.seq, dst))
-        acc.flows += 1
-        room = 50 - len(acc.uids)
-        if room > 0:
-            acc.uids.extend(u for u in uids[lo : min(hi, lo + room)] if u)
+        """The finding, if any, of a followed destination ``dst`` of ``src`` after an update."""
         if acc.out < self.slow_min_bytes or (acc.reported and acc.out < 2 * acc.reported):
             return None
         if acc.out < self.min_upload_ratio * max(acc.back, 1):
