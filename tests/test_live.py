@@ -103,9 +103,12 @@ def test_simulated_mirai_camera_detected_live_over_the_broker(mqtt_broker):
 
     def publish():
         sent["n"] = publish_batches(
-            fleet.iter_batches(seconds=120), _url(mqtt_broker), prefix=prefix, per_message=50
+            fleet.iter_batches(seconds=120), _url(mqtt_broker), prefix=prefix, per_message=50, rate=5000
         )
-        time.sleep(1.0)
+        # the broker has acknowledged every message; stop once the subscriber has them all
+        deadline = time.monotonic() + 60
+        while stats.records + stats.skipped < sent["n"] and time.monotonic() < deadline:
+            time.sleep(0.05)
         src.stop()
 
     t = threading.Thread(target=publish)

@@ -13,7 +13,10 @@ with its topic and problem and never stops the stream.  :func:`publish_fleet` dr
 broker with a simulated fleet (``fleetwarden simulate --mqtt URL``).
 
 Blind spots: QoS 1 is at-least-once, so a reconnect can deliver a message twice; the
-engine's findings are idempotent in the store, but counters may see the duplicate.
+engine's findings are idempotent in the store, but counters may see the duplicate.  A
+broker drops messages for a subscriber that falls behind once its queue is full
+(Mosquitto: ``max_queued_messages``, 1000 by default): size that queue for bursts, or
+let gateways pack many events into one message (``per_message``).
 """
 
 from __future__ import annotations
@@ -255,10 +258,12 @@ def publish_batches(
     qos: int = 1,
     on_sent: Callable[[int, float], None] | None = None,
 ) -> int:
-    """Publish events as JSON to ``prefix/<device_id>``; returns the number of events sent.
+    """Publish events as JSON; returns the number of events sent.
 
-    ``per_message`` > 1 packs that many events of one device into one JSON-lines payload
-    (as a gateway batching its devices would); ``rate`` caps events per second;
+    With ``per_message`` 1 each event goes to ``prefix/<device_id>``, as devices publish.
+    With more, consecutive events (in time order, any device) are packed that many to a
+    JSON-lines message on ``prefix/_gateway/batch``, as a gateway forwarding its devices
+    does: far fewer messages for the broker to queue.  ``rate`` caps events per second;
     ``on_sent(events_so_far, monotonic_time)`` is called after each message is handed over.
     Messages are pipelined (paho keeps them in flight); the call returns once the broker
     acknowledged the last one.
@@ -269,30 +274,32 @@ def publish_batches(
     _connect(client, target)
     sent = 0
     last = None
+    lines: list[str] = []
     t0 = time.monotonic()
+
+    def flush(topic: str) -> None:
+        nonlocal last
+        last = client.publish(topic, "\n".join(lines).encode(), qos=qos)
+        lines.clear()
+        if on_sent is not None:
+            on_sent(sent, time.monotonic())
+
     try:
         for batch in batches:
-            pending: dict[str, list[str]] = {}
             for rec in batch.to_pylist():
                 body = {"kind": batch.kind, **{k: v for k, v in rec.items() if v is not None}}
-                device = rec.get("device_id") or "unknown"
-                lines = pending.setdefault(device, [])
                 lines.append(json.dumps(body, separators=(",", ":")))
                 sent += 1
-                if len(lines) >= per_message:
-                    last = client.publish(
-                        f"{prefix}/{device}", "\n".join(pending.pop(device)).encode(), qos=qos
-                    )
-                    if on_sent is not None:
-                        on_sent(sent, time.monotonic())
+                if per_message <= 1:
+                    flush(f"{prefix}/{rec.get('device_id') or 'unknown'}")
+                elif len(lines) >= per_message:
+                    flush(f"{prefix}/_gateway/batch")
                 if rate and sent % 50 == 0:
                     ahead = sent / rate - (time.monotonic() - t0)
                     if ahead > 0:
                         time.sleep(ahead)
-            for device, lines in pending.items():
-                last = client.publish(f"{prefix}/{device}", "\n".join(lines).encode(), qos=qos)
-            if pending and on_sent is not None:
-                on_sent(sent, time.monotonic())
+        if lines:
+            flush(f"{prefix}/_gateway/batch")
         if last is not None and qos:
             last.wait_for_publish(timeout=30)
     finally:
