@@ -549,3 +549,39 @@ def test_exfil_teaches_a_country_again_to_a_cohort_assigned_later():
     ctx.add_device(DeviceInfo("cam-7", ip=src, device_class="camera", vendor="acme"))
     det.update(flows([flow(10, src, "8.8.4.4", 443, state="SF", ob=100, rb=100, rp=1)]), ctx)
     assert det._cohort_countries == {"vendor:acme": {"US"}, "class:camera|acme": {"US"}}
+
+
+def test_flood_lazy_windows_rebuild_exactly_in_small_batches():
+    # A victim first answers, then stops answering a growing crowd, among answered background
+    # destinations, streamed in 100 ms batches: its window is kept as cheap counts until a hit
+    # is possible, then rebuilt from the kept rows.  Rebuilding every window after each batch
+    # (the eager path) must give the same findings.
+    rng = np.random.default_rng(3)
+    rows = []
+    for i in range(3000):
+        t = 20 + i * 0.003
+        if i % 3 == 0 and i < 600:
+            rows.append(flow(t, f"10.2.{i % 7}.{i % 50 + 1}", "10.9.9.9", 80, op=3, rp=3, state="SF"))
+        elif i > 900 and i % 3 == 1:
+            rows.append(flow(t, f"203.0.{i % 90}.{i % 120 + 1}", "10.9.9.9", 80, op=5))
+        else:
+            rows.append(flow(t, "10.3.0.1", f"52.1.0.{rng.integers(1, 40)}", 443, op=2, rp=2, state="SF"))
+    batch = flows(rows)
+    ts = batch.np("ts")
+    edges = np.searchsorted(ts, np.arange(ts[0], ts[-1] + 0.1, 0.1))
+    edges = np.append(edges, len(ts))
+
+    def run(det):
+        out = []
+        for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+            if hi > lo:
+                out += det.update(batch.slice(int(lo), int(hi - lo)), Context())
+        return [(f.entity, f.first_seen, f.last_seen, f.score, f.evidence, list(f.record_ids)) for f in out]
+
+    eager = FloodDetector()
+    eager.max_cold_batches = 1
+    lazy = run(FloodDetector())
+    assert lazy and lazy == run(eager)
+    assert lazy[0][0] == "10.9.9.9"
+    victim = [r["uid"] for r in rows if r["id.resp_h"] == "10.9.9.9" and r["ts"] >= 20]
+    assert lazy[0][5] == victim[: len(lazy[0][5])] and len(lazy[0][5]) == 50

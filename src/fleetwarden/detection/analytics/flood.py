@@ -118,6 +118,9 @@ class _Episode:
     window: _Window = field(default_factory=_Window)
     reported_rate: float = 0.0
     quiet_since: int = -1
+    # >= 0: the window holds only its cheap counts (flows, packets, one-way) and its rows are
+    # kept in FloodDetector._cold from this batch on (an exact rebuild replays them).
+    lazy_from: int = -1
 
 
 class FloodDetector:
@@ -151,6 +154,10 @@ class FloodDetector:
         self.max_participants = max_participants
         self._in: dict[str, _Episode] = {}
         self._out: dict[tuple, _Episode] = {}
+        # Rows of lazy inbound windows, per batch sequence number.
+        self._seq = 0
+        self._cold: dict[int, pa.Table] = {}
+        self.max_cold_batches = 256
 
     def update(self, batch: EventBatch, ctx: Context) -> list[Finding]:
         if batch.kind != "flow" or len(batch) == 0:
@@ -175,9 +182,11 @@ class FloodDetector:
         keep2 = ~group_mask(receiver) & (receiver != "")
         table = pa.table(
             {
-                "src": sender,
-                "dst": receiver,
-                "proto": str_col(b, "proto"),
+                # Typed string arrays: inferring the type of an object array costs a failed
+                # optional import (dateutil) per column per call.
+                "src": pa.array(sender, pa.string()),
+                "dst": pa.array(receiver, pa.string()),
+                "proto": pa.array(str_col(b, "proto"), pa.string()),
                 "sport": np.where(flipped, dport, sport),
                 "win": np.floor(ts / self.window).astype(np.int64),
                 "ts": ts,
@@ -189,8 +198,10 @@ class FloodDetector:
                 "bytes": (np.where(flipped, rib, oib) * share).astype(np.int64),
                 "dport": np.where(flipped, sport, dport),
                 "oneway": (flipped | (rp <= 0)).astype(np.int64),
-                "uid": str_col(b, "uid"),
-                "mac": np.where(flipped, str_col(b, "resp_l2_addr"), str_col(b, "orig_l2_addr")),
+                "uid": pa.array(str_col(b, "uid"), pa.string()),
+                "mac": pa.array(
+                    np.where(flipped, str_col(b, "resp_l2_addr"), str_col(b, "orig_l2_addr")), pa.string()
+                ),
             }
         ).filter(pa.array(keep2))
         findings: list[Finding] = []
@@ -205,6 +216,82 @@ class FloodDetector:
         table, resets = self._inbound_rows(table)
         if table.num_rows == 0:
             return []
+        seq = self._seq
+        self._seq += 1
+        # Cheap counts per (destination, window) group, with numpy.
+        enc = pc.dictionary_encode(table.column("dst").combine_chunks())
+        dcode = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        wcol = table.column("win").to_numpy()
+        wmin = int(wcol.min())
+        span = int(wcol.max()) - wmin + 1
+        keys, inv = np.unique(dcode * span + (wcol - wmin), return_inverse=True)
+        flows = np.bincount(inv, minlength=len(keys))
+        packets = np.zeros(len(keys), dtype=np.int64)
+        np.add.at(packets, inv, table.column("pkts").to_numpy())
+        oneway = np.zeros(len(keys), dtype=np.int64)
+        np.add.at(oneway, inv, table.column("oneway").to_numpy())
+        names = enc.dictionary.to_pylist()
+        gd = [names[k] for k in (keys // span).tolist()]
+        gw = (keys % span + wmin).tolist()
+        flows_l, packets_l, oneway_l = flows.tolist(), packets.tolist(), oneway.tolist()
+        order = sorted(range(len(keys)), key=lambda i: (gw[i], gd[i]))
+        # A group is cold when its window holds only cheap counts (lazy) or is new, and the
+        # counts after it rule out an inbound hit: no finding can come from it and ``_close``
+        # decides from the cheap counts alone.  Its rows are kept for an exact rebuild.
+        hot = np.zeros(len(keys), dtype=bool)
+        seen: set[str] = set()
+        for i in order:
+            d, w = gd[i], gw[i]
+            ep = self._in.get(d)
+            f, pk, ow = flows_l[i], packets_l[i], oneway_l[i]
+            if d not in seen and ep is not None and ep.window.win == w:
+                if ep.lazy_from < 0:
+                    hot[i] = True
+                    seen.add(d)
+                    continue
+                f, pk, ow = f + ep.window.flows, pk + ep.window.packets, ow + ep.window.oneway
+            seen.add(d)
+            hot[i] = ow >= self.min_oneway * f and (f >= self.min_flows or pk >= self.min_packets)
+        hot_rows = hot[inv]
+        if not hot_rows.all():
+            self._cold[seq] = table.filter(pa.array(~hot_rows))
+        full = self._aggregate(table.filter(pa.array(hot_rows))) if hot_rows.any() else {}
+        out = []
+        for i in order:
+            d, w = gd[i], gw[i]
+            ep = self._in.get(d)
+            if ep is None:
+                ep = self._in[d] = _Episode()
+            if (d, w) in resets:
+                # Windows skipped before this one stayed under every threshold: each ended
+                # the episode when the next window of the destination opened.
+                ep.reported_rate = 0.0
+            win = ep.window
+            if not hot[i]:
+                # (A fresh episode's window -1 is new too: it has no kept rows.)
+                if win.win != w or ep.lazy_from < 0:
+                    self._close(ep, win)
+                    win.reset(w)
+                    ep.lazy_from = seq
+                win.flows += flows_l[i]
+                win.packets += packets_l[i]
+                win.oneway += oneway_l[i]
+                continue
+            if win.win != w:
+                self._close(ep, win)
+                win.reset(w)
+                ep.lazy_from = -1
+            elif ep.lazy_from >= 0:
+                self._materialize({d: ep})
+            self._accumulate(win, *full[(d, w)])
+            out += self._check_inbound(d, ep, ctx)
+        self._trim_cold()
+        if len(self._in) > self.max_keys:
+            self._evict(self._in)
+        return out
+
+    def _aggregate(self, table: pa.Table) -> dict[tuple, tuple]:
+        """Full per-(destination, window) aggregates of ``table``: the arguments of ``_accumulate``."""
         g = table.group_by(["dst", "win"]).aggregate(
             [
                 ("src", "distinct"),
@@ -215,6 +302,7 @@ class FloodDetector:
                 ("ts", "max"),
                 ("end", "max"),
                 ("uid", "list"),
+                ("ts", "count"),
             ]
         )
         sp = table.group_by(["dst", "win", "proto", "sport"]).aggregate([("pkts", "sum")])
@@ -226,52 +314,64 @@ class FloodDetector:
             if counts is None:
                 counts = sport_counts[(d, w)] = {}
             counts[(p, s)] = counts.get((p, s), 0) + n
-        flows_per = table.group_by(["dst", "win"]).aggregate([("ts", "count")])
-        nflows = {
-            (d, w): n
-            for d, w, n in zip(
-                *(flows_per.column(c).to_pylist() for c in flows_per.column_names), strict=True
-            )
-        }
-        out = []
         rows = zip(*(g.column(c).to_pylist() for c in g.column_names), strict=True)
-        for d, w, srcs, pk, by, ow, t0, t1, t2, uids in sorted(rows, key=lambda r: (r[1], r[0])):
-            ep = self._in.get(d)
-            if ep is None:
-                ep = self._in[d] = _Episode()
-            if (d, w) in resets:
-                # Windows skipped before this one stayed under every threshold: each ended
-                # the episode when the next window of the destination opened.
-                ep.reported_rate = 0.0
-            win = ep.window
-            if win.win != w:
-                self._close(ep, win)
-                win.reset(w)
-            if len(win.sources) < self.max_sources:
-                win.sources.update(srcs[: self.max_sources - len(win.sources)])
-            win.flows += nflows[(d, w)]
-            win.packets += pk
-            win.bytes += by
-            win.oneway += ow
-            win.first, win.last, win.end = min(win.first, t0), max(win.last, t1), max(win.end, t2)
-            counts = sport_counts.get((d, w))
-            if counts:
-                # Counter.update of a mapping, without its per-call overhead.
-                sports = win.sports
-                if sports:
-                    for k, n in counts.items():
-                        sports[k] = sports.get(k, 0) + n
-                else:
-                    dict.update(sports, counts)
-            if len(win.sports) > 256:
-                win.sports = Counter(dict(win.sports.most_common(64)))
-            room = MAX_RECORD_IDS - len(win.uids)
-            if room > 0:
-                win.uids.extend(u for u in uids[:room] if u)
-            out += self._check_inbound(d, ep, ctx)
-        if len(self._in) > self.max_keys:
-            self._evict(self._in)
-        return out
+        return {
+            (d, w): (srcs, pk, by, ow, t0, t1, t2, uids, n, sport_counts.get((d, w)))
+            for d, w, srcs, pk, by, ow, t0, t1, t2, uids, n in rows
+        }
+
+    def _accumulate(self, win: _Window, srcs, pk, by, ow, t0, t1, t2, uids, n, counts) -> None:
+        if len(win.sources) < self.max_sources:
+            win.sources.update(srcs[: self.max_sources - len(win.sources)])
+        win.flows += n
+        win.packets += pk
+        win.bytes += by
+        win.oneway += ow
+        win.first, win.last, win.end = min(win.first, t0), max(win.last, t1), max(win.end, t2)
+        if counts:
+            # Counter.update of a mapping, without its per-call overhead.
+            sports = win.sports
+            if sports:
+                for k, c in counts.items():
+                    sports[k] = sports.get(k, 0) + c
+            else:
+                dict.update(sports, counts)
+        if len(win.sports) > 256:
+            win.sports = Counter(dict(win.sports.most_common(64)))
+        room = MAX_RECORD_IDS - len(win.uids)
+        if room > 0:
+            win.uids.extend(u for u in uids[:room] if u)
+
+    def _materialize(self, eps: dict[str, _Episode]) -> None:
+        """Rebuild lazy windows exactly: replay their kept rows batch by batch, as they came."""
+        first = min(ep.lazy_from for ep in eps.values())
+        for ep in eps.values():
+            ep.window.reset(ep.window.win)
+        wanted = pa.array(list(eps), pa.string())
+        for s in sorted(k for k in self._cold if k >= first):
+            t = self._cold[s]
+            t = t.filter(pc.is_in(t.column("dst"), value_set=wanted))
+            if t.num_rows == 0:
+                continue
+            for (d, w), agg in self._aggregate(t).items():
+                ep = eps[d]
+                if ep.window.win == w and s >= ep.lazy_from:
+                    self._accumulate(ep.window, *agg)
+        for ep in eps.values():
+            ep.lazy_from = -1
+
+    def _trim_cold(self) -> None:
+        """Drop kept rows no lazy window needs; past a bound, rebuild the oldest lazy windows."""
+        if len(self._cold) < self.max_cold_batches:
+            return
+        lazy = {d: ep for d, ep in self._in.items() if ep.lazy_from >= 0}
+        cut = self._seq - self.max_cold_batches // 2
+        old = {d: ep for d, ep in lazy.items() if ep.lazy_from < cut}
+        if old:
+            self._materialize(old)
+        keep_from = min((ep.lazy_from for d, ep in lazy.items() if d not in old), default=self._seq)
+        for s in [s for s in self._cold if s < keep_from]:
+            del self._cold[s]
 
     def _inbound_rows(self, table: pa.Table) -> tuple[pa.Table, set[tuple[str, int]]]:
         """The rows of the (destination, window) groups whose replay can change anything.
