@@ -132,7 +132,7 @@ def train(
     """Train the flow models (unsupervised baseline + supervised classifier when labels exist)."""
     from fleetwarden.detection import flowmodel
 
-    _check_inputs_or_fail(files)
+    _run(_check_inputs, files)
     summary = _run(flowmodel.train, list(files), model, skip_bad=skip_bad, target_fpr=target_fpr)
     out.print_json(json.dumps(summary, default=str))
 
@@ -147,7 +147,7 @@ def score(
     """Score every flow: one CSV row per input flow with uid, score, alert and reasons."""
     from fleetwarden.detection import flowmodel
 
-    _check_inputs_or_fail(files)
+    _run(_check_inputs, files)
     summary = _run(flowmodel.score, list(files), model, out_csv, skip_bad=skip_bad)
     err.print_json(json.dumps(summary, default=str))
 
@@ -157,7 +157,7 @@ def evaluate(files: Files, model: ModelDir, skip_bad: SkipBad = False) -> None:
     """Metrics JSON (AUC-ROC, average precision, TPR at 1 % FPR, per label) on labelled input."""
     from fleetwarden.detection import flowmodel
 
-    _check_inputs_or_fail(files)
+    _run(_check_inputs, files)
     metrics = _run(flowmodel.evaluate, list(files), model, skip_bad=skip_bad)
     sys.stdout.write(json.dumps(metrics, indent=2, default=str) + "\n")
 
@@ -173,7 +173,7 @@ def analyze(
     """Run the whole pipeline over captures or logs and print the incidents."""
     from fleetwarden.detection.engine import analyze_paths
 
-    _check_inputs_or_fail(files)
+    _run(_check_inputs, files)
     ctx = _run(_inventory_context, db) if db is not None else None
     result = _run(analyze_paths, list(files), model_dir=model, skip_bad=skip_bad, ctx=ctx)
     if db is not None:
@@ -378,13 +378,6 @@ def inventory_list(db: DbUrl = None, as_json: Annotated[bool, typer.Option("--js
             )
         )
     out.print(table)
-
-
-def _check_inputs_or_fail(files: list[Path]) -> None:
-    try:
-        _check_inputs(files)
-    except InputError as exc:
-        _fail(str(exc))
 
 
 def _fmt_ts(ts: float) -> str:
