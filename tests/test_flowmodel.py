@@ -59,29 +59,29 @@ def test_calibration_and_no_alerts_on_unseen_benign_honeypot(tmp_path):
 
 def test_alert_fires_on_unseen_malware_and_stays_quiet_on_unseen_device_class(tmp_path):
     # leave-one-capture-out, trained without Mirai: the device rule alerts on most of 34-1's
-    # malicious flows (measured alert rate 0.994: C&C retries, DDoS and the scan)
+    # malicious flows (measured alert rate 0.990: C&C retries, DDoS and the scan)
     fm.train([_cap("4-1"), _cap("5-1"), _cap("8-1"), _cap("20-1")], tmp_path / "no-mirai")
     res = fm.evaluate([_cap("34-1")], tmp_path / "no-mirai")
     assert res["overall"]["alert_rate"] > 0.8
     assert res["per_label"]["DDoS"]["alert_rate"] > 0.8 and res["per_label"]["C&C"]["alert_rate"] > 0.5
-    # ... while the Echo honeypot, a device class never seen in training, stays near silent
-    # (measured 10 of 1,374 flows: 8 by the device rule during its boot-time burst, 2 single-flow)
+    # ... while the Echo honeypot, a device class never seen in training, stays silent (its boot
+    # burst is suspect across many services and hosts, never sustained toward one of them)
     fm.train([_cap("4-1"), _cap("8-1"), _cap("20-1"), _cap("34-1")], tmp_path / "no-echo")
     model = fm.load_model(tmp_path / "no-echo")
-    b = EventBatch.concat(read_events(_cap("5-1")))
-    _, alerts, _ = model.score_batch(b)
-    assert alerts.mean() <= 0.015
-    # the stream context (device suspicion, first-seen times) carries across batches: the same
-    # flows, in time order, scored in three batches alert exactly as in one
-    b = b.sort_by_time()
+    _, alerts, _ = model.score_batch(EventBatch.concat(read_events(_cap("5-1"))))
+    assert alerts.sum() == 0
+    # the stream context (device, service and host suspicion, first-seen times) carries across
+    # batches: the same flows, in time order, scored in three batches alert exactly as in one
+    model = fm.load_model(tmp_path / "no-mirai")
+    b = EventBatch.concat(read_events(_cap("34-1"))).sort_by_time()
     model.reset_stream()
     whole = model.score_batch(b)[1]
     model.reset_stream()
     split = np.concatenate(
-        [model.score_batch(b.slice(o, n))[1] for o, n in ((0, 400), (400, 500), (900, None))]
+        [model.score_batch(b.slice(o, n))[1] for o, n in ((0, 400), (400, 5000), (5400, None))]
     )
     np.testing.assert_array_equal(split, whole)
-    assert whole.sum() > 0  # not vacuous: some flows of the boot burst alert
+    assert 0 < whole.sum() < len(whole)  # not vacuous
 
 
 def test_reload_scores_identically_and_score_writes_csv(model_dir, tmp_path):

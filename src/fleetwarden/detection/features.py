@@ -9,7 +9,8 @@ matrix, one row per flow (input order), one named column per feature
   destination port class and destination address scope.  No addresses or port numbers
   are used directly (they do not generalise across networks or malware families);
   ports are reduced to classes that are protocol properties (well-known / registered /
-  ephemeral / plaintext management: telnet 23 and 2323).
+  ephemeral / plaintext management: telnet 23 and 2323), and to whether the port is one of the
+  service ports IoT devices and their clouds commonly use (:data:`SERVICE_PORTS`).
 * **context** of the originating device at that moment, from the damped statistics of
   :mod:`fleetwarden.detection.state`: flow rate at 10 s / 60 s / 600 s, failed-connection
   fraction, rate of never-seen destinations and ports, inter-arrival mean and
@@ -29,7 +30,8 @@ featurizer keeps a :class:`DeviceStateTable` between batches, so a file replayed
 batches and a live stream give the same features.  The matrix is column-major (each
 feature one contiguous column, which is how it is written and binned), and the device
 keys of the last batch stay in ``last_keys`` (its timestamps in ``last_ts``, its (device, ts)
-order in ``last_order``) for the scorer.
+order in ``last_order``, its (device, port) and (device, destination) keys in that order in
+``last_targets``) for the scorer.
 
 Blind spots: pair context forgets a pair after an hour without attempts (sparse beacons,
 e.g. Torii's 16 C&C flows a day, look new every time); UDP "no reply" is not counted as a
@@ -64,6 +66,28 @@ CONN_STATES = ("S0", "S1", "SF", "REJ", "S2", "S3", "RSTO", "RSTR", "RSTOS0", "R
 FAILED_STATES = ("S0", "REJ", "RSTO", "RSTOS0", "RSTR", "SH", "OTH")
 SERVICES = ("", "dns", "http", "ssl", "dhcp", "ntp", "ssh", "irc", "ftp", "smtp", "telnet", "mqtt")
 PORT_CLASSES = ("well-known", "registered", "ephemeral", "plaintext-mgmt", "none")
+# Destination ports of the services IoT devices, their apps and their clouds commonly use (IANA
+# assignments and the published ports of common IoT platforms).  A flow to any other port gets
+# ``uncommon_port = 1``: botnet C&C very often listens on a port no benign service uses (IRC 6667 for
+# Tsunami/Gafgyt-style bots, arbitrary ports for Mirai and Hakai variants, random high ports for P2P
+# bots).  A device whose own vendor uses an unlisted port learns it into its per-device baseline.
+# Telnet (23, 2323) is deliberately absent: outbound telnet from a device is what a Mirai scan is.
+SERVICE_PORTS = frozenset(
+    {
+        20, 21, 22, 25, 53, 67, 68, 69, 80, 88, 110, 111, 123, 137, 138, 139, 143, 161, 162,
+        389, 443, 445, 465, 500, 514, 554, 587, 631, 636, 853, 873, 993, 995,  # base services
+        1194, 1701, 1723, 4500, 51820,  # VPN
+        1883, 8883, 5683, 5684, 5671, 5672, 61613, 61614,  # MQTT, CoAP, AMQP, STOMP
+        1900, 3702, 5353, 5355, 1985, 427,  # discovery: SSDP, WS-Discovery, mDNS, LLMNR, HSRP, SLP
+        3478, 3479, 5349, 19302, 5060, 5061,  # STUN/TURN, SIP
+        5222, 5223, 5228, 2195, 2196,  # XMPP and push notification services
+        1935, 8554, 3389, 5900,  # RTMP, RTSP-alt, remote desktop / VNC
+        8000, 8008, 8009, 8080, 8081, 8443, 8888, 9000, 9443,  # HTTP(S) alternates, Cast
+        502, 102, 2404, 4840, 20000, 44818, 2222, 47808, 1911, 789, 18245, 9600,  # industrial
+        1400, 3400, 6668, 54321, 49153, 9999, 10001, 55443,  # Sonos, Tuya, Xiaomi, Wemo, TP-Link, Ubiquiti
+        4070, 33434, 40317, 49317,  # Spotify Connect, traceroute, Amazon / Google device services
+    }
+)
 SCOPES = ("public", "private", "multicast/broadcast", "link-local", "loopback/unspecified")
 
 # categorical features: code -> label (used by the binning and by explanations)
@@ -90,6 +114,7 @@ OWN = (
     "failed",
     "service",
     "dst_port_class",
+    "uncommon_port",
     "dst_scope",
     "hist_len",
     "hist_handshake",
@@ -121,6 +146,16 @@ CONTEXT = (
     "pair_gap_s",
 )
 FEATURES: tuple[str, ...] = OWN + CONTEXT
+# Features that measure the same thing (bytes, IP bytes and packets of one direction; one rate at
+# three time scales...).  The novelty model counts only the most surprising member of each group:
+# HBOS treats features as independent, so a single big download would otherwise be counted as
+# evidence four times over.
+FEATURE_GROUPS: tuple[tuple[str, ...], ...] = (
+    ("orig_bytes", "orig_ip_bytes", "orig_pkts", "out_bytes_per_pkt"),
+    ("resp_bytes", "resp_ip_bytes", "resp_pkts", "in_bytes_per_pkt"),
+    ("failed_frac_60s", "failed_frac_600s"),
+    ("new_dst_60s", "new_dst_600s"),
+)
 # features shown as log1p(value) in the matrix; explanations print the raw value
 LOG_FEATURES = frozenset(
     {
@@ -260,6 +295,7 @@ class FlowFeaturizer:
         self.last_keys = np.zeros(0, dtype=np.uint64)
         self.last_ts = np.zeros(0)
         self.last_order = np.zeros(0, dtype=np.intp)
+        self.last_targets: tuple[np.ndarray, ...] = ()
 
     def transform(self, batch: EventBatch) -> np.ndarray:
         n = len(batch)
@@ -269,6 +305,7 @@ class FlowFeaturizer:
             self.last_keys = np.zeros(0, dtype=np.uint64)
             self.last_ts = np.zeros(0)
             self.last_order = np.zeros(0, dtype=np.intp)
+            self.last_targets = ()
             return out
         col = {name: i for i, name in enumerate(FEATURES)}
         ts = batch["ts"].fill_null(0.0).to_numpy() if batch["ts"].null_count else batch["ts"].to_numpy()
@@ -304,6 +341,8 @@ class FlowFeaturizer:
         pclass = np.where((port == 23) | (port == 2323), 3, pclass)
         pclass = np.where(proto == 2, 4, pclass)  # ICMP "ports" are type/code
         out[:, col["dst_port_class"]] = pclass
+        listed = np.isin(port, np.fromiter(SERVICE_PORTS, dtype=np.int64))
+        out[:, col["uncommon_port"]] = (~listed & (proto != 2)).astype(np.float32)
         resp_enc = encode_strings(batch["id.resp_h"])  # scope and hash both work on the distinct addresses
         out[:, col["dst_scope"]] = _scope(resp_enc)
         hist = _history_flags(batch["history"])
@@ -333,8 +372,12 @@ class FlowFeaturizer:
         dst_h = resp_hash[resp_idx[order]]
         port_h = _mix(port.astype(np.uint64)[order], proto.astype(np.uint64)[order] + np.uint64(7))
         key_s = keys[order]
-        first_dst, _ = _first_and_gap(_mix(key_s, dst_h), t_s)
-        first_port, _ = _first_and_gap(_mix(key_s, port_h), t_s)
+        dev_dst, dev_port = _mix(key_s, dst_h), _mix(key_s, port_h)
+        # (device, port) and (device, destination) keys in (device, ts) order: the scorer counts a
+        # device's suspect flows per service and per host with them
+        self.last_targets = (dev_port, dev_dst)
+        first_dst, _ = _first_and_gap(dev_dst, t_s)
+        first_port, _ = _first_and_gap(dev_port, t_s)
         # the device groups are the touched rows: the sketches are gathered once per device, not per flow
         sk = {"touched": g_rows, "local": group}
         new_dst = first_dst & ~self.state.seen_before(r_s, dst_h, "dst", **sk)

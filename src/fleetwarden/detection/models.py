@@ -157,11 +157,19 @@ class BinnedLogit:
         rows = np.repeat(np.arange(n), f)
         return sparse.csr_matrix((np.ones(n * f), (rows, cols)), shape=(n, f * self.max_bins))
 
-    def fit(self, codes: np.ndarray, y: np.ndarray) -> BinnedLogit:
+    def fit(self, codes: np.ndarray, y: np.ndarray, ignore: tuple[int, ...] = ()) -> BinnedLogit:
+        """Fit on bin codes; the features in ``ignore`` get no weight (they are held in one bin while
+        fitting, and their all-equal weight is moved into the intercept)."""
+        if ignore:
+            codes = codes.copy()
+            codes[:, list(ignore)] = 0
         lr = LogisticRegression(C=self.C, class_weight="balanced", max_iter=500)
         lr.fit(self._onehot(codes), y.astype(int))
         self.weights_ = lr.coef_.reshape(codes.shape[1], self.max_bins).astype(np.float32)
         self.intercept_ = float(lr.intercept_[0])
+        for j in ignore:
+            self.intercept_ += float(self.weights_[j, 0])
+            self.weights_[j] = 0.0
         return self
 
     def contributions(self, codes: np.ndarray) -> np.ndarray:
