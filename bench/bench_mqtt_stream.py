@@ -20,6 +20,7 @@ import uuid
 import numpy as np
 
 from fleetwarden.demo import context_from_fleet
+from fleetwarden.detection.engine import warm_up
 from fleetwarden.simulate import simulate_fleet
 from fleetwarden.sources import ReadStats
 from fleetwarden.sources.mqtt import MqttEventSource, publish_batches
@@ -52,6 +53,7 @@ def main() -> None:
         devices=args.devices, hours=args.hours, seed=1, scenarios=["mirai-camera", "dns-tunnel"]
     )
     batches = list(fleet.iter_batches(seconds=30))
+    warm_up()  # what `watch` does before its first event, done before the publisher starts
     ts_sorted = np.sort(np.concatenate([b.np("ts") for b in batches]))
     total = len(ts_sorted)
     prefix = f"fwbench-{uuid.uuid4().hex[:6]}/events"

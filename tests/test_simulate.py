@@ -156,6 +156,12 @@ def test_bad_arguments_are_refused():
         simulate_fleet(devices=40, hours=2, scenarios=["nope"])
     with pytest.raises(ValueError, match="at least"):
         simulate_fleet(devices=5, hours=2)
+    # every scenario plays out within the shortest duration allowed, and a shorter one is refused
+    # by name instead of failing inside a scenario
+    for name in SCENARIOS:
+        assert simulate_fleet(devices=24, hours=0.5, seed=3, scenarios=[name]).truth(name)
+    with pytest.raises(ValueError, match="scenarios need at least 0.5"):
+        simulate_fleet(devices=24, hours=0.25)
 
 
 def test_no_scenarios_means_all_benign():

@@ -236,7 +236,7 @@ def simulate(
         str | None, typer.Option("--mqtt", help="publish the events to this broker (mqtt://host:port)")
     ] = None,
     devices: Annotated[int, typer.Option(min=24, max=100_000, help="devices in the fleet")] = 300,
-    hours: Annotated[float, typer.Option(min=0.1, max=24 * 14, help="simulated hours")] = 24,
+    hours: Annotated[float, typer.Option(min=0.5, max=24 * 14, help="simulated hours")] = 24,
     seed: Annotated[int, typer.Option(help="random seed: same seed, same fleet")] = 7,
     rate: Annotated[
         float | None, typer.Option(help="with --mqtt: events per second (default: as fast as possible)")

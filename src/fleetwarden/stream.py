@@ -37,7 +37,7 @@ def watch(
     on_finding: Callable[[Finding], None] | None = None,
 ) -> WatchResult:
     from fleetwarden.correlation import correlate
-    from fleetwarden.detection.engine import Engine
+    from fleetwarden.detection.engine import Engine, warm_up
 
     flow_model = None
     if model_dir is not None:
@@ -46,6 +46,7 @@ def watch(
         flow_model = load_model(model_dir)
     ctx = ctx if ctx is not None else Context()
     engine = Engine(ctx=ctx, flow_model=flow_model)
+    warm_up()  # before the first event: its findings should not wait for data files to load
     result = WatchResult()
     t0 = time.perf_counter()
     for batch in batches:

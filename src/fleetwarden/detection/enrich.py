@@ -19,11 +19,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["asn_of", "country_of", "registered_domain"]
+__all__ = ["asn_of", "country_code", "country_of", "geo_db", "registered_domain"]
 
 
 @lru_cache(maxsize=1)
-def _geo() -> Any:
+def geo_db() -> Any:
+    """The process's one country database (geoip2fast's bundled data), loaded on first use."""
     from geoip2fast import GeoIP2Fast
 
     return GeoIP2Fast()
@@ -55,8 +56,19 @@ def _per_distinct(values: pa.Array | pa.ChunkedArray | list[str], fn: Any) -> pa
 
 def country_of(ips: pa.Array | pa.ChunkedArray | list[str]) -> pa.Array:
     """ISO country code per address ('--' for private/unknown, '' for empty)."""
-    geo = _geo()
+    geo = geo_db()
     return _per_distinct(ips, lambda ip: geo.lookup(ip).country_code or "--")
+
+
+def country_code(ip: str) -> str | None:
+    """ISO country code of one address; None when private, unknown or not an address."""
+    if not ip:
+        return None
+    try:
+        code = geo_db().lookup(ip).country_code
+    except Exception:  # geoip2fast raises assorted errors on odd strings; unknown is the answer
+        return None
+    return code if code and code != "--" and len(code) == 2 else None
 
 
 def asn_of(ips: pa.Array | pa.ChunkedArray | list[str]) -> pa.Array:

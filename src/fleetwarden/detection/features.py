@@ -72,22 +72,22 @@ PORT_CLASSES = ("well-known", "registered", "ephemeral", "plaintext-mgmt", "none
 # Tsunami/Gafgyt-style bots, arbitrary ports for Mirai and Hakai variants, random high ports for P2P
 # bots).  A device whose own vendor uses an unlisted port learns it into its per-device baseline.
 # Telnet (23, 2323) is deliberately absent: outbound telnet from a device is what a Mirai scan is.
-SERVICE_PORTS = frozenset(
-    {
-        20, 21, 22, 25, 53, 67, 68, 69, 80, 88, 110, 111, 123, 137, 138, 139, 143, 161, 162,
-        389, 443, 445, 465, 500, 514, 554, 587, 631, 636, 853, 873, 993, 995,  # base services
-        1194, 1701, 1723, 4500, 51820,  # VPN
-        1883, 8883, 5683, 5684, 5671, 5672, 61613, 61614,  # MQTT, CoAP, AMQP, STOMP
-        1900, 3702, 5353, 5355, 1985, 427,  # discovery: SSDP, WS-Discovery, mDNS, LLMNR, HSRP, SLP
-        3478, 3479, 5349, 19302, 5060, 5061,  # STUN/TURN, SIP
-        5222, 5223, 5228, 2195, 2196,  # XMPP and push notification services
-        1935, 8554, 3389, 5900,  # RTMP, RTSP-alt, remote desktop / VNC
-        8000, 8008, 8009, 8080, 8081, 8443, 8888, 9000, 9443,  # HTTP(S) alternates, Cast
-        502, 102, 2404, 4840, 20000, 44818, 2222, 47808, 1911, 789, 18245, 9600,  # industrial
-        1400, 3400, 6668, 54321, 49153, 9999, 10001, 55443,  # Sonos, Tuya, Xiaomi, Wemo, TP-Link, Ubiquiti
-        4070, 33434, 40317, 49317,  # Spotify Connect, traceroute, Amazon / Google device services
-    }
-)
+# fmt: off
+SERVICE_PORTS = frozenset({
+    20, 21, 22, 25, 53, 67, 68, 69, 80, 88, 110, 111, 123, 137, 138, 139, 143, 161, 162,
+    389, 443, 445, 465, 500, 514, 554, 587, 631, 636, 853, 873, 993, 995,  # base services
+    1194, 1701, 1723, 4500, 51820,  # VPN
+    1883, 8883, 5683, 5684, 5671, 5672, 61613, 61614,  # MQTT, CoAP, AMQP, STOMP
+    1900, 3702, 5353, 5355, 1985, 427,  # discovery: SSDP, WS-Discovery, mDNS, LLMNR, HSRP, SLP
+    3478, 3479, 5349, 19302, 5060, 5061,  # STUN/TURN, SIP
+    5222, 5223, 5228, 2195, 2196,  # XMPP and push notification services
+    1935, 8554, 3389, 5900,  # RTMP, RTSP-alt, remote desktop / VNC
+    8000, 8008, 8009, 8080, 8081, 8443, 8888, 9000, 9443,  # HTTP(S) alternates, Cast
+    502, 102, 2404, 4840, 20000, 44818, 2222, 47808, 1911, 789, 18245, 9600,  # industrial
+    1400, 3400, 6668, 54321, 49153, 9999, 10001, 55443,  # Sonos, Tuya, Xiaomi, Wemo, TP-Link, Ubiquiti
+    4070, 33434, 40317, 49317,  # Spotify Connect, traceroute, Amazon / Google device services
+})
+# fmt: on
 SCOPES = ("public", "private", "multicast/broadcast", "link-local", "loopback/unspecified")
 
 # categorical features: code -> label (used by the binning and by explanations)

@@ -488,7 +488,8 @@ class FlowModel:
             perm = np.argsort(k, kind="stable")  # (key, ts) order: sel is in (device, ts) order
             ks, t = k[perm], t_sel[perm]
             start = np.r_[True, ks[1:] != ks[:-1]]
-            counts = _damped_counts(table, ks[start], np.cumsum(start) - 1, t, np.ones((1, len(ks))), start)[0]
+            ones = np.ones((1, len(ks)))
+            (counts,) = _damped_counts(table, ks[start], np.cumsum(start) - 1, t, ones, start)
             dest = rows[perm]  # distinct rows: a plain gather and scatter
             out[dest] = np.maximum(out[dest], counts)
         return out
@@ -806,7 +807,12 @@ def _keep_group_max(contrib: np.ndarray) -> None:
 
 
 def _damped_counts(
-    table: PairStateTable, g_key: np.ndarray, group: np.ndarray, t: np.ndarray, x: np.ndarray, start: np.ndarray
+    table: PairStateTable,
+    g_key: np.ndarray,
+    group: np.ndarray,
+    t: np.ndarray,
+    x: np.ndarray,
+    start: np.ndarray,
 ) -> np.ndarray:
     """Damped sums over _DEVICE_TAU of the rows of ``x`` (k, n), this flow included, for flows sorted by
     (key, ts) (``group`` numbers the keys, ``g_key`` their keys, ``start`` marks each key's first flow),

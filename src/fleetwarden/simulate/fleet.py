@@ -71,6 +71,10 @@ class SimulatedFleet:
         raise KeyError(name)
 
 
+# The scenarios place their steps up to half an hour into the fleet's time.
+MIN_SCENARIO_HOURS = 0.5
+
+
 def simulate_fleet(
     devices: int = 500,
     hours: float = 24,
@@ -81,13 +85,18 @@ def simulate_fleet(
     """Simulate ``devices`` devices for ``hours`` hours with the named scenarios (default: all).
 
     Same arguments, same output.  Raises ``ValueError`` for fewer than 24 devices, a
-    non-positive duration or an unknown scenario name.
+    non-positive duration, a duration too short for the scenarios (they play out over
+    :data:`MIN_SCENARIO_HOURS`) or an unknown scenario name.
     """
     if hours <= 0:
         raise ValueError(f"hours must be positive (got {hours})")
     start = DEFAULT_START if start is None else float(start)
     end = start + hours * 3600.0
     names = list(SCENARIOS) if scenarios is None else list(scenarios)
+    if names and hours < MIN_SCENARIO_HOURS:
+        raise ValueError(
+            f"attack scenarios need at least {MIN_SCENARIO_HOURS:g} simulated hours (got {hours:g})"
+        )
     fleet = build_inventory(int(devices), np.random.default_rng([seed, 1]), start)
     catalog = build_firmware_catalog(start)
     nb = NormalBehaviour(fleet, start, end, seed)

@@ -62,6 +62,7 @@ import pyarrow.compute as pc
 
 from fleetwarden.detection.analytics.base import Context, DeviceInfo
 from fleetwarden.detection.analytics.netcommon import str_col
+from fleetwarden.detection.enrich import country_code
 from fleetwarden.events import EventBatch
 from fleetwarden.findings import Finding
 
@@ -174,25 +175,9 @@ def in_maintenance_window(ts: float, info: DeviceInfo | None) -> bool:
     return False
 
 
-_GEOIP: Any = None
-
-
 def country_of_ip(ip: str) -> str | None:
     """ISO country of a public address from geoip2fast's bundled data; None if private/unknown."""
-    global _GEOIP
-    if not ip:
-        return None
-    if _GEOIP is None:
-        from geoip2fast import GeoIP2Fast  # loads ~0.1 s of bundled data, so only on first use
-
-        _GEOIP = GeoIP2Fast()
-    try:
-        code = _GEOIP.lookup(ip).country_code
-    except Exception:  # geoip2fast raises assorted errors on odd strings; unknown is the answer
-        return None
-    if not code or code == "--" or len(code) != 2:
-        return None
-    return code
+    return country_code(ip)
 
 
 @dataclass

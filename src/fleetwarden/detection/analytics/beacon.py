@@ -79,6 +79,7 @@ from fleetwarden.detection.analytics.netcommon import (
     sorted_by_time,
     str_col,
 )
+from fleetwarden.detection.state import stable_hash
 from fleetwarden.events import EventBatch
 from fleetwarden.findings import Finding
 
@@ -191,7 +192,11 @@ class BeaconDetector:
         # Pairs left out as fleet services, with the reason (bounded like the pairs).
         self.suppressed: dict[tuple, str] = {}
         self._pairs: dict[tuple, _Pair] = {}
-        self._counts: dict[str, list] = {}  # pair key -> [connections, first connection time]
+        # Connections and first connection time of every pair seen, by 64-bit hash of the pair key,
+        # as sorted arrays: one vectorised merge per batch and no Python object per pair
+        self._count_key = np.zeros(0, dtype=np.uint64)
+        self._count_n = np.zeros(0, dtype=np.int64)
+        self._count_first = np.zeros(0, dtype=np.float64)
         self._first_seen: dict[str, float] = {}
         # Pairs are tracked in full from their third connection (two gaps say nothing yet).
         self.track_after = 3
@@ -229,21 +234,9 @@ class BeaconDetector:
             .group_by("k")
             .aggregate([("ts", "count"), ("ts", "min")])
         )
-        hot = []
-        for k, n, t in zip(
-            counts.column("k").to_pylist(),
-            counts.column("ts_count").to_pylist(),
-            counts.column("ts_min").to_pylist(),
-            strict=True,
-        ):
-            c = self._counts.get(k)
-            if c is None:
-                c = self._counts[k] = [0, t]
-            c[0] += n
-            if c[0] >= self.track_after:
-                hot.append(k)
-        if len(self._counts) > 4 * self.max_pairs:
-            self._counts = {k: c for k, c in self._counts.items() if c[0] >= self.track_after}
+        hot = self._count_pairs(
+            counts.column("k"), counts.column("ts_count").to_numpy(), counts.column("ts_min").to_numpy()
+        )
         # When each source was first seen: destinations of its first hour are its baseline.
         firsts = pa.table({"s": sub["id.orig_h"], "ts": sub["ts"]}).group_by("s").aggregate([("ts", "min")])
         for src_ip, t in zip(
@@ -253,7 +246,7 @@ class BeaconDetector:
                 self._first_seen[src_ip] = t
         if not hot:
             return []
-        sub = sub.filter(pc.is_in(key_col, value_set=pa.array(hot)))
+        sub = sub.filter(pc.is_in(key_col, value_set=pa.array(list(hot))))
         ts = sub.np("ts")
         src = str_col(sub, "id.orig_h")
         dst = str_col(sub, "id.resp_h")
@@ -269,11 +262,11 @@ class BeaconDetector:
             key = (src[i], dst[i], proto[i], int(dport[i]))
             p = self._pairs.get(key)
             if p is None:
-                c = self._counts.get(f"{key[0]}|{key[1]}|{key[2]}|{key[3]}")
+                first = hot.get(f"{key[0]}|{key[1]}|{key[2]}|{key[3]}")
                 p = self._pairs[key] = _Pair(
                     ts=deque(maxlen=self.max_history),
                     size=deque(maxlen=self.max_history),
-                    first=c[1] if c else float(ts[i]),
+                    first=float(ts[i]) if first is None else first,
                 )
             p.ts.append(float(ts[i]))
             p.size.append(int(size[i]))
@@ -293,6 +286,40 @@ class BeaconDetector:
         if len(self._pairs) > self.max_pairs:
             self._evict()
         return findings
+
+    def _count_pairs(self, keys: pa.ChunkedArray, n: np.ndarray, first: np.ndarray) -> dict[str, float]:
+        """Add a batch's connections per pair key (distinct ``keys``, their counts and first times) to the
+        counters; return the pairs now at ``track_after`` connections or more, with their first
+        connection time.  Beyond ``4 * max_pairs`` counters, those below ``track_after`` are dropped."""
+        h = stable_hash(keys)
+        srt = np.argsort(h, kind="stable")
+        h, n, first = h[srt], n[srt].astype(np.int64), first[srt].astype(np.float64)
+        ck = self._count_key
+        pos = np.searchsorted(ck, h)
+        hit = ck[np.minimum(pos, len(ck) - 1)] == h if len(ck) else np.zeros(len(h), dtype=bool)
+        total = n.copy()
+        if hit.any():
+            at = pos[hit]
+            self._count_n[at] += n[hit]
+            total[hit] = self._count_n[at]
+            first[hit] = self._count_first[at]
+        if not hit.all():
+            new = ~hit
+            self._count_key = np.insert(ck, pos[new], h[new])
+            self._count_n = np.insert(self._count_n, pos[new], n[new])
+            self._count_first = np.insert(self._count_first, pos[new], first[new])
+        if len(self._count_key) > 4 * self.max_pairs:
+            keep = self._count_n >= self.track_after
+            self._count_key, self._count_n, self._count_first = (
+                self._count_key[keep],
+                self._count_n[keep],
+                self._count_first[keep],
+            )
+        is_hot = np.flatnonzero(total >= self.track_after)
+        if not len(is_hot):
+            return {}
+        names = keys.take(pa.array(srt[is_hot])).to_pylist()
+        return dict(zip(names, first[is_hot].tolist(), strict=True))
 
     def _evict(self) -> None:
         cutoff = self._now - self.idle_timeout

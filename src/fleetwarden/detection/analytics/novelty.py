@@ -61,6 +61,7 @@ from fleetwarden.detection.analytics.netcommon import (
     sorted_by_time,
     str_col,
 )
+from fleetwarden.detection.enrich import country_code
 from fleetwarden.events import EventBatch
 from fleetwarden.findings import Finding
 
@@ -81,40 +82,12 @@ PLAINTEXT_LOGIN_SERVICES = frozenset({"telnet", "ftp", "rlogin", "rsh"})
 ESTABLISHED = ("SF", "S1", "S2", "S3", "RSTO", "RSTR")
 
 
-@lru_cache(maxsize=1)
-def _geo():
-    try:
-        from fleetwarden.detection import enrich  # type: ignore[attr-defined]
-
-        if hasattr(enrich, "country_of"):
-
-            def via_enrich(ip: str) -> str | None:
-                code = enrich.country_of([ip])[0].as_py()
-                return code if code and len(code) == 2 and code != "--" else None
-
-            return via_enrich
-    except ImportError:
-        pass
-    from geoip2fast import GeoIP2Fast
-
-    g = GeoIP2Fast()
-
-    def lookup(ip: str) -> str | None:
-        try:
-            code = g.lookup(ip).country_code
-        except Exception:  # geoip2fast raises on malformed input; an unknown country is fine
-            return None
-        return code if code and code != "--" and len(code) == 2 else None
-
-    return lookup
-
-
 @lru_cache(maxsize=65_536)
 def country_of(ip: str) -> str | None:
     """ISO country code of a public address (None for private or unknown ones)."""
     if is_private(ip) or is_group(ip):
         return None
-    return _geo()(ip)
+    return country_code(ip)
 
 
 @dataclass(frozen=True)
