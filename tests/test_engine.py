@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from conftest import need_data
+from fleetwarden.correlation import correlate
 from fleetwarden.detection.analytics.base import Context
 from fleetwarden.detection.analytics.scan import ScanDetector
-from fleetwarden.detection.engine import Engine, analyze_paths, default_analytics
+from fleetwarden.detection.engine import MODEL_ONLY_CONFIDENCE, Engine, analyze_paths, default_analytics
 from fleetwarden.events import EventBatch
 from fleetwarden.sources import SourceError
 
@@ -89,6 +90,9 @@ def test_model_alerts_become_one_anomaly_per_device():
     assert f.category == "anomaly" and f.attributes["alerts"] == 25
     assert "orig_bytes 900000 vs baseline 1200 (25)" in f.evidence[0]
     assert len(f.record_ids) == 25
+    # the flows score 0.9, but a model outlier that no behaviour analytic names is a medium lead
+    assert "highest score 0.90" in f.evidence[0] and f.score == MODEL_ONLY_CONFIDENCE
+    assert [i.severity for i in correlate([f])] == ["medium"]
 
 
 def test_analyze_paths_on_a_capture_and_stats():

@@ -62,6 +62,12 @@ ANALYTIC_MODULES = (
 
 
 _warm = False
+# Confidence of a flow-model anomaly finding: at most "medium".  The flow score ranks flows; it is
+# not a probability, and an outlier that no behaviour analytic names is a lead for an analyst, not
+# a high-severity incident (the benign IoT Sentinel setup captures, a phone polling a Hue bridge
+# 30 times in 10 s, score up to 0.69).  The behaviour analytics name attacks at their own
+# confidence; the correlator joins the two into one device's story.
+MODEL_ONLY_CONFIDENCE = 0.6
 
 
 def warm_up() -> None:
@@ -235,7 +241,7 @@ class Engine:
             ip,
             "anomaly",
             "flowmodel",
-            agg["max"],
+            min(agg["max"], MODEL_ONLY_CONFIDENCE),
             agg["first"],
             agg["last"],
             [
