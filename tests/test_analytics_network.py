@@ -334,6 +334,24 @@ def test_benign_protocol_traces_raise_nothing_high():
         assert high == [], path.name
 
 
+def test_periodic_by_design_and_slow_single_host_beacons_stay_below_high():
+    # IoT-23 Hakai capture: the infected device's NTP polls (udp/123 every 66 s, 1,319 of them) are
+    # periodic by NTP's design; the benign honeypot 4-1 has an hourly HTTP heartbeat to its cloud
+    beacons = {}
+    for key in ("Malware-Capture-8-1", "Honeypot-Capture-4-1"):
+        result = analyze_paths([need_data("iot23", f"CTU-{key}-labeled.csv")])
+        beacons[key] = [i for i in result.incidents if i.category == "c2-beacon"]
+    ntp = beacons["Malware-Capture-8-1"]
+    assert ntp and all(i.severity == "low" for i in ntp)
+    assert any("udp/123 is periodic by design" in e for e in ntp[0].findings[0].evidence)
+    slow = beacons["Honeypot-Capture-4-1"]
+    assert slow and [i.severity for i in slow] == ["medium"]
+    assert any("no fleet to compare with" in e for e in slow[0].findings[0].evidence)
+    # a fast beacon in a single-host capture keeps its weight (Stratosphere test-cc-capture-1)
+    fast = analyze_paths([need_data("stratosphere", "test-cc-capture-1.pcap")]).incidents[0]
+    assert fast.category == "c2-beacon" and fast.severity == "critical"
+
+
 # fleet context: prevalence, durations, policy, slow exfiltration ---------------------------------
 def _fleet_ctx(n: int, vendor_of=lambda i: "Acme") -> Context:
     from fleetwarden.detection.analytics.base import DeviceInfo

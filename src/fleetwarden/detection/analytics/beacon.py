@@ -37,6 +37,12 @@ Contract
     * a rare destination first contacted later keeps its full weight; the correlator raises it
       further when the same device also scans or floods.
 
+    Everywhere: NTP and DNS pairs (udp/123, udp/53), periodic by their standards, get the
+    baseline weight (low).  Without fleet context (fewer than ``min_population`` devices: a
+    single-host capture), a beacon slower than one check-in per ``slow_gap`` (10 min) is capped
+    at ``slow_cap`` (medium): vendor heartbeats and firmware checks poll that slowly, and one
+    capture holds nothing else to tell them from a slow C2.  Fast check-ins keep full weight.
+
     Destinations inside the site (RFC 1918 and inventoried addresses: brokers, hubs,
     gateways) are not C2 candidates unless ``internal=True`` (then discounted x0.7).
 
@@ -50,7 +56,8 @@ Blind spots
     a C2 server that many devices of the fleet (or a third of one cohort) contact is taken
     for a fleet service, a C2 hosted under a domain the cohort uses is discounted, a device
     beaconing since monitoring began is only "low", and C2 on the LAN (peer-to-peer botnets)
-    is not looked for by default.
+    is not looked for by default; C2 tunnelled in NTP or DNS-over-UDP timing is only "low" here
+    (the dns analytic looks at DNS payloads); a slow C2 in a single-host capture is "medium".
 
 Reference
     RITA (Active Countermeasures), beacon analysis: ``pkg/beacon`` scoring of timestamp
@@ -83,7 +90,11 @@ from fleetwarden.detection.state import stable_hash
 from fleetwarden.events import EventBatch
 from fleetwarden.findings import Finding
 
-__all__ = ["ANALYTICS", "BeaconDetector", "beacon_score"]
+__all__ = ["ANALYTICS", "PERIODIC_BY_DESIGN", "BeaconDetector", "beacon_score"]
+
+# UDP services whose clients poll periodically by their standard: NTP (RFC 5905 poll intervals of
+# 2^minpoll..2^maxpoll s) and DNS (re-resolution at each record's TTL).
+PERIODIC_BY_DESIGN = frozenset({53, 123})
 
 
 @dataclass
@@ -172,6 +183,8 @@ class BeaconDetector:
         cohort_ratio: float = 0.3,
         baseline_seconds: float = 3600.0,
         baseline_weight: float = 0.3,
+        slow_gap: float = 600.0,
+        slow_cap: float = 0.6,
     ) -> None:
         self.min_connections = min_connections
         self.threshold = threshold
@@ -188,6 +201,8 @@ class BeaconDetector:
         self.cohort_ratio = cohort_ratio
         self.baseline_seconds = baseline_seconds
         self.baseline_weight = baseline_weight
+        self.slow_gap = slow_gap
+        self.slow_cap = slow_cap
         self.prevalence = Prevalence()
         # Pairs left out as fleet services, with the reason (bounded like the pairs).
         self.suppressed: dict[tuple, str] = {}
@@ -369,6 +384,16 @@ class BeaconDetector:
             # part of its baseline (a vendor cloud only this device's model uses): keep it as
             # context, low.  Beacons that start later (after a compromise) keep full weight.
             confidence *= self.baseline_weight
+        periodic_protocol = proto == "udp" and port in PERIODIC_BY_DESIGN
+        if periodic_protocol:
+            # NTP polls at 2^n-second intervals and DNS re-resolves at each TTL: periodic by
+            # their standards, from every device.  Kept as low context.
+            confidence *= self.baseline_weight
+        slow_alone = population < self.min_population and s["median_gap"] > self.slow_gap
+        if slow_alone:
+            # Without a fleet to compare with, a slow periodic poll (vendor heartbeats, firmware
+            # checks: every 10 min to every few hours) and a slow C2 look alike: medium at most.
+            confidence = min(confidence, self.slow_cap)
         # Periodicity is cheap to fake by coincidence over a short stretch: confidence grows
         # with the number of check-ins (full from 10x the minimum) and with the span they
         # cover (full from ten minutes), as RITA needs long observation for its scores.
@@ -385,6 +410,13 @@ class BeaconDetector:
             f"timing regularity {s['timing']:.2f}, size regularity {s['size']:.2f} "
             f"(median {s['median_size']:.0f} B sent), coverage {s['coverage']:.2f} of the observed time",
         ]
+        if periodic_protocol:
+            evidence.append(f"{proto}/{port} is periodic by design (time sync or DNS refresh): low weight")
+        if slow_alone:
+            evidence.append(
+                f"one check-in every {s['median_gap'] / 60:.0f} min and no fleet to compare with: a slow "
+                "vendor heartbeat looks the same, so medium at most"
+            )
         if population >= self.min_population:
             n = max(1, self.prevalence.devices(dst))
             evidence.append(
