@@ -1,4 +1,4 @@
-"""DNS abuse: tunnelling and exfiltration, DGA-like lookups, unexpected resolvers.
+"""DNS abuse: tunnelling and exfiltration, DGA-like lookups, unexpected and encrypted resolvers.
 
 Contract
     :class:`DnsDetector` consumes ``dns`` batches.
@@ -22,41 +22,100 @@ Contract
     Findings come in the update that completes the evidence; a (client, domain) pair is
     reported again when its distinct-subdomain count doubles.
 
+    :class:`EncryptedDnsDetector` consumes ``flow`` and ``dns`` batches and emits
+    ``policy-violation`` findings (T1071.004, T1572) about a device that resolves names over
+    an encrypted channel the fleet's DNS monitoring never sees:
+
+    * DNS-over-HTTPS: tcp/443 (and udp/443, HTTP/3) to an address of a well-known public
+      resolver (:data:`PUBLIC_RESOLVERS`, a curated table of the operators' documented
+      anycast addresses: Cloudflare, Google, Quad9, OpenDNS, AdGuard, CleanBrowsing, NextDNS,
+      Mullvad, DNS.SB, Control D, AliDNS, DNSPod, Yandex);
+    * DNS-over-TLS / DNS-over-QUIC: anything to port 853 (IANA's DoT/DoQ port, RFC 7858 and
+      RFC 9250) of a public address, listed or not;
+    * a ``dns`` lookup of a DoH/DoT endpoint name (``dns.google``, ``cloudflare-dns.com``,
+      ``dns.quad9.net``, ``doh.opendns.com``…, :data:`DOH_ENDPOINTS`): the device is set up to
+      resolve elsewhere.  The addresses answered are learned as resolver addresses, so later
+      flows to an endpoint outside the table are found too.
+
+    Addresses or endpoint names in ``ctx.expected_resolvers`` (when the context has it) are the
+    fleet's own resolvers and are allowed.  Each (device, resolver service) is reported once, and
+    again only when the evidence grows: a lookup or unanswered attempts (score 0.45: intent, the
+    network may have blocked it), answered sessions (0.55, 0.6 when the device also looked the
+    endpoint up: a channel that certainly bypasses monitoring, but browsers open it by default),
+    bulk (0.7: at least ``bulk_bytes`` bytes or ``bulk_flows`` connections to that resolver
+    within one clock hour, far above what name resolution needs, the shape of a tunnel).
+    Measured: nDPI's ``dns2tcp_tunnel.pcap`` (dns2tcp over DoH, one 8 s TLS session to 1.1.1.1)
+    gives one medium finding on 192.168.20.211; the IoT Sentinel, IoT-23, Stratosphere and
+    StopDDoS captures, the other protocol traces and a simulated fleet give none (their
+    plaintext DNS to 8.8.8.8 or 1.1.1.1 is not encrypted DNS).
+
 Blind spots
-    Slow tunnels (fewer than ``min_unique`` names per window), tunnels over DNS-over-HTTPS
-    or DoT (no DNS records), and DGAs whose domains resolve (only NXDOMAIN answers are
-    counted) are missed.  Reputation services that encode hashes in subdomains (some
-    anti-virus lookups) look like tunnels.  mDNS/DNS-SD (``.local``) and reverse lookups
-    (``.arpa``) are ignored.
+    Slow tunnels (fewer than ``min_unique`` names per window) and DGAs whose domains resolve
+    (only NXDOMAIN answers are counted) are missed.  Reputation services that encode hashes in
+    subdomains (some anti-virus lookups) look like tunnels.  mDNS/DNS-SD (``.local``) and
+    reverse lookups (``.arpa``) are ignored.  Encrypted DNS: DoH to a private, self-hosted or
+    unlisted resolver on port 443 is missed unless its name was looked up in the clear first;
+    DoH behind an address shared with other services (a CDN front, Oblivious DoH relays) is
+    missed, and a learned endpoint address that a CDN shares flags the other HTTPS to it; an
+    endpoint lookup learns addresses only for flows that come after it (a capture replays its
+    flows before its DNS records, so there only the table and port 853 count).  Ordinary HTTPS
+    to a listed address (someone opening https://1.1.1.1 in a browser) is reported like DoH,
+    and a browser-like gateway using DoH by default is reported (which the policy may want).
+    Whether a session carries a tunnel is judged on volume only: a slow tunnel stays medium.
+    A local forwarding resolver that looks an endpoint up for a client is named, not the client.
 
 Reference
     Slips' DNS analytics (high-entropy and NXDOMAIN modules); Farnham & Atlasis, "Detecting
     DNS Tunneling" (SANS, 2013): label length, entropy, unique-subdomain volume, record types;
     Antonakakis et al., "From Throw-Away Traffic to Bots" (USENIX Security 2012) for
-    NXDOMAIN-based DGA detection.
+    NXDOMAIN-based DGA detection.  Encrypted DNS: RFC 8484 (DoH), RFC 7858 (DoT), RFC 9250
+    (DoQ); NSA, "Adopting Encrypted DNS in Enterprise Environments" (2021), which advises
+    blocking known external DoH/DoT resolvers by address and tcp/853; MontazeriShatoori et al.,
+    "Detection of DoH Tunnels using Time-series Classification of Encrypted Traffic" (IEEE
+    DASC 2020, the CIRA-CIC-DoHBrw-2020 data) for the volume of DoH tunnels.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from fleetwarden.detection.analytics.base import Context
 from fleetwarden.detection.analytics.netcommon import (
+    FAILED_STATES,
     MAX_RECORD_IDS,
+    address_mask,
+    is_group,
+    is_local,
     is_private,
     make_finding,
+    num_col,
     sorted_by_time,
     str_col,
 )
 from fleetwarden.events import EventBatch
 from fleetwarden.findings import Finding
 
-__all__ = ["ANALYTICS", "DnsDetector", "registered_domain", "shannon_entropy"]
+__all__ = [
+    "ANALYTICS",
+    "DOH_ENDPOINTS",
+    "PUBLIC_RESOLVERS",
+    "DnsDetector",
+    "EncryptedDnsDetector",
+    "doh_endpoint",
+    "public_resolver",
+    "registered_domain",
+    "shannon_entropy",
+]
 
 DATA_QTYPES = frozenset({"TXT", "NULL", "CNAME", "MX", "KEY", "ANY", "PRIVATE", "SRV", "10", "16", "65399"})
 UNREGISTERED = "(names under no public suffix)"
@@ -330,4 +389,424 @@ class DnsDetector:
         return []
 
 
-ANALYTICS = [DnsDetector]
+# --- encrypted DNS to public resolvers --------------------------------------------------------
+
+# Public resolvers that answer DNS-over-HTTPS and DNS-over-TLS, by operator: the anycast addresses
+# each operator documents for its service (networks where the whole block serves DNS).  Curated
+# from the operators' own setup pages, not from any capture; an address here serves DNS (and at
+# most the operator's own small web page), so TLS to it is name resolution.
+PUBLIC_RESOLVERS: dict[str, tuple[str, ...]] = {
+    "Cloudflare": (
+        "1.1.1.1", "1.0.0.1", "1.1.1.2", "1.0.0.2", "1.1.1.3", "1.0.0.3",
+        "2606:4700:4700::1111", "2606:4700:4700::1001", "2606:4700:4700::1112",
+        "2606:4700:4700::1002", "2606:4700:4700::1113", "2606:4700:4700::1003",
+    ),
+    "Google Public DNS": (
+        "8.8.8.8", "8.8.4.4", "2001:4860:4860::8888", "2001:4860:4860::8844",
+        "2001:4860:4860::6464", "2001:4860:4860::64",
+    ),
+    "Quad9": (
+        "9.9.9.9", "149.112.112.112", "9.9.9.10", "149.112.112.10", "9.9.9.11", "149.112.112.11",
+        "9.9.9.12", "149.112.112.12", "2620:fe::fe", "2620:fe::9", "2620:fe::10", "2620:fe::fe:10",
+        "2620:fe::11", "2620:fe::fe:11",
+    ),
+    "OpenDNS": (
+        "208.67.222.222", "208.67.220.220", "208.67.222.123", "208.67.220.123",
+        "146.112.41.2", "146.112.41.3", "2620:119:35::35", "2620:119:53::53",
+    ),
+    "AdGuard DNS": (
+        "94.140.14.14", "94.140.15.15", "94.140.14.15", "94.140.15.16", "94.140.14.140",
+        "94.140.14.141", "2a10:50c0::ad1:ff", "2a10:50c0::ad2:ff", "2a10:50c0::bad1:ff",
+        "2a10:50c0::bad2:ff", "2a10:50c0::1:ff", "2a10:50c0::2:ff",
+    ),
+    "CleanBrowsing": (
+        "185.228.168.9", "185.228.169.9", "185.228.168.10", "185.228.169.11", "185.228.168.168",
+        "185.228.169.168", "2a0d:2a00:1::", "2a0d:2a00:2::", "2a0d:2a00:1::1", "2a0d:2a00:2::1",
+        "2a0d:2a00:1::2", "2a0d:2a00:2::2",
+    ),
+    "NextDNS": ("45.90.28.0/24", "45.90.30.0/24", "2a07:a8c0::/33", "2a07:a8c1::/33"),
+    "Mullvad DNS": ("194.242.2.2", "194.242.2.3", "194.242.2.4", "194.242.2.5", "194.242.2.6", "194.242.2.9"),
+    "DNS.SB": ("185.222.222.222", "45.11.45.11", "2a09::", "2a11::"),
+    "Control D": ("76.76.2.0/24", "76.76.10.0/24", "2606:1a40::/48", "2606:1a40:1::/48"),
+    "AliDNS": ("223.5.5.5", "223.6.6.6", "2400:3200::1", "2400:3200:baba::1"),
+    "DNSPod": ("119.29.29.29", "1.12.12.12", "120.53.53.53"),
+    "Yandex DNS": ("77.88.8.8", "77.88.8.1", "77.88.8.88", "77.88.8.2", "77.88.8.7", "77.88.8.3"),
+}  # fmt: skip
+
+# DoH/DoT endpoint names, by operator.  A name matches itself and the names under it (NextDNS
+# and AdGuard put a per-customer label in front: ``abc123.dns.nextdns.io``).  Only zones that
+# serve nothing but DNS are matched as suffixes; the operators' web sites are not here.
+DOH_ENDPOINTS: dict[str, tuple[str, ...]] = {
+    "Cloudflare": ("cloudflare-dns.com", "one.one.one.one"),
+    "Google Public DNS": ("dns.google", "dns.google.com", "8888.google"),
+    "Quad9": ("dns.quad9.net", "dns9.quad9.net", "dns10.quad9.net", "dns11.quad9.net", "dns12.quad9.net"),
+    "OpenDNS": ("doh.opendns.com", "doh.familyshield.opendns.com", "doh.sandbox.opendns.com", "dns.umbrella.com"),
+    "AdGuard DNS": ("adguard-dns.com", "dns.adguard.com", "dns-family.adguard.com", "dns-unfiltered.adguard.com"),
+    "CleanBrowsing": (
+        "doh.cleanbrowsing.org", "family-filter-dns.cleanbrowsing.org", "adult-filter-dns.cleanbrowsing.org",
+        "security-filter-dns.cleanbrowsing.org",
+    ),
+    "NextDNS": ("dns.nextdns.io",),
+    "Mullvad DNS": ("dns.mullvad.net", "doh.mullvad.net"),
+    "DNS.SB": ("doh.dns.sb", "dot.sb"),
+    "Control D": ("freedns.controld.com", "dns.controld.com"),
+    "AliDNS": ("dns.alidns.com",),
+    "DNSPod": ("doh.pub", "dot.pub"),
+    "Yandex DNS": ("dot.dns.yandex.net",),
+    "Apple iCloud Private Relay": ("doh.dns.apple.com",),
+}  # fmt: skip
+
+DOT_PORT = 853  # IANA: domain-s, DNS over TLS (RFC 7858) and over QUIC (RFC 9250)
+HTTPS_PORT = 443
+
+_RESOLVER_ADDRS: dict = {}
+_RESOLVER_NETS: list = []
+for _op, _entries in PUBLIC_RESOLVERS.items():
+    for _e in _entries:
+        if "/" in _e:
+            _RESOLVER_NETS.append((ipaddress.ip_network(_e), _op))
+        else:
+            _RESOLVER_ADDRS[ipaddress.ip_address(_e)] = _op
+_ENDPOINTS = {name: op for op, names in DOH_ENDPOINTS.items() for name in names}
+
+
+@lru_cache(maxsize=65_536)
+def public_resolver(ip: str) -> str | None:
+    """Operator of the well-known public DoH/DoT resolver at ``ip`` (any spelling), else None."""
+    try:
+        a = ipaddress.ip_address(ip.strip())
+    except ValueError:
+        return None
+    op = _RESOLVER_ADDRS.get(a)
+    if op is None:
+        op = next((o for net, o in _RESOLVER_NETS if a.version == net.version and a in net), None)
+    return op
+
+
+@lru_cache(maxsize=131_072)
+def doh_endpoint(name: str) -> str | None:
+    """Operator whose DoH/DoT endpoint ``name`` is (or is under), else None."""
+    labels = name.strip(".").lower().split(".")
+    for i in range(len(labels) - 1):
+        op = _ENDPOINTS.get(".".join(labels[i:]))
+        if op:
+            return op
+    return None
+
+
+def _distinct_map(values: np.ndarray, fn: Callable[[str], Any]) -> np.ndarray:
+    """``fn`` over an object array of strings, called once per distinct value (hash-based)."""
+    if len(values) == 0:
+        return np.empty(0, dtype=object)
+    enc = pc.dictionary_encode(pa.array(values.astype(str), pa.string()))
+    out = np.array([fn(u) for u in enc.dictionary.to_pylist()], dtype=object)
+    return out[enc.indices.to_numpy(zero_copy_only=False)]
+
+
+# Evidence levels of a (device, resolver service): reported when the level rises.
+_INTENT, _USE, _BULK = 1, 2, 3
+
+
+@dataclass
+class _Resolver:
+    """What one device did with one encrypted resolver service."""
+
+    first: float = math.inf
+    last: float = -math.inf
+    flows: int = 0
+    answered: int = 0
+    sent: int = 0
+    received: int = 0
+    channels: dict = field(default_factory=dict)  # "tcp/443" -> addresses (capped)
+    hours: dict = field(default_factory=dict)  # clock hour -> [bytes, connections]
+    peak_bytes: int = 0
+    peak_flows: int = 0
+    names: dict = field(default_factory=dict)  # endpoint name looked up -> addresses answered
+    uids: list = field(default_factory=list)
+
+
+def _channel_sentence(chan: str, addrs: list[str], service: str | None) -> str:
+    to = ", ".join(addrs)
+    proto, port = chan.split("/")
+    plural = len(addrs) > 1
+    who = f" ({service})" if service else ""
+    if port == str(DOT_PORT):
+        kind = "DNS-over-TLS" if proto == "tcp" else "DNS-over-QUIC"
+        why = f"({service})" if service else f"(not a listed resolver; {chan} is {kind}'s IANA port)"
+        return f"{chan} {kind} to {to} {why}: name lookups bypass the fleet's DNS monitoring"
+    carrier = "TLS" if proto == "tcp" else "QUIC (HTTP/3)"
+    noun = "public DNS-over-HTTPS resolvers" if plural else "a public DNS-over-HTTPS resolver"
+    return f"{carrier} to {to} {chan}, {noun}{who}: name lookups bypass the fleet's DNS monitoring"
+
+
+class EncryptedDnsDetector:
+    """DNS-over-HTTPS/TLS/QUIC to public resolvers, which bypasses DNS monitoring (see module docstring)."""
+
+    name = "encrypted-dns"
+    kinds = ("flow", "dns")
+
+    def __init__(
+        self,
+        bulk_bytes: int = 1_000_000,
+        bulk_flows: int = 360,
+        max_keys: int = 100_000,
+        max_learned: int = 4096,
+    ) -> None:
+        # A DoH exchange costs ~150-300 bytes each way (HTTP/2 frames and TLS records around a
+        # ~40-byte query and a ~100-byte answer).  An IoT device resolves a handful of names a
+        # minute (< 0.1 MB an hour); a busy household browser a couple of thousand an hour
+        # (~0.5 MB).  A tunnel carries at most ~150 payload bytes per query, so moving even
+        # 0.5 MB of data takes > 1 MB of DoH: ``bulk_bytes`` per clock hour separates the two.
+        self.bulk_bytes = bulk_bytes
+        # DoH and DoT clients keep one connection open and reuse it (RFC 8484 §5, RFC 7858 §3.4):
+        # a new connection every 10 s for an hour is a tool opening one per chunk of data.
+        self.bulk_flows = bulk_flows
+        self.max_keys = max_keys
+        self.max_learned = max_learned
+        self._keys: dict[tuple[str, str], _Resolver] = {}
+        self._reported: dict[tuple[str, str], int] = {}
+        self._learned: dict[str, str] = {}  # address answered for an endpoint name -> operator
+
+    def update(self, batch: EventBatch, ctx: Context) -> list[Finding]:
+        if len(batch) == 0:
+            return []
+        batch = sorted_by_time(batch)
+        expected = {_normal(str(r)) for r in (getattr(ctx, "expected_resolvers", None) or ())}
+        if batch.kind == "flow":
+            touched = self._observe_flows(batch, ctx, expected)
+        elif batch.kind == "dns":
+            touched = self._observe_lookups(batch, expected)
+        else:
+            return []
+        findings = [f for key in touched if (f := self._check(key, ctx, expected)) is not None]
+        if len(self._keys) > self.max_keys:
+            # Keep the most recently active half of the room; what was reported stays in ``_reported``.
+            keep = sorted(self._keys.items(), key=lambda kv: kv[1].last)[-(self.max_keys // 2 or 1) :]
+            self._keys = dict(keep)
+        while len(self._reported) > 4 * self.max_keys:
+            self._reported.pop(next(iter(self._reported)))
+        return findings
+
+    def _service_of(self, ip: str) -> str | None:
+        return public_resolver(ip) or self._learned.get(ip)
+
+    def _observe_flows(self, batch: EventBatch, ctx: Context, expected: set[str]) -> set[tuple]:
+        dport = num_col(batch, "id.resp_p")
+        dot = dport == DOT_PORT
+        cand = np.flatnonzero((dport == HTTPS_PORT) | dot)
+        if len(cand) == 0:
+            return set()
+        # One table look-up per distinct address; most batches stop here (no resolver, no 853).
+        dst = str_col(batch, "id.resp_h")[cand]
+        service = _distinct_map(dst, self._service_of)
+        listed = service != None  # noqa: E711 (elementwise over an object array)
+        # Port 853 of any public address is DoT/DoQ; port 443 counts only for resolver addresses.
+        sel = listed | dot[cand]
+        if not sel.any():
+            return set()
+        rows, dst, service, listed = cand[sel], dst[sel], service[sel], listed[sel]
+        src = str_col(batch, "id.orig_h")[rows]
+        proto = str_col(batch, "proto")[rows]
+        keep = (src != "") & ((proto == "tcp") | (proto == "udp"))
+        keep &= ~address_mask(
+            dst, lambda d: not d or is_group(d) or is_local(ctx, d) or _normal(d) in expected
+        )
+        keep &= ~address_mask(src, lambda s: public_resolver(s) is not None)  # resolvers as clients
+        if not keep.any():
+            return set()
+        rows, src, dst, proto = rows[keep], src[keep], dst[keep], proto[keep]
+        key = np.where(listed[keep], service[keep], dst).astype(str)
+        port = dport[rows].astype(np.int64)
+        ob = num_col(batch, "orig_bytes")[rows].astype(np.int64)
+        rb = num_col(batch, "resp_bytes")[rows].astype(np.int64)
+        rp = num_col(batch, "resp_pkts")[rows].astype(np.int64)
+        state = str_col(batch, "conn_state")[rows]
+        # Unanswered: nothing came back and the state says no exchange (a firewall dropping DoH).
+        answered = ~((rp <= 0) & (rb <= 0) & np.isin(state.astype(str), list(FAILED_STATES)))
+        ts = batch.np("ts")[rows]
+        dur = num_col(batch, "duration")[rows].astype(float)
+        end = ts + np.where(np.isfinite(dur) & (dur > 0), dur, 0.0)
+        table = pa.table(
+            {
+                "src": pa.array(src.astype(str)),
+                "key": pa.array(key),
+                "dst": pa.array(dst.astype(str)),
+                "chan": pa.array(np.char.add(np.char.add(proto.astype(str), "/"), port.astype(str))),
+                "hour": pa.array(np.floor(ts / 3600.0).astype(np.int64)),
+                "ts": pa.array(ts),
+                "end": pa.array(end),
+                "bytes": pa.array(np.maximum(ob, 0) + np.maximum(rb, 0)),
+                "ob": pa.array(np.maximum(ob, 0)),
+                "rb": pa.array(np.maximum(rb, 0)),
+                "answered": pa.array(answered.astype(np.int64)),
+                "uid": pa.array(str_col(batch, "uid")[rows].astype(str)),
+            }
+        )
+        g = table.group_by(["src", "key", "dst", "chan", "hour"], use_threads=False).aggregate(
+            [
+                ("ts", "min"),
+                ("end", "max"),
+                ("ts", "count"),
+                ("bytes", "sum"),
+                ("ob", "sum"),
+                ("rb", "sum"),
+                ("answered", "sum"),
+                ("uid", "list"),
+            ]
+        )
+        touched: set[tuple] = set()
+        for r in g.to_pylist():  # one row per (device, resolver, address, channel, hour): few
+            k = (r["src"], r["key"])
+            st = self._keys.get(k)
+            if st is None:
+                st = self._keys[k] = _Resolver()
+            st.first = min(st.first, r["ts_min"])
+            st.last = max(st.last, r["end_max"])
+            st.flows += r["ts_count"]
+            st.answered += r["answered_sum"]
+            st.sent += r["ob_sum"]
+            st.received += r["rb_sum"]
+            addrs = st.channels.setdefault(r["chan"], [])
+            if r["dst"] not in addrs and len(addrs) < 4:
+                addrs.append(r["dst"])
+            hour = st.hours.setdefault(r["hour"], [0, 0])
+            hour[0] += r["bytes_sum"]
+            hour[1] += r["ts_count"]
+            st.peak_bytes = max(st.peak_bytes, hour[0])
+            st.peak_flows = max(st.peak_flows, hour[1])
+            if len(st.hours) > 3:
+                for h in sorted(st.hours)[:-3]:
+                    del st.hours[h]
+            for u in r["uid_list"]:
+                if len(st.uids) >= MAX_RECORD_IDS:
+                    break
+                if u and u not in st.uids:
+                    st.uids.append(u)
+            touched.add(k)
+        return touched
+
+    def _observe_lookups(self, batch: EventBatch, expected: set[str]) -> set[tuple]:
+        query = str_col(batch, "query")
+        hit = address_mask(query, lambda q: doh_endpoint(q) is not None)
+        if not hit.any():
+            return set()
+        idx = np.flatnonzero(hit)
+        client = str_col(batch, "id.orig_h")
+        answers = str_col(batch, "answers")
+        uid = str_col(batch, "uid")
+        ts = batch.np("ts")
+        touched: set[tuple] = set()
+        for i in idx:  # lookups of DoH endpoints: a few per device
+            name = query[i].strip(".").lower()
+            op = doh_endpoint(name)
+            addrs = [a.strip() for a in answers[i].split(",") if _is_address(a.strip())]
+            for a in addrs:
+                if public_resolver(a) is None and not is_private(a):
+                    self._learned.pop(a, None)
+                    self._learned[a] = op
+            while len(self._learned) > self.max_learned:
+                self._learned.pop(next(iter(self._learned)))
+            c = client[i]
+            if not c or public_resolver(c) or name in expected or any(_normal(a) in expected for a in addrs):
+                continue
+            k = (c, op)
+            st = self._keys.get(k)
+            if st is None:
+                st = self._keys[k] = _Resolver()
+            t = float(ts[i])
+            st.first, st.last = min(st.first, t), max(st.last, t)
+            known = st.names.setdefault(name, [])
+            for a in addrs:
+                if a not in known and len(known) < 4:
+                    known.append(a)
+            if uid[i] and uid[i] not in st.uids and len(st.uids) < MAX_RECORD_IDS:
+                st.uids.append(uid[i])
+            touched.add(k)
+        return touched
+
+    def _check(self, key: tuple[str, str], ctx: Context, expected: set[str]) -> Finding | None:
+        st = self._keys[key]
+        if st.peak_bytes >= self.bulk_bytes or st.peak_flows >= self.bulk_flows:
+            level = _BULK
+        elif st.answered:
+            level = _USE
+        else:
+            level = _INTENT
+        if level <= self._reported.get(key, 0):
+            return None
+        self._reported[key] = level
+        client, resolver = key
+        service = resolver if resolver in PUBLIC_RESOLVERS or resolver in DOH_ENDPOINTS else None
+        evidence = [_channel_sentence(chan, addrs, service) for chan, addrs in st.channels.items()]
+        if st.flows:
+            span = max(st.last - st.first, 0.0)
+            line = (
+                f"{st.flows} connection{'s' if st.flows > 1 else ''} over {span:.0f} s, {st.sent} bytes sent "
+                f"and {st.received} received"
+            )
+            if not st.answered:
+                line += "; none answered (blocked by the network?)"
+            evidence.append(line)
+        if level == _BULK:
+            evidence.append(
+                f"bulk: up to {st.peak_bytes} bytes and {st.peak_flows} connections within one clock "
+                f"hour (thresholds {self.bulk_bytes} bytes or {self.bulk_flows} connections, far above "
+                "what name resolution needs): the shape of a tunnel over encrypted DNS (T1572)"
+            )
+        for name, addrs in list(st.names.items())[:3]:
+            answered = f", answered {', '.join(addrs)}" if addrs else ""
+            evidence.append(
+                f"looked up {name}, a DNS-over-HTTPS/TLS endpoint of {service or resolver}{answered}: "
+                "the device is set up to resolve names outside the fleet's DNS"
+            )
+        if expected:
+            evidence.append(f"the fleet's resolvers are {', '.join(sorted(expected)[:3])}")
+        score = {_INTENT: 0.45, _USE: 0.55, _BULK: 0.7}[level]
+        if level == _USE and st.names:
+            score = 0.6  # the device both looked an endpoint up and used a resolver of it
+        addresses = [a for addrs in st.channels.values() for a in addrs]
+        addresses += [a for addrs in st.names.values() for a in addrs if a not in addresses]
+        return make_finding(
+            ctx,
+            client,
+            "policy-violation",
+            self.name,
+            score,
+            st.first,
+            st.last,
+            evidence,
+            ["T1071.004", "T1572"],
+            st.uids,
+            resolver=addresses[0] if addresses else next(iter(st.names), resolver),
+            resolver_service=service,
+            addresses=addresses,
+            channels=sorted(st.channels),
+            endpoints=list(st.names),
+            connections=st.flows,
+            bytes_sent=st.sent,
+            bytes_received=st.received,
+            bulk=level == _BULK,
+        )
+
+    def flush(self, ctx: Context) -> list[Finding]:
+        return []
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _normal(resolver: str) -> str:
+    """An address in its canonical spelling, a name in lower case without the final dot."""
+    resolver = resolver.strip()
+    try:
+        return str(ipaddress.ip_address(resolver))
+    except ValueError:
+        return resolver.strip(".").lower()
+
+
+ANALYTICS = [DnsDetector, EncryptedDnsDetector]
