@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 ANALYTIC_MODULES = (
     "scan",
     "beacon",
+    "retry",
     "flood",
     "dns",
     "exfil",
