@@ -50,6 +50,7 @@ ANALYTIC_MODULES = (
     "scan",
     "beacon",
     "retry",
+    "tunnel",
     "flood",
     "dns",
     "exfil",
