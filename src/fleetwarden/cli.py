@@ -235,31 +235,51 @@ def simulate(
     mqtt: Annotated[
         str | None, typer.Option("--mqtt", help="publish the events to this broker (mqtt://host:port)")
     ] = None,
+    bus: Annotated[
+        str | None,
+        typer.Option(
+            "--bus", help="publish the events to NATS JetStream, partitioned by device (nats://host:port)"
+        ),
+    ] = None,
+    partitions: Annotated[int, typer.Option(min=1, max=4096, help="with --bus: device partitions")] = 8,
     devices: Annotated[int, typer.Option(min=24, max=100_000, help="devices in the fleet")] = 300,
     hours: Annotated[float, typer.Option(min=0.5, max=24 * 14, help="simulated hours")] = 24,
     seed: Annotated[int, typer.Option(help="random seed: same seed, same fleet")] = 7,
     rate: Annotated[
-        float | None, typer.Option(help="with --mqtt: events per second (default: as fast as possible)")
+        float | None,
+        typer.Option(help="with --mqtt/--bus: events per second (default: as fast as possible)"),
     ] = None,
-    per_message: Annotated[int, typer.Option(min=1, help="with --mqtt: events packed per MQTT message")] = 1,
+    per_message: Annotated[
+        int | None,
+        typer.Option(min=1, help="events packed per message (default: 1 with --mqtt, 100 with --bus)"),
+    ] = None,
 ) -> None:
-    """Simulate a fleet: write Zeek logs, events.jsonl and the scenario truth, or drive an MQTT broker."""
+    """Simulate a fleet: write Zeek logs, events.jsonl and the scenario truth, or drive an MQTT broker
+    or a NATS JetStream bus."""
     from fleetwarden.simulate import simulate_fleet, write_files
 
-    if out_dir is None and mqtt is None:
-        _fail("simulate needs --out DIR, --mqtt URL or both")
+    if out_dir is None and mqtt is None and bus is None:
+        _fail("simulate needs --out DIR, --mqtt URL, --bus URL or several")
 
-    def work() -> tuple[dict, int]:
+    def work() -> tuple[dict, int, int]:
         fleet = simulate_fleet(devices=devices, hours=hours, seed=seed)
         written = write_files(fleet, out_dir) if out_dir is not None else {}
-        sent = 0
+        sent = sent_bus = 0
         if mqtt is not None:
             from fleetwarden.sources.mqtt import publish_batches
 
-            sent = publish_batches(fleet.iter_batches(seconds=60), mqtt, per_message=per_message, rate=rate)
-        return written, sent
+            sent = publish_batches(
+                fleet.iter_batches(seconds=60), mqtt, per_message=per_message or 1, rate=rate
+            )
+        if bus is not None:
+            from fleetwarden.bus import publish_batches_nats
 
-    written, sent = _run(work)
+            sent_bus = publish_batches_nats(
+                fleet.iter_batches(seconds=60), bus, partitions, per_message=per_message or 100, rate=rate
+            )
+        return written, sent, sent_bus
+
+    written, sent, sent_bus = _run(work)
     if written:
         table = Table("file", "bytes")
         for _name, path in sorted(written.items()):
@@ -267,6 +287,91 @@ def simulate(
         out.print(table)
     if mqtt is not None:
         out.print(f"published {sent:,} events to {mqtt}")
+    if bus is not None:
+        out.print(f"published {sent_bus:,} events to {bus} in {partitions} partitions")
+
+
+@app.command()
+def worker(
+    bus: Annotated[str, typer.Option("--bus", help="NATS JetStream server (nats://host:port)")],
+    partitions: Annotated[
+        int, typer.Option(min=1, max=4096, help="device partitions of the stream (same as the publisher's)")
+    ] = 8,
+    partition: Annotated[
+        list[int] | None,
+        typer.Option("--partition", min=0, help="a partition this worker owns (repeat; default: all)"),
+    ] = None,
+    stream: Annotated[str, typer.Option(help="JetStream stream name")] = "FLEETWARDEN",
+    duration: Annotated[
+        float | None, typer.Option(help="stop after this many seconds (default: run until Ctrl-C)")
+    ] = None,
+    idle_exit: Annotated[
+        float | None, typer.Option("--idle-exit", help="stop once nothing arrived for this many seconds")
+    ] = None,
+    checkpoint_every: Annotated[
+        float, typer.Option("--checkpoint-every", min=0.1, help="seconds between state checkpoints")
+    ] = 10.0,
+    drain: Annotated[
+        bool, typer.Option("--drain", help="at exit, also emit findings still pending (end of a replay)")
+    ] = False,
+    model: Annotated[Path | None, typer.Option("--model", help="flow model directory (optional)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print findings as JSON lines")] = False,
+    db: DbUrl = None,
+) -> None:
+    """Scale-out engine worker: consume device partitions from NATS JetStream, print findings as they
+    happen, checkpoint engine state to the store (--db, else the default SQLite file)."""
+    from fleetwarden.bus.worker import run_worker
+    from fleetwarden.config import database_url
+    from fleetwarden.report import ts_text
+    from fleetwarden.store import open_store
+
+    ctx = _run(_inventory_context, db) if db is not None else None
+
+    def show(f) -> None:
+        if as_json:
+            sys.stdout.write(json.dumps(f.to_dict(), default=str) + "\n")
+            sys.stdout.flush()
+        else:
+            first = f.evidence[0] if f.evidence else ""
+            out.print(
+                f"{ts_text(f.last_seen)} {f.severity:8s} {f.category:16s} {f.entity}: {first}", markup=False
+            )
+
+    def work():
+        flow_model = None
+        if model is not None:
+            from fleetwarden.detection.flowmodel import load_model
+
+            flow_model = load_model(model)
+        store = open_store(database_url(db))
+        try:
+            return run_worker(
+                bus,
+                store,
+                partitions=partitions,
+                owned=partition or None,
+                stream=stream,
+                record=db is not None,
+                ctx=ctx,
+                flow_model=flow_model,
+                checkpoint_every=checkpoint_every,
+                on_finding=show,
+                duration=duration,
+                idle_exit=idle_exit,
+                drain=drain,
+            )
+        finally:
+            store.close()
+
+    result = _run(work)
+    _report_skips({f"nats {bus}": result.stats})
+    summary = (
+        f"{result.events:,} events in {result.messages:,} messages ({result.redelivered_skipped} redelivered, "
+        f"skipped), {result.findings} findings, {result.checkpoints} checkpoints, "
+        f"{result.seconds:.1f} s"
+    )
+    # with --json, stdout carries only findings
+    (err if as_json else out).print(summary, markup=False, highlight=False)
 
 
 @app.command()

@@ -93,6 +93,8 @@ def warm_up() -> None:
 
 _FULL_GC_EVERY = 3600.0  # wall seconds between full collections of everything, frozen state included
 _last_full_gc = time.monotonic()
+_SETTLE_EVERY = 0.05  # wall seconds: at most 20 settles a second
+_last_settle = -1.0
 
 
 def _settle_gc() -> None:
@@ -100,14 +102,18 @@ def _settle_gc() -> None:
     module docstring): long-lived state is not traversed by every later full collection.  Once an
     hour everything is unfrozen and fully collected, so reference cycles that other code in the
     process left behind are still reclaimed: one pause an hour instead of one every few seconds."""
-    global _last_full_gc
-    if time.monotonic() - _last_full_gc > _FULL_GC_EVERY:
+    global _last_full_gc, _last_settle
+    now = time.monotonic()
+    if now - _last_settle < _SETTLE_EVERY:
+        return  # many small batches in a row (a worker's partitions, a replay): once is enough
+    if now - _last_full_gc > _FULL_GC_EVERY:
         gc.unfreeze()
         gc.collect()
-        _last_full_gc = time.monotonic()
+        _last_full_gc = now
     else:
         gc.collect(1)
     gc.freeze()
+    _last_settle = time.monotonic()
 
 
 def default_analytics() -> list[Analytic]:

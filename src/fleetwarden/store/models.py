@@ -15,12 +15,14 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     CheckConstraint,
     Double,
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -271,6 +273,25 @@ class IngestBatch(Base):
     created_at: Mapped[float] = mapped_column(Double)
 
 
+class EngineCheckpoint(Base):
+    """A scale-out worker's saved detection state for one bus partition (``fleetwarden worker``).
+
+    ``state`` is the pickled :class:`fleetwarden.detection.engine.Engine` after every event up to
+    stream sequence ``stream_seq`` of the partition's subject; a restarted worker loads it and
+    skips redelivered messages at or below that sequence.  ``partitions`` is the partition count
+    the device-to-partition map was made with: a checkpoint is only valid under the same count.
+    """
+
+    __tablename__ = "engine_checkpoints"
+
+    partition: Mapped[str] = mapped_column(String(200), primary_key=True)
+    stream_seq: Mapped[int] = mapped_column(BigInteger)
+    partitions: Mapped[int] = mapped_column(Integer)
+    events: Mapped[int] = mapped_column(BigInteger, default=0)
+    state: Mapped[bytes] = mapped_column(LargeBinary)
+    updated_at: Mapped[float] = mapped_column(Double)
+
+
 TABLES = (
     "vendors",
     "devices",
@@ -280,4 +301,5 @@ TABLES = (
     "audit_entries",
     "models",
     "ingest_batches",
+    "engine_checkpoints",
 )

@@ -37,6 +37,7 @@ from fleetwarden.store.models import (
     AuditEntry,
     Base,
     Device,
+    EngineCheckpoint,
     FindingRecord,
     IncidentRecord,
     IngestBatch,
@@ -522,6 +523,44 @@ class Store:
             q = q.where(Action.device_id == device_id)
         with self._read() as s:
             return list(s.scalars(q))
+
+    # ------------------------------------------------------------------ engine checkpoints
+
+    def save_checkpoint(
+        self, partition: str, seq: int, blob: bytes, *, partitions: int = 0, events: int = 0
+    ) -> EngineCheckpoint:
+        """Save a worker's engine state for ``partition`` as of stream sequence ``seq``.
+
+        Not audited: it is operational state, rewritten every few seconds.  A checkpoint never
+        moves backwards: saving an older ``seq`` than the stored one raises :class:`StoreError`
+        (two workers that both believe they own a partition find out here).
+        """
+        with self._sessions() as s:
+            s.connection(execution_options={"fleetwarden_write": True})
+            try:
+                row = s.get(EngineCheckpoint, partition, with_for_update=self.dialect == "postgresql")
+                if row is None:
+                    row = EngineCheckpoint(partition=partition)
+                    s.add(row)
+                elif row.stream_seq > seq:
+                    raise StoreError(
+                        f"checkpoint of {partition!r} is at sequence {row.stream_seq}, refusing to go back to {seq}"
+                    )
+                row.stream_seq = int(seq)
+                row.partitions = int(partitions)
+                row.events = int(events)
+                row.state = bytes(blob)
+                row.updated_at = time.time()
+                s.commit()
+                return row
+            except BaseException:
+                s.rollback()
+                raise
+
+    def load_checkpoint(self, partition: str) -> EngineCheckpoint | None:
+        """The saved state of ``partition`` (``stream_seq``, ``partitions``, ``state``…), or None."""
+        with self._read() as s:
+            return s.get(EngineCheckpoint, partition)
 
     # ------------------------------------------------------------------ models
 
