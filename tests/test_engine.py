@@ -183,3 +183,29 @@ def test_engine_shares_one_prevalence_learned_once_per_batch():
     other = Engine()
     assert other.analytics[0] is not engine.analytics[0]
     assert next(a for a in other.analytics if isinstance(a, BeaconDetector)).prevalence is not shared
+
+
+def test_engines_in_two_threads_find_what_they_find_alone():
+    # the analytics' per-batch column cache is per thread: two engines on two fleets at once
+    # report exactly what each reports run alone
+    import threading
+
+    from fleetwarden.demo import context_from_fleet
+    from fleetwarden.simulate import simulate_fleet
+
+    fleets = [simulate_fleet(devices=40, hours=3, seed=s) for s in (1, 2)]
+
+    def run(fleet):
+        engine = Engine(ctx=context_from_fleet(fleet))
+        out = [f for b in fleet.iter_batches(seconds=60) for f in engine.process(b)] + engine.flush()
+        return sorted((f.entity, f.category, f.detector, round(f.score, 4), f.last_seen) for f in out)
+
+    alone = [run(f) for f in fleets]
+    assert all(alone)
+    together: list = [None, None]
+    threads = [threading.Thread(target=lambda i=i: together.__setitem__(i, run(fleets[i]))) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert together == alone

@@ -101,8 +101,7 @@ def test_two_workers_on_disjoint_partitions_find_what_one_engine_finds(bus, stor
     w2, found2 = _worker(bus, store, owned=[1, 3])
 
     async def both() -> None:
-        # two workers, one thread: the analytics share a process-wide column cache that is not
-        # thread-safe (netcommon.column), so a deployment runs one worker per process
+        # two workers in one event loop, as two processes would run them side by side
         await asyncio.gather(w1.run(idle_exit=1.5, drain=True), w2.run(idle_exit=1.5, drain=True))
 
     asyncio.run(both())

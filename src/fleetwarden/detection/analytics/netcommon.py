@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -197,24 +198,24 @@ def make_finding(
 # The engine hands one batch to several analytics in turn, and each reads the same columns
 # (addresses, uids, byte counts): converting an Arrow string column to numpy objects is the
 # costly part, so the conversions of the latest table are kept until another table comes.
-# The arrays are read-only so that no analytic can change what the next one reads.
-_cache_table: pa.Table | None = None
-_cache: dict[tuple[str, str, str], np.ndarray] = {}
+# The arrays are read-only so that no analytic can change what the next one reads.  The cache
+# is per thread: engines in different threads never see each other's batches.
+_local = threading.local()
 
 
 def column(batch: EventBatch, name: str, fill: Any = None) -> np.ndarray:
     """``batch.np(name, fill)``, converted once per batch table; the array is read-only."""
-    global _cache_table
     table = batch.table
-    if table is not _cache_table:
-        _cache.clear()
-        _cache_table = table
+    local = _local
+    if getattr(local, "table", None) is not table:
+        local.cache = {}
+        local.table = table
     key = (name, type(fill).__name__, repr(fill))
-    arr = _cache.get(key)
+    arr = local.cache.get(key)
     if arr is None:
         arr = batch.np(name, fill=fill)
         arr.flags.writeable = False
-        _cache[key] = arr
+        local.cache[key] = arr
     return arr
 
 
