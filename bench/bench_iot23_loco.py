@@ -10,6 +10,10 @@ the same 4 training captures, its threshold at the 99th percentile of their scor
 
     .venv/bin/python bench/bench_iot23_loco.py [DATA_DIR] [--compare] [--train=KEYS]
 
+Captures are found in DATA_DIR (default ``../shared/data/iot23``): IoT-23 CSVs named
+``CTU-<Honeypot|Malware>-Capture-<N-M>-labeled.csv`` and the original layout's
+``<capture>/bro/conn.log.labeled``; a capture is benign (a honeypot) when its name says so.
+
 ``--train=4-1,5-1,8-1`` instead trains once on the listed captures and scores each of the others:
 a harder check than leave-one-capture-out (fewer, and fewer kinds of, training captures).
 
@@ -20,6 +24,7 @@ choosing HBOS.
 
 from __future__ import annotations
 
+import re
 import sys
 import tempfile
 import time
@@ -36,7 +41,6 @@ from fleetwarden.events import EventBatch
 from fleetwarden.sources import read_events
 
 ROOT = Path(__file__).resolve().parents[1]
-CAPTURES = ("4-1", "5-1", "8-1", "20-1", "34-1")
 RAW = (
     "duration",
     "orig_bytes",
@@ -51,9 +55,24 @@ RAW = (
 )
 
 
+_KEY = re.compile(r"Capture-(\d+-\d+)")
+
+
+def discover(data: Path) -> dict[str, Path]:
+    """Capture key ("34-1") -> labelled flow file, for every IoT-23 capture under ``data``."""
+    found: dict[str, Path] = {}
+    for p in sorted(data.glob("*labeled.csv")) + sorted(data.glob("**/conn.log.labeled")):
+        m = _KEY.search(str(p.relative_to(data)))
+        if m and m.group(1) not in found:
+            found[m.group(1)] = p
+    return dict(sorted(found.items(), key=lambda kv: tuple(int(x) for x in kv[0].split("-"))))
+
+
 def capture_path(data: Path, key: str) -> Path:
-    kind = "Honeypot" if key in ("4-1", "5-1") else "Malware"
-    return data / f"CTU-{kind}-Capture-{key}-labeled.csv"
+    path = discover(data).get(key)
+    if path is None:
+        raise SystemExit(f"no IoT-23 capture {key} under {data}")
+    return path
 
 
 def raw_matrix(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -85,13 +104,16 @@ def main() -> None:
     data = Path(args[0]) if args else ROOT.parent / "shared" / "data" / "iot23"
     compare = "--compare" in sys.argv
     fixed = next((a.split("=", 1)[1].split(",") for a in sys.argv if a.startswith("--train=")), None)
-    raw = {k: raw_matrix(capture_path(data, k)) for k in CAPTURES}
+    captures = list(discover(data))
+    if not captures:
+        raise SystemExit(f"no IoT-23 captures under {data}")
+    raw = {k: raw_matrix(capture_path(data, k)) for k in captures}
     lines: list[str] = []
-    for key in CAPTURES:
+    for key in captures:
         if fixed is not None and key in fixed:
             continue
         mark = len(lines)
-        train_keys = list(fixed) if fixed is not None else [k for k in CAPTURES if k != key]
+        train_keys = list(fixed) if fixed is not None else [k for k in captures if k != key]
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
             fm.train([capture_path(data, k) for k in train_keys], Path(tmp))
