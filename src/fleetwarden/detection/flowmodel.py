@@ -89,6 +89,9 @@ from fleetwarden.sources import ReadStats, SourceError, read_events
 __all__ = ["FlowModel", "evaluate", "load_model", "score", "train"]
 
 MODEL_JSON = "model.json"
+# Training budget: rows the model is fitted on, in all, and the least any one file may contribute.
+TRAIN_ROWS = 1_000_000
+TRAIN_MIN_ROWS_PER_FILE = 50_000
 ESTIMATORS = "estimators.joblib"
 FORMAT_VERSION = 4
 DEFAULT_COHORT = "all"
@@ -151,6 +154,7 @@ class _FileData:
     label: np.ndarray | None  # 1 = malicious, 0 = benign, -1 = unlabelled row
     detailed: np.ndarray | None
     stats: ReadStats = field(default_factory=ReadStats)
+    rows_read: int = 0  # flows in the file (``X`` may hold a sample of them)
 
 
 def _flow_batches(path: Path, skip_bad: bool, stats: ReadStats) -> Iterator[EventBatch]:
@@ -169,27 +173,52 @@ def _labels(batch: EventBatch) -> tuple[np.ndarray, np.ndarray]:
     return y, det.astype(object)
 
 
-def _read_file(path: Path, skip_bad: bool, with_labels: bool) -> _FileData:
+def _read_file(path: Path, skip_bad: bool, with_labels: bool, max_rows: int | None = None) -> _FileData:
+    """Featurize every flow of ``path`` (the device context always sees the whole stream); keep every
+    row, or with ``max_rows`` a systematic sample of at most that many: every ``stride``-th flow, the
+    stride doubling whenever the sample outgrows the cap, so the sample stays uniform over the file
+    and memory stays bounded however long the capture."""
     stats = ReadStats()
     featurizer = FlowFeaturizer()  # one independent network per file
-    xs, ks, ys, ds = [], [], [], []
+    chunks: list[list[np.ndarray]] = []  # per batch: [row index, X, keys, (y, detailed)]
+    seen = kept = 0
+    stride = 1
     for batch in _flow_batches(path, skip_bad, stats):
-        xs.append(featurizer.transform(batch))
-        ks.append(featurizer.last_keys)
+        X = featurizer.transform(batch)
+        chunk = [np.arange(seen, seen + len(X)), X, featurizer.last_keys]
+        seen += len(X)
         if with_labels:
-            y, d = _labels(batch)
-            ys.append(y)
-            ds.append(d)
-    if not xs:
+            chunk += list(_labels(batch))
+        if max_rows is not None:
+            chunk = _thin(chunk, stride)
+            kept += len(chunk[0])
+            while kept > max_rows:
+                stride *= 2
+                chunks = [_thin(c, stride) for c in chunks]
+                chunk = _thin(chunk, stride)
+                kept = sum(len(c[0]) for c in chunks) + len(chunk[0])
+        chunks.append(chunk)
+    if not seen:
         raise SourceError(path, None, "no flow records in this file")
-    return _FileData(
+    cols = [np.concatenate([c[j] for c in chunks]) for j in range(len(chunks[0]))]
+    data = _FileData(
         path,
-        np.concatenate(xs),
-        np.concatenate(ks),
-        np.concatenate(ys) if ys else None,
-        np.concatenate(ds) if ds else None,
+        cols[1],
+        cols[2],
+        cols[3] if with_labels else None,
+        cols[4] if with_labels else None,
         stats,
     )
+    data.rows_read = seen
+    return data
+
+
+def _thin(chunk: list[np.ndarray], stride: int) -> list[np.ndarray]:
+    """The rows of ``chunk`` whose stream index is a multiple of ``stride``."""
+    if stride == 1:
+        return chunk
+    keep = chunk[0] % stride == 0
+    return [a[keep] for a in chunk]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -907,12 +936,26 @@ def load_model(model_dir: Path) -> FlowModel:
     return FlowModel.load(Path(model_dir))
 
 
-def train(paths: list[Path], model_dir: Path, *, skip_bad: bool = False, target_fpr: float = 0.01) -> dict:
-    """Train the flow model on flow files; a ``label`` column, when present, trains the supervised part."""
+def train(
+    paths: list[Path],
+    model_dir: Path,
+    *,
+    skip_bad: bool = False,
+    target_fpr: float = 0.01,
+    max_rows: int = TRAIN_ROWS,
+) -> dict:
+    """Train the flow model on flow files; a ``label`` column, when present, trains the supervised part.
+
+    Every flow is featurized (device context needs the whole stream), but the model is fitted on at
+    most ``max_rows`` flows: each file contributes a uniform systematic sample of at most
+    ``max(TRAIN_MIN_ROWS_PER_FILE, max_rows // len(paths))`` of its flows, so memory and fitting time
+    stay bounded on captures of tens of millions of flows (IoT-23's largest) and no single big
+    capture outweighs the others.  The summary gives each file's flows read and rows used."""
     if not 0.0 < target_fpr < 0.5:
         raise ValueError(f"target_fpr must be in (0, 0.5), got {target_fpr}")
     t0 = time.perf_counter()
-    files = [_read_file(Path(p), skip_bad, with_labels=True) for p in paths]
+    cap = max(TRAIN_MIN_ROWS_PER_FILE, max_rows // max(len(paths), 1))
+    files = [_read_file(Path(p), skip_bad, with_labels=True, max_rows=cap) for p in paths]
     X = np.concatenate([f.X for f in files])
     keys = np.concatenate([f.keys for f in files])
     y = np.concatenate([f.label for f in files])
@@ -926,7 +969,10 @@ def train(paths: list[Path], model_dir: Path, *, skip_bad: bool = False, target_
         u, c = np.unique(det[y >= 0].astype(str), return_counts=True)
         label_counts = {str(a): int(b) for a, b in zip(u, c, strict=True)}
     summary = {
-        "files": [{"path": str(f.path), "rows": len(f.X), "skipped": f.stats.skipped} for f in files],
+        "files": [
+            {"path": str(f.path), "flows": f.rows_read, "rows": len(f.X), "skipped": f.stats.skipped}
+            for f in files
+        ],
         "rows": int(len(X)),
         "labelled": labelled,
         "benign_rows": int((y == 0).sum()) if labelled else int(len(X)),
