@@ -246,14 +246,14 @@ class BeaconDetector:
         )
         counts = (
             pa.table({"k": key_col, "ts": sub["ts"]})
-            .group_by("k")
+            .group_by("k", use_threads=False)
             .aggregate([("ts", "count"), ("ts", "min")])
         )
         hot = self._count_pairs(
             counts.column("k"), counts.column("ts_count").to_numpy(), counts.column("ts_min").to_numpy()
         )
         # When each source was first seen: destinations of its first hour are its baseline.
-        firsts = pa.table({"s": sub["id.orig_h"], "ts": sub["ts"]}).group_by("s").aggregate([("ts", "min")])
+        firsts = pa.table({"s": sub["id.orig_h"], "ts": sub["ts"]}).group_by("s", use_threads=False).aggregate([("ts", "min")])
         for src_ip, t in zip(
             firsts.column("s").to_pylist(), firsts.column("ts_min").to_pylist(), strict=True
         ):

@@ -292,7 +292,7 @@ class FloodDetector:
 
     def _aggregate(self, table: pa.Table) -> dict[tuple, tuple]:
         """Full per-(destination, window) aggregates of ``table``: the arguments of ``_accumulate``."""
-        g = table.group_by(["dst", "win"]).aggregate(
+        g = table.group_by(["dst", "win"], use_threads=False).aggregate(
             [
                 ("src", "distinct"),
                 ("pkts", "sum"),
@@ -305,7 +305,7 @@ class FloodDetector:
                 ("ts", "count"),
             ]
         )
-        sp = table.group_by(["dst", "win", "proto", "sport"]).aggregate([("pkts", "sum")])
+        sp = table.group_by(["dst", "win", "proto", "sport"], use_threads=False).aggregate([("pkts", "sum")])
         # Plain dicts (a Counter per group costs more than the rest of the row): Counter.update
         # takes them alike.
         sport_counts: dict[tuple, dict] = {}
@@ -542,7 +542,7 @@ class FloodDetector:
         table = self._outbound_rows(table)
         if table.num_rows == 0:
             return []
-        g = table.group_by(["src", "dst", "win"]).aggregate(
+        g = table.group_by(["src", "dst", "win"], use_threads=False).aggregate(
             [
                 ("pkts", "sum"),
                 ("bytes", "sum"),
@@ -629,7 +629,7 @@ class FloodDetector:
         """
         if table.num_rows == 0:
             return table
-        g = table.group_by(["src", "dst", "win"]).aggregate([("pkts", "sum"), ("ts", "count")])
+        g = table.group_by(["src", "dst", "win"], use_threads=False).aggregate([("pkts", "sum"), ("ts", "count")])
         big = (g.column("ts_count").to_numpy() >= self.min_out_flows / 20) | (
             g.column("pkts_sum").to_numpy() >= self.min_out_packets / 20
         )

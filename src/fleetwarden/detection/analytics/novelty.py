@@ -322,7 +322,7 @@ class NoveltyDetector:
                 "mac": str_col(batch, "orig_l2_addr"),
             }
         )
-        g = table.group_by(["src", "svc", "dst"]).aggregate(
+        g = table.group_by(["src", "svc", "dst"], use_threads=False).aggregate(
             [("est", "any"), ("ts", "min"), ("ts", "max"), ("ts", "count"), ("uid", "min"), ("mac", "max")]
         )
         out = []

@@ -199,7 +199,7 @@ class ScanDetector:
         # Horizontal (incl. ICMP sweeps): distinct hosts per (source, proto, port).  A host
         # counts as failed when none of its attempts in the batch was answered: a poller whose
         # targets answer most polls is not probing dead addresses.
-        h = table.group_by(["src", "proto", "port", "dst"]).aggregate(
+        h = table.group_by(["src", "proto", "port", "dst"], use_threads=False).aggregate(
             [("ts", "max"), ("failed", "all"), ("uid", "min"), ("mac", "max")]
         )
         touched: set[tuple] = set()
@@ -221,7 +221,7 @@ class ScanDetector:
         tcpudp = table.filter(
             pa.array(np.asarray(table.column("proto").to_numpy(zero_copy_only=False)) != "icmp")
         )
-        v = tcpudp.group_by(["src", "dst", "proto", "port"]).aggregate(
+        v = tcpudp.group_by(["src", "dst", "proto", "port"], use_threads=False).aggregate(
             [("ts", "max"), ("failed", "all"), ("uid", "min"), ("mac", "max")]
         )
         touched = set()
