@@ -184,3 +184,45 @@ def test_engine_checkpoint_round_trip_keeps_detecting(fleet, reference):
     assert restored.events == engine.events and restored.flow_model is None
     found += [f for b in batches[half:] for f in restored.process(b)] + restored.flush()
     assert _keys(found) == reference
+
+
+def test_simulate_and_worker_commands_end_to_end(nats_url, tmp_path):
+    # the command line: `simulate --bus` fills a stream of its own, `worker --json` prints every
+    # finding as a JSON line while it consumes, and stores them with --db
+    import json
+    import subprocess
+    import sys
+
+    tag = secrets.token_hex(4)
+    stream, subjects = f"FWCLI_{tag}", f"fwcli.{tag}.events"
+    base = [sys.executable, "-m", "fleetwarden"]
+    bus_args = ["--bus", nats_url, "--partitions", "4", "--stream", stream, "--subjects", subjects]
+    try:
+        pub = subprocess.run(
+            [*base, "simulate", *bus_args, "--devices", "30", "--hours", "2", "--seed", "5"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert pub.returncode == 0, pub.stderr
+        db = f"sqlite:///{tmp_path / 'worker.db'}"
+        res = subprocess.run(
+            [*base, "worker", *bus_args, "--idle-exit", "3", "--drain", "--json", "--db", db],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+    finally:
+
+        async def delete() -> None:
+            nc = await connect(nats_url)
+            await nc.jetstream().delete_stream(stream)
+            await nc.close()
+
+        asyncio.run(delete())
+    assert res.returncode == 0, res.stderr
+    findings = [json.loads(line) for line in res.stdout.splitlines()]
+    assert findings and {"scan", "ddos"} <= {f["category"] for f in findings}
+    assert "events in" in res.stderr  # the summary goes to stderr with --json
+    with open_store(db) as store:
+        assert store.counts()["findings"] > 0

@@ -242,6 +242,10 @@ def simulate(
         ),
     ] = None,
     partitions: Annotated[int, typer.Option(min=1, max=4096, help="with --bus: device partitions")] = 8,
+    stream: Annotated[str, typer.Option(help="with --bus: JetStream stream name")] = "FLEETWARDEN",
+    subjects: Annotated[
+        str, typer.Option(help="with --bus: subject prefix (events go to PREFIX.p<K>)")
+    ] = "fleetwarden.events",
     devices: Annotated[int, typer.Option(min=24, max=100_000, help="devices in the fleet")] = 300,
     hours: Annotated[float, typer.Option(min=0.5, max=24 * 14, help="simulated hours")] = 24,
     seed: Annotated[int, typer.Option(help="random seed: same seed, same fleet")] = 7,
@@ -275,7 +279,13 @@ def simulate(
             from fleetwarden.bus import publish_batches_nats
 
             sent_bus = publish_batches_nats(
-                fleet.iter_batches(seconds=60), bus, partitions, per_message=per_message or 100, rate=rate
+                fleet.iter_batches(seconds=60),
+                bus,
+                partitions,
+                per_message=per_message or 100,
+                rate=rate,
+                stream=stream,
+                prefix=subjects,
             )
         return written, sent, sent_bus
 
@@ -291,6 +301,24 @@ def simulate(
         out.print(f"published {sent_bus:,} events to {bus} in {partitions} partitions")
 
 
+def _finding_printer(as_json: bool):
+    """How live commands (watch, worker) print a finding the moment it is complete: a JSON line, or
+    one line of time, severity, category, entity and first evidence."""
+    from fleetwarden.report import ts_text
+
+    def show(f) -> None:
+        if as_json:
+            sys.stdout.write(json.dumps(f.to_dict(), default=str) + "\n")
+            sys.stdout.flush()
+        else:
+            first = f.evidence[0] if f.evidence else ""
+            out.print(
+                f"{ts_text(f.last_seen)} {f.severity:8s} {f.category:16s} {f.entity}: {first}", markup=False
+            )
+
+    return show
+
+
 @app.command()
 def worker(
     bus: Annotated[str, typer.Option("--bus", help="NATS JetStream server (nats://host:port)")],
@@ -302,6 +330,9 @@ def worker(
         typer.Option("--partition", min=0, help="a partition this worker owns (repeat; default: all)"),
     ] = None,
     stream: Annotated[str, typer.Option(help="JetStream stream name")] = "FLEETWARDEN",
+    subjects: Annotated[
+        str, typer.Option(help="subject prefix of the partitions (PREFIX.p<K>, as the publisher's)")
+    ] = "fleetwarden.events",
     duration: Annotated[
         float | None, typer.Option(help="stop after this many seconds (default: run until Ctrl-C)")
     ] = None,
@@ -322,20 +353,11 @@ def worker(
     happen, checkpoint engine state to the store (--db, else the default SQLite file)."""
     from fleetwarden.bus.worker import run_worker
     from fleetwarden.config import database_url
-    from fleetwarden.report import ts_text
     from fleetwarden.store import open_store
 
     ctx = _run(_inventory_context, db) if db is not None else None
 
-    def show(f) -> None:
-        if as_json:
-            sys.stdout.write(json.dumps(f.to_dict(), default=str) + "\n")
-            sys.stdout.flush()
-        else:
-            first = f.evidence[0] if f.evidence else ""
-            out.print(
-                f"{ts_text(f.last_seen)} {f.severity:8s} {f.category:16s} {f.entity}: {first}", markup=False
-            )
+    show = _finding_printer(as_json)
 
     def work():
         flow_model = None
@@ -351,6 +373,7 @@ def worker(
                 partitions=partitions,
                 owned=partition or None,
                 stream=stream,
+                prefix=subjects,
                 record=db is not None,
                 ctx=ctx,
                 flow_model=flow_model,
@@ -386,7 +409,6 @@ def watch(
     db: DbUrl = None,
 ) -> None:
     """Detect on a live MQTT event stream: findings print as they happen, incidents at the end."""
-    from fleetwarden.report import ts_text
     from fleetwarden.sources import ReadStats
     from fleetwarden.sources.mqtt import MqttEventSource
     from fleetwarden.stream import watch as run_watch
@@ -394,15 +416,7 @@ def watch(
     stats = ReadStats()
     ctx = _run(_inventory_context, db) if db is not None else None
 
-    def show(f) -> None:
-        if as_json:
-            sys.stdout.write(json.dumps(f.to_dict(), default=str) + "\n")
-            sys.stdout.flush()
-        else:
-            first = f.evidence[0] if f.evidence else ""
-            out.print(
-                f"{ts_text(f.last_seen)} {f.severity:8s} {f.category:16s} {f.entity}: {first}", markup=False
-            )
+    show = _finding_printer(as_json)
 
     def work():
         import signal
