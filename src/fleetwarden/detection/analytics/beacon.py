@@ -77,6 +77,7 @@ import pyarrow.compute as pc
 
 from fleetwarden.detection.analytics.base import Context
 from fleetwarden.detection.analytics.netcommon import (
+    KeyCounter,
     Prevalence,
     address_mask,
     group_mask,
@@ -86,7 +87,6 @@ from fleetwarden.detection.analytics.netcommon import (
     sorted_by_time,
     str_col,
 )
-from fleetwarden.detection.state import stable_hash
 from fleetwarden.events import EventBatch
 from fleetwarden.findings import Finding
 
@@ -207,11 +207,8 @@ class BeaconDetector:
         # Pairs left out as fleet services, with the reason (bounded like the pairs).
         self.suppressed: dict[tuple, str] = {}
         self._pairs: dict[tuple, _Pair] = {}
-        # Connections and first connection time of every pair seen, by 64-bit hash of the pair key,
-        # as sorted arrays: one vectorised merge per batch and no Python object per pair
-        self._count_key = np.zeros(0, dtype=np.uint64)
-        self._count_n = np.zeros(0, dtype=np.int64)
-        self._count_first = np.zeros(0, dtype=np.float64)
+        # Connections and first connection time of every pair seen (no Python object per pair).
+        self._counts = KeyCounter()
         self._first_seen: dict[str, float] = {}
         # Pairs are tracked in full from their third connection (two gaps say nothing yet).
         self.track_after = 3
@@ -240,20 +237,27 @@ class BeaconDetector:
             return []
         sub = batch.filter(keep)
         # Cheap per-pair counters first: only pairs with a few connections get timestamps
-        # kept, so one-off connections (most of them) cost one dict update per batch.
+        # kept, so one-off connections (most of them) cost a vectorised counter update.
         key_col = pc.binary_join_element_wise(
             sub["id.orig_h"], sub["id.resp_h"], sub["proto"], pc.cast(sub["id.resp_p"], pa.string()), "|"
         )
         counts = (
             pa.table({"k": key_col, "ts": sub["ts"]})
             .group_by("k", use_threads=False)
-            .aggregate([("ts", "count"), ("ts", "min")])
+            .aggregate([("ts", "count"), ("ts", "min"), ("ts", "max")])
         )
         hot = self._count_pairs(
-            counts.column("k"), counts.column("ts_count").to_numpy(), counts.column("ts_min").to_numpy()
+            counts.column("k"),
+            counts.column("ts_count").to_numpy(),
+            counts.column("ts_min").to_numpy(),
+            counts.column("ts_max").to_numpy(),
         )
         # When each source was first seen: destinations of its first hour are its baseline.
-        firsts = pa.table({"s": sub["id.orig_h"], "ts": sub["ts"]}).group_by("s", use_threads=False).aggregate([("ts", "min")])
+        firsts = (
+            pa.table({"s": sub["id.orig_h"], "ts": sub["ts"]})
+            .group_by("s", use_threads=False)
+            .aggregate([("ts", "min")])
+        )
         for src_ip, t in zip(
             firsts.column("s").to_pylist(), firsts.column("ts_min").to_pylist(), strict=True
         ):
@@ -302,38 +306,19 @@ class BeaconDetector:
             self._evict()
         return findings
 
-    def _count_pairs(self, keys: pa.ChunkedArray, n: np.ndarray, first: np.ndarray) -> dict[str, float]:
-        """Add a batch's connections per pair key (distinct ``keys``, their counts and first times) to the
-        counters; return the pairs now at ``track_after`` connections or more, with their first
+    def _count_pairs(
+        self, keys: pa.ChunkedArray, n: np.ndarray, first: np.ndarray, last: np.ndarray
+    ) -> dict[str, float]:
+        """Add a batch's connections per pair key (distinct ``keys``, their counts, first and last times)
+        to the counters; return the pairs now at ``track_after`` connections or more, with their first
         connection time.  Beyond ``4 * max_pairs`` counters, those below ``track_after`` are dropped."""
-        h = stable_hash(keys)
-        srt = np.argsort(h, kind="stable")
-        h, n, first = h[srt], n[srt].astype(np.int64), first[srt].astype(np.float64)
-        ck = self._count_key
-        pos = np.searchsorted(ck, h)
-        hit = ck[np.minimum(pos, len(ck) - 1)] == h if len(ck) else np.zeros(len(h), dtype=bool)
-        total = n.copy()
-        if hit.any():
-            at = pos[hit]
-            self._count_n[at] += n[hit]
-            total[hit] = self._count_n[at]
-            first[hit] = self._count_first[at]
-        if not hit.all():
-            new = ~hit
-            self._count_key = np.insert(ck, pos[new], h[new])
-            self._count_n = np.insert(self._count_n, pos[new], n[new])
-            self._count_first = np.insert(self._count_first, pos[new], first[new])
-        if len(self._count_key) > 4 * self.max_pairs:
-            keep = self._count_n >= self.track_after
-            self._count_key, self._count_n, self._count_first = (
-                self._count_key[keep],
-                self._count_n[keep],
-                self._count_first[keep],
-            )
+        total, first = self._counts.add(keys, n, first.astype(np.float64), last.astype(np.float64))
+        if len(self._counts) > 4 * self.max_pairs:
+            self._counts.keep(self._counts.n >= self.track_after)
         is_hot = np.flatnonzero(total >= self.track_after)
         if not len(is_hot):
             return {}
-        names = keys.take(pa.array(srt[is_hot])).to_pylist()
+        names = keys.take(pa.array(is_hot)).to_pylist()
         return dict(zip(names, first[is_hot].tolist(), strict=True))
 
     def _evict(self) -> None:

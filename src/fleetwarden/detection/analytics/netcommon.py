@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fleetwarden.detection.analytics.base import Context
+from fleetwarden.detection.state import stable_hash
 from fleetwarden.events import EventBatch
 from fleetwarden.findings import Finding
 
@@ -470,3 +471,71 @@ def share_prevalence(analytics: Iterable[Any]) -> Prevalence | None:
         elif (prev.cap, prev.max_keys, prev.max_names) == (shared.cap, shared.max_keys, shared.max_names):
             a.prevalence = shared
     return shared
+
+
+class KeyCounter:
+    """Counts and first and last times per string key (a pair "src|dst|..."), as arrays sorted by the
+    key's 64-bit hash: no Python object per key, one vectorised merge per batch.  Analytics count
+    every candidate this way and follow in full only the keys that reach a threshold."""
+
+    def __init__(self) -> None:
+        self.key = np.zeros(0, dtype=np.uint64)
+        self.n = np.zeros(0, dtype=np.int64)
+        self.first = np.zeros(0, dtype=np.float64)
+        self.last = np.zeros(0, dtype=np.float64)
+
+    def __len__(self) -> int:
+        return len(self.key)
+
+    def add(
+        self, keys: pa.Array | pa.ChunkedArray, n: np.ndarray, first: np.ndarray, last: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Add per-key counts and times (distinct ``keys``); return each key's running total and first
+        time, in the order of ``keys``."""
+        h = stable_hash(keys)
+        srt = np.argsort(h, kind="stable")
+        h, n, first, last = h[srt], n[srt].astype(np.int64), first[srt], last[srt]
+        pos = np.searchsorted(self.key, h)
+        hit = (
+            self.key[np.minimum(pos, len(self.key) - 1)] == h
+            if len(self.key)
+            else np.zeros(len(h), dtype=bool)
+        )
+        total, first_all = n.copy(), first.astype(np.float64)
+        if hit.any():
+            at = pos[hit]
+            self.n[at] += n[hit]
+            self.last[at] = np.maximum(self.last[at], last[hit])
+            total[hit] = self.n[at]
+            first_all[hit] = self.first[at]
+        if not hit.all():
+            new = ~hit
+            self.key = np.insert(self.key, pos[new], h[new])
+            self.n = np.insert(self.n, pos[new], n[new])
+            self.first = np.insert(self.first, pos[new], first[new])
+            self.last = np.insert(self.last, pos[new], last[new])
+        out_total, out_first = np.empty_like(total), np.empty_like(first_all)
+        out_total[srt], out_first[srt] = total, first_all
+        return out_total, out_first
+
+    def forget(self, keys: list[str]) -> None:
+        """Drop the counters of ``keys`` (those now followed in full)."""
+        if not keys or not len(self.key):
+            return
+        h = stable_hash(pa.array(keys, pa.string()))
+        pos = np.searchsorted(self.key, h)
+        pos = pos[pos < len(self.key)]
+        drop = pos[np.isin(self.key[pos], h)]
+        if len(drop):
+            keep = np.ones(len(self.key), dtype=bool)
+            keep[drop] = False
+            self.keep(keep)
+
+    def keep(self, mask: np.ndarray) -> None:
+        """Keep the counters where ``mask`` (over the stored keys) is true."""
+        self.key, self.n, self.first, self.last = (
+            self.key[mask],
+            self.n[mask],
+            self.first[mask],
+            self.last[mask],
+        )

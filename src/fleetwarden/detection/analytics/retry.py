@@ -101,6 +101,7 @@ import pyarrow.compute as pc
 from fleetwarden.detection.analytics.base import Context
 from fleetwarden.detection.analytics.netcommon import (
     MAX_RECORD_IDS,
+    KeyCounter,
     Prevalence,
     is_group,
     is_local,
@@ -109,7 +110,6 @@ from fleetwarden.detection.analytics.netcommon import (
     sorted_by_time,
     str_col,
 )
-from fleetwarden.detection.state import stable_hash
 from fleetwarden.events import EventBatch
 from fleetwarden.findings import Finding
 
@@ -210,78 +210,6 @@ class _Group:
     reported_attempts: int = 0
 
 
-class _PairCounter:
-    """Unanswered attempts per pair key before it is tracked: sorted 64-bit hashes, no Python
-    object per pair, one vectorised merge per batch."""
-
-    def __init__(self, cap: int) -> None:
-        self.cap = cap
-        self.key = np.zeros(0, dtype=np.uint64)
-        self.n = np.zeros(0, dtype=np.int64)
-        self.first = np.zeros(0, dtype=np.float64)
-        self.last = np.zeros(0, dtype=np.float64)
-
-    def add(
-        self, keys: pa.Array, n: np.ndarray, first: np.ndarray, last: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Add per-key counts (distinct ``keys``); return the running totals and first times."""
-        h = stable_hash(keys)
-        srt = np.argsort(h, kind="stable")
-        h, n, first, last = h[srt], n[srt].astype(np.int64), first[srt], last[srt]
-        pos = np.searchsorted(self.key, h)
-        hit = (
-            self.key[np.minimum(pos, len(self.key) - 1)] == h
-            if len(self.key)
-            else np.zeros(len(h), dtype=bool)
-        )
-        total, first_all = n.copy(), first.astype(np.float64)
-        if hit.any():
-            at = pos[hit]
-            self.n[at] += n[hit]
-            self.last[at] = np.maximum(self.last[at], last[hit])
-            total[hit] = self.n[at]
-            first_all[hit] = self.first[at]
-        if not hit.all():
-            new = ~hit
-            self.key = np.insert(self.key, pos[new], h[new])
-            self.n = np.insert(self.n, pos[new], n[new])
-            self.first = np.insert(self.first, pos[new], first[new])
-            self.last = np.insert(self.last, pos[new], last[new])
-        out_total, out_first = np.empty_like(total), np.empty_like(first_all)
-        out_total[srt], out_first[srt] = total, first_all
-        return out_total, out_first
-
-    def forget(self, keys: list[str]) -> None:
-        """Drop the counters of keys now tracked in full."""
-        if not keys or not len(self.key):
-            return
-        h = stable_hash(pa.array(keys, pa.string()))
-        pos = np.searchsorted(self.key, h)
-        pos = pos[pos < len(self.key)]
-        drop = pos[np.isin(self.key[pos], h)]
-        if len(drop):
-            keep = np.ones(len(self.key), dtype=bool)
-            keep[drop] = False
-            self._keep(keep)
-
-    def prune(self, cutoff: float) -> None:
-        """Beyond ``cap`` counters, drop the idle ones (then the oldest half if still too many)."""
-        if len(self.key) <= self.cap:
-            return
-        keep = self.last >= cutoff
-        if keep.sum() > self.cap // 2:
-            keep &= self.last >= np.median(self.last[keep])
-        self._keep(keep)
-
-    def _keep(self, keep: np.ndarray) -> None:
-        self.key, self.n, self.first, self.last = (
-            self.key[keep],
-            self.n[keep],
-            self.first[keep],
-            self.last[keep],
-        )
-
-
 class C2RetryDetector:
     """Hours of unanswered connection attempts to one external service (see module docstring)."""
 
@@ -330,7 +258,8 @@ class C2RetryDetector:
         self.prevalence = Prevalence()
         # (device, port) or (device, host, port) left out, with the reason (bounded).
         self.suppressed: dict[tuple, str] = {}
-        self._counter = _PairCounter(4 * max_pairs)
+        self._counter = KeyCounter()
+        self._counter_cap = 4 * max_pairs
         self._pairs: dict[str, _Pair] = {}  # "src|dst|port" -> pair
         self._groups: dict[tuple[str, int], _Group] = {}
         self._per_device: dict[str, set[str]] = {}  # device -> keys of its tracked pairs
@@ -669,7 +598,13 @@ class C2RetryDetector:
             drop.update(kept[self.max_pairs // 2 :])
         for k in drop:
             self._drop(k)
-        self._counter.prune(cutoff)
+        c = self._counter
+        if len(c) > self._counter_cap:
+            # Beyond the cap, drop the idle counters (then the older half if still too many).
+            keep = c.last >= cutoff
+            if keep.sum() > self._counter_cap // 2:
+                keep &= c.last >= np.median(c.last[keep])
+            c.keep(keep)
         while len(self.suppressed) > self.max_pairs:
             self.suppressed.pop(next(iter(self.suppressed)))
 
