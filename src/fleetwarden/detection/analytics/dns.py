@@ -80,25 +80,24 @@ from __future__ import annotations
 import ipaddress
 import math
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from fleetwarden.detection.analytics.base import Context
 from fleetwarden.detection.analytics.netcommon import (
     FAILED_STATES,
     MAX_RECORD_IDS,
     address_mask,
+    distinct_map,
     is_group,
     is_local,
     is_private,
     make_finding,
     num_col,
+    parse_address,
     sorted_by_time,
     str_col,
 )
@@ -494,15 +493,6 @@ def doh_endpoint(name: str) -> str | None:
     return None
 
 
-def _distinct_map(values: np.ndarray, fn: Callable[[str], Any]) -> np.ndarray:
-    """``fn`` over an object array of strings, called once per distinct value (hash-based)."""
-    if len(values) == 0:
-        return np.empty(0, dtype=object)
-    enc = pc.dictionary_encode(pa.array(values.astype(str), pa.string()))
-    out = np.array([fn(u) for u in enc.dictionary.to_pylist()], dtype=object)
-    return out[enc.indices.to_numpy(zero_copy_only=False)]
-
-
 # Evidence levels of a (device, resolver service): reported when the level rises.
 _INTENT, _USE, _BULK = 1, 2, 3
 
@@ -598,7 +588,7 @@ class EncryptedDnsDetector:
             return set()
         # One table look-up per distinct address; most batches stop here (no resolver, no 853).
         dst = str_col(batch, "id.resp_h")[cand]
-        service = _distinct_map(dst, self._service_of)
+        service = distinct_map(dst, self._service_of)
         listed = service != None  # noqa: E711 (elementwise over an object array)
         # Port 853 of any public address is DoT/DoQ; port 443 counts only for resolver addresses.
         sel = listed | dot[cand]
@@ -699,7 +689,7 @@ class EncryptedDnsDetector:
         for i in idx:  # lookups of DoH endpoints: a few per device
             name = query[i].strip(".").lower()
             op = doh_endpoint(name)
-            addrs = [a.strip() for a in answers[i].split(",") if _is_address(a.strip())]
+            addrs = [a.strip() for a in answers[i].split(",") if parse_address(a.strip()) is not None]
             for a in addrs:
                 if public_resolver(a) is None and not is_private(a):
                     self._learned.pop(a, None)
@@ -790,14 +780,6 @@ class EncryptedDnsDetector:
 
     def flush(self, ctx: Context) -> list[Finding]:
         return []
-
-
-def _is_address(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _normal(resolver: str) -> str:

@@ -32,7 +32,8 @@ FAILED_STATES = frozenset({"S0", "REJ", "RSTOS0", "RSTRH", "SH", "SHR", "OTH", "
 
 
 @lru_cache(maxsize=65_536)
-def _addr(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+def parse_address(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address ``ip`` spells, or None when it is not one."""
     try:
         return ipaddress.ip_address(ip)
     except ValueError:
@@ -42,14 +43,14 @@ def _addr(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 @lru_cache(maxsize=65_536)
 def is_private(ip: str) -> bool:
     """Private, loopback, link-local or otherwise non-routable (inside the monitored network)."""
-    a = _addr(ip)
+    a = parse_address(ip)
     return a is not None and (a.is_private or a.is_link_local or a.is_loopback)
 
 
 @lru_cache(maxsize=65_536)
 def is_group(ip: str) -> bool:
     """Multicast or broadcast: traffic to these is discovery, never a peer to count."""
-    a = _addr(ip)
+    a = parse_address(ip)
     if a is None:
         return True
     if a.is_multicast or a.is_unspecified:
@@ -61,22 +62,25 @@ def is_group(ip: str) -> bool:
     return False
 
 
-def address_mask(ips: np.ndarray, test: Callable[[str], bool]) -> np.ndarray:
-    """``test`` over an array of addresses, called once per distinct value (a batch repeats a few hosts)."""
-    if len(ips) == 0:
-        return np.zeros(0, dtype=bool)
+def distinct_map(values: np.ndarray, fn: Callable[[str], Any], dtype: Any = object) -> np.ndarray:
+    """``fn`` over an array of strings, called once per distinct value (a batch repeats a few hosts)."""
+    if len(values) == 0:
+        return np.zeros(0, dtype=dtype)
     try:
         # Hash-based distinct values (an Arrow dictionary), much cheaper than sorting strings.
-        enc = pc.dictionary_encode(pa.array(ips, pa.string()))
+        enc = pc.dictionary_encode(pa.array(values, pa.string()))
     except (pa.ArrowInvalid, pa.ArrowTypeError):
-        uniq, inv = np.unique(ips.astype(str), return_inverse=True)
-        return np.fromiter((test(u) for u in uniq), dtype=bool, count=len(uniq))[inv]
-    if enc.null_count:
-        uniq, inv = np.unique(ips.astype(str), return_inverse=True)
-        return np.fromiter((test(u) for u in uniq), dtype=bool, count=len(uniq))[inv]
+        enc = None
+    if enc is None or enc.null_count:
+        uniq, inv = np.unique(values.astype(str), return_inverse=True)
+        return np.array([fn(u) for u in uniq], dtype=dtype)[inv]
     names = enc.dictionary.to_pylist()
-    mask = np.fromiter((test(u) for u in names), dtype=bool, count=len(names))
-    return mask[enc.indices.to_numpy(zero_copy_only=False)]
+    return np.array([fn(u) for u in names], dtype=dtype)[enc.indices.to_numpy(zero_copy_only=False)]
+
+
+def address_mask(ips: np.ndarray, test: Callable[[str], bool]) -> np.ndarray:
+    """``test`` over an array of addresses, called once per distinct value."""
+    return distinct_map(ips, test, bool)
 
 
 def group_mask(ips: np.ndarray) -> np.ndarray:
@@ -294,7 +298,7 @@ class Prevalence:
             dom = registered_domain(q)[0]
             for a in ans.split(","):
                 a = a.strip()
-                if a and _addr(a) is not None:
+                if a and parse_address(a) is not None:
                     self.names.pop(a, None)
                     self.names[a] = dom
         while len(self.names) > self.max_names:
