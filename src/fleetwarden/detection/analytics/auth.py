@@ -71,7 +71,6 @@ __all__ = [
     "BruteForce",
     "CredentialMisuse",
     "EpisodeBook",
-    "country_of_ip",
     "fmt_duration",
     "great_circle_km",
     "in_maintenance_window",
@@ -173,11 +172,6 @@ def in_maintenance_window(ts: float, info: DeviceInfo | None) -> bool:
             except (TypeError, ValueError):
                 continue
     return False
-
-
-def country_of_ip(ip: str) -> str | None:
-    """ISO country of a public address from geoip2fast's bundled data; None if private/unknown."""
-    return country_code(ip)
 
 
 @dataclass
@@ -537,7 +531,7 @@ class CredentialMisuse:
         if ip in self.geo_cache_:
             self.geo_cache_.move_to_end(ip)
             return self.geo_cache_[ip]
-        code = country_of_ip(ip)
+        code = country_code(ip)
         self.geo_cache_[ip] = code
         if len(self.geo_cache_) > 65_536:
             self.geo_cache_.popitem(last=False)
