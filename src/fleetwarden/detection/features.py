@@ -88,6 +88,7 @@ SERVICE_PORTS = frozenset({
     4070, 33434, 40317, 49317,  # Spotify Connect, traceroute, Amazon / Google device services
 })
 # fmt: on
+_SERVICE_PORTS = np.array(sorted(SERVICE_PORTS), dtype=np.int64)  # built once, not per batch
 SCOPES = ("public", "private", "multicast/broadcast", "link-local", "loopback/unspecified")
 
 # categorical features: code -> label (used by the binning and by explanations)
@@ -341,7 +342,7 @@ class FlowFeaturizer:
         pclass = np.where((port == 23) | (port == 2323), 3, pclass)
         pclass = np.where(proto == 2, 4, pclass)  # ICMP "ports" are type/code
         out[:, col["dst_port_class"]] = pclass
-        listed = np.isin(port, np.fromiter(SERVICE_PORTS, dtype=np.int64))
+        listed = np.isin(port, _SERVICE_PORTS)
         out[:, col["uncommon_port"]] = (~listed & (proto != 2)).astype(np.float32)
         resp_enc = encode_strings(batch["id.resp_h"])  # scope and hash both work on the distinct addresses
         out[:, col["dst_scope"]] = _scope(resp_enc)
