@@ -87,23 +87,12 @@ def _raw(batch: EventBatch) -> tuple[np.ndarray, np.ndarray]:
 def raw_sample(path: Path, max_rows: int = 200_000) -> tuple[np.ndarray, np.ndarray]:
     """Raw conn fields and labels of a systematic sample of at most ``max_rows`` flows of ``path``
     (IsolationForest fits 256-flow subsamples per tree: a bounded sample loses nothing)."""
-    chunks: list[list[np.ndarray]] = []
-    n = kept = 0
-    stride = 1
+    sample = fm._Sample(max_rows)
     for batch in read_events(path):
-        if batch.kind != "flow" or not len(batch):
-            continue
-        X, y = _raw(batch)
-        idx = np.arange(n, n + len(X))
-        n += len(X)
-        keep = idx % stride == 0
-        chunks.append([idx[keep], X[keep], y[keep]])
-        kept += int(keep.sum())
-        while kept > max_rows:  # the stride doubles: still every stride-th flow of the file
-            stride *= 2
-            chunks = [[a[c[0] % stride == 0] for a in c] for c in chunks]
-            kept = sum(len(c[0]) for c in chunks)
-    return np.concatenate([c[1] for c in chunks]), np.concatenate([c[2] for c in chunks])
+        if batch.kind == "flow" and len(batch):
+            sample.add(*_raw(batch))
+    X, y = sample.columns()
+    return X, y
 
 
 def score_stream(model, path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -177,50 +177,63 @@ def _labels(batch: EventBatch) -> tuple[np.ndarray, np.ndarray]:
 
 def _read_file(path: Path, skip_bad: bool, with_labels: bool, max_rows: int | None = None) -> _FileData:
     """Featurize every flow of ``path`` (the device context always sees the whole stream); keep every
-    row, or with ``max_rows`` a systematic sample of at most that many: every ``stride``-th flow, the
-    stride doubling whenever the sample outgrows the cap, so the sample stays uniform over the file
-    and memory stays bounded however long the capture."""
+    row, or with ``max_rows`` a :class:`_Sample` of at most that many."""
     stats = ReadStats()
     featurizer = FlowFeaturizer()  # one independent network per file
-    chunks: list[list[np.ndarray]] = []  # per batch: [row index, X, keys, (y, detailed)]
-    seen = kept = 0
-    stride = 1
+    sample = _Sample(max_rows)
     for batch in _flow_batches(path, skip_bad, stats):
         X = featurizer.transform(batch)
-        chunk = [np.arange(seen, seen + len(X)), X, featurizer.last_keys]
-        seen += len(X)
-        if with_labels:
-            chunk += list(_labels(batch))
-        if max_rows is not None:
-            chunk = _thin(chunk, stride)
-            kept += len(chunk[0])
-            while kept > max_rows:
-                stride *= 2
-                chunks = [_thin(c, stride) for c in chunks]
-                chunk = _thin(chunk, stride)
-                kept = sum(len(c[0]) for c in chunks) + len(chunk[0])
-        chunks.append(chunk)
-    if not seen:
+        sample.add(X, featurizer.last_keys, *(_labels(batch) if with_labels else ()))
+    if not sample.seen:
         raise SourceError(path, None, "no flow records in this file")
-    cols = [np.concatenate([c[j] for c in chunks]) for j in range(len(chunks[0]))]
+    cols = sample.columns()
     data = _FileData(
         path,
+        cols[0],
         cols[1],
-        cols[2],
+        cols[2] if with_labels else None,
         cols[3] if with_labels else None,
-        cols[4] if with_labels else None,
         stats,
     )
-    data.rows_read = seen
+    data.rows_read = sample.seen
     return data
 
 
-def _thin(chunk: list[np.ndarray], stride: int) -> list[np.ndarray]:
-    """The rows of ``chunk`` whose stream index is a multiple of ``stride``."""
-    if stride == 1:
-        return chunk
-    keep = chunk[0] % stride == 0
-    return [a[keep] for a in chunk]
+class _Sample:
+    """Rows of a stream, added chunk by chunk (aligned columns): all of them, or with ``max_rows`` a
+    systematic sample of at most that many, every ``stride``-th row of the stream, the stride doubling
+    whenever the sample outgrows the cap.  The sample stays uniform over the stream and memory stays
+    bounded however long it is."""
+
+    def __init__(self, max_rows: int | None = None) -> None:
+        self.max_rows = max_rows
+        self.chunks: list[list[np.ndarray]] = []  # per chunk: [stream index, *columns]
+        self.seen = self.kept = 0
+        self.stride = 1
+
+    def add(self, *cols: np.ndarray) -> None:
+        chunk = [np.arange(self.seen, self.seen + len(cols[0])), *cols]
+        self.seen += len(cols[0])
+        if self.max_rows is not None:
+            chunk = self._thin(chunk)
+            self.kept += len(chunk[0])
+            while self.kept > self.max_rows:
+                self.stride *= 2
+                self.chunks = [self._thin(c) for c in self.chunks]
+                chunk = self._thin(chunk)
+                self.kept = sum(len(c[0]) for c in self.chunks) + len(chunk[0])
+        self.chunks.append(chunk)
+
+    def columns(self) -> list[np.ndarray]:
+        """The kept rows, one array per column (in the order given to :meth:`add`)."""
+        return [np.concatenate([c[j] for c in self.chunks]) for j in range(1, len(self.chunks[0]))]
+
+    def _thin(self, chunk: list[np.ndarray]) -> list[np.ndarray]:
+        """The rows of ``chunk`` whose stream index is a multiple of the stride."""
+        if self.stride == 1:
+            return chunk
+        keep = chunk[0] % self.stride == 0
+        return [a[keep] for a in chunk]
 
 
 # ---------------------------------------------------------------------------------------------
