@@ -85,3 +85,21 @@ def _isolated_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("FLEETWARDEN_HOME", str(home))
     monkeypatch.delenv("FLEETWARDEN_DB", raising=False)
     yield home
+
+
+def replay_batches(*parts: dict, seconds: float = 600.0) -> list:
+    """Flow column dicts merged, sorted by time and cut into batches of ``seconds`` of event time, as
+    a replay hands them to an analytic."""
+    import numpy as np
+
+    from fleetwarden.events import EventBatch
+
+    cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    order = np.argsort(cols["ts"], kind="stable")
+    cols = {k: v[order] for k, v in cols.items()}
+    window = ((cols["ts"] - cols["ts"][0]) // seconds).astype(np.int64)
+    cuts = np.flatnonzero(np.diff(window)) + 1
+    return [
+        EventBatch.from_columns("flow", {k: v[a:b] for k, v in cols.items()}, int(b - a))
+        for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(window)], strict=True)
+    ]

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import need_data
+from conftest import need_data, replay_batches
 from fleetwarden.detection.analytics.base import Context, DeviceInfo
 from fleetwarden.detection.analytics.beacon import BeaconDetector
 from fleetwarden.detection.analytics.retry import C2RetryDetector, retry_score
@@ -48,19 +48,6 @@ def attempts(
         "orig_pkts": np.where(answered, 6, 2).astype(np.int64),
         "resp_pkts": np.where(answered, 5, 1 if state == "REJ" else 0).astype(np.int64),
     }
-
-
-def batches(*parts: dict[str, np.ndarray], seconds: float = 600.0) -> list[EventBatch]:
-    """Merge column dicts, sort by time, cut into batches of ``seconds`` of event time (as a replay)."""
-    cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    order = np.argsort(cols["ts"], kind="stable")
-    cols = {k: v[order] for k, v in cols.items()}
-    window = ((cols["ts"] - cols["ts"][0]) // seconds).astype(np.int64)
-    cuts = np.flatnonzero(np.diff(window)) + 1
-    out = []
-    for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(window)], strict=True):
-        out.append(EventBatch.from_columns("flow", {k: v[a:b] for k, v in cols.items()}, int(b - a)))
-    return out
 
 
 def run(det: C2RetryDetector, bs: list[EventBatch], ctx: Context | None = None) -> tuple[list, list]:
@@ -114,7 +101,7 @@ def test_score_grows_with_persistence_speed_and_silence():
 def test_bot_retrying_a_dead_c2_for_hours_is_high_and_reported_when_evidence_completes():
     ts = bot_retries(12)
     det = C2RetryDetector()
-    bs = batches(attempts(ts))
+    bs = replay_batches(attempts(ts))
     ctx = Context()
     # Nothing within the first hour: a burst of failures is not persistence yet.
     early = [f for b in bs if b.np("ts")[-1] < T0 + 3000 for f in det.update(b, ctx)]
@@ -141,7 +128,7 @@ def test_bot_retrying_a_dead_c2_for_hours_is_high_and_reported_when_evidence_com
 def test_fallback_addresses_on_one_port_make_one_finding_with_t1008():
     a = bot_retries(8, seed=2)
     b = a + 0.4  # the bot tries its second C2 address right after the first
-    bs = batches(attempts(a, dst=C2, port=50), attempts(b, dst="185.100.87.9", port=50))
+    bs = replay_batches(attempts(a, dst=C2, port=50), attempts(b, dst="185.100.87.9", port=50))
     live, final = run(C2RetryDetector(), bs)
     found = live + final
     assert found and {f.entity for f in found} == {DEVICE}
@@ -156,8 +143,8 @@ def test_sometimes_answered_c2_scores_below_a_never_answered_one():
     ts = bot_retries(12, seed=3)
     rng = np.random.default_rng(0)
     rb = np.where(rng.random(len(ts)) < 0.3, 243, 0)  # 30 % of the connections get a reply
-    never = run(C2RetryDetector(), batches(attempts(ts)))[1][-1]
-    some = run(C2RetryDetector(), batches(attempts(ts, rb=rb)))[1][-1]
+    never = run(C2RetryDetector(), replay_batches(attempts(ts)))[1][-1]
+    some = run(C2RetryDetector(), replay_batches(attempts(ts, rb=rb)))[1][-1]
     assert some.score < never.score
     assert "answered" in some.evidence[0] and "never answered" not in some.evidence[0]
     assert some.attributes["answered"] == int((rb > 0).sum())
@@ -166,7 +153,7 @@ def test_sometimes_answered_c2_scores_below_a_never_answered_one():
 def test_benign_backoff_that_slows_to_minutes_is_not_reported():
     # Exponential back-off to a 30-minute cap for a whole day: 60 attempts, patient by design.
     ts = backoff_retries(24)
-    live, final = run(C2RetryDetector(min_attempts=20), batches(attempts(ts, port=8883)))
+    live, final = run(C2RetryDetector(min_attempts=20), replay_batches(attempts(ts, port=8883)))
     assert live + final == []
 
 
@@ -175,7 +162,7 @@ def test_client_library_reconnect_cap_is_medium_at_most(cap):
     # A client library doubling its reconnect delay up to a cap (Paho's C client: 60 s), all day
     # against a dead broker.
     ts = backoff_retries(24, cap=cap)
-    live, final = run(C2RetryDetector(), batches(attempts(ts, port=8883)))
+    live, final = run(C2RetryDetector(), replay_batches(attempts(ts, port=8883)))
     found = live + final
     assert found
     assert max(f.score for f in found) < 0.7
@@ -187,7 +174,7 @@ def test_live_service_with_failures_is_not_a_dead_c2(failed):
     ts = T0 + np.arange(0, 6 * 3600, 5.0)
     rng = np.random.default_rng(4)
     rb = np.where(rng.random(len(ts)) < failed, 0, 400)
-    live, final = run(C2RetryDetector(), batches(attempts(ts, port=443, rb=rb)))
+    live, final = run(C2RetryDetector(), replay_batches(attempts(ts, port=443, rb=rb)))
     assert live + final == []
 
 
@@ -202,7 +189,7 @@ def test_live_service_with_failures_is_not_a_dead_c2(failed):
 )
 def test_out_of_scope_peers_are_ignored(src, dst, proto):
     ts = bot_retries(12, seed=5)
-    live, final = run(C2RetryDetector(), batches(attempts(ts, src=src, dst=dst, proto=proto)))
+    live, final = run(C2RetryDetector(), replay_batches(attempts(ts, src=src, dst=dst, proto=proto)))
     assert live + final == []
 
 
@@ -210,7 +197,7 @@ def test_many_hosts_on_one_port_are_left_to_the_scan_analytic():
     # Ten dead hosts on tcp/23, each retried for hours: a slow sweep or a pool, not a C2 and its fallback.
     parts = [attempts(bot_retries(4, seed=10 + i), dst=f"185.100.88.{10 + i}", port=23) for i in range(10)]
     det = C2RetryDetector()
-    live, final = run(det, batches(*parts))
+    live, final = run(det, replay_batches(*parts))
     assert live + final == []
     assert (DEVICE, 23) in det.suppressed
 
@@ -224,14 +211,14 @@ def test_c2_on_the_port_a_bot_also_sweeps_is_still_followed():
     ]
     c2 = attempts(bot_retries(8, seed=12, start=T0 + 900), dst=C2, port=23)
     det = C2RetryDetector(max_pairs_per_device=16)
-    found = [f for part in run(det, batches(*sweep, c2)) for f in part]
+    found = [f for part in run(det, replay_batches(*sweep, c2)) for f in part]
     assert found and found[-1].attributes["destinations"] == [C2]
     assert found[-1].severity == "high"
 
 
 def test_refused_attempts_count_like_silent_ones():
     ts = bot_retries(12, seed=6)
-    found = run(C2RetryDetector(), batches(attempts(ts, state="REJ")))[1]
+    found = run(C2RetryDetector(), replay_batches(attempts(ts, state="REJ")))[1]
     assert found and found[-1].severity == "high" and "REJ" in found[-1].evidence[1]
 
 
@@ -248,20 +235,20 @@ def test_fleet_service_cut_off_from_one_device_is_an_outage_not_a_c2():
     ]
     dead = attempts(bot_retries(12, seed=7), dst=cloud, port=443)
     det = C2RetryDetector()
-    live, final = run(det, batches(*ok, dead), ctx)
+    live, final = run(det, replay_batches(*ok, dead), ctx)
     assert live + final == []
     assert (DEVICE, cloud, 443) in det.suppressed
     # The same retries to an address nobody in the fleet uses are reported.
     det2 = C2RetryDetector()
-    live, final = run(det2, batches(*ok, attempts(bot_retries(12, seed=7), dst=C2, port=443)), ctx)
+    live, final = run(det2, replay_batches(*ok, attempts(bot_retries(12, seed=7), dst=C2, port=443)), ctx)
     assert [f.entity for f in live + final] and {f.entity for f in live + final} == {"cam-x"}
 
 
 def test_findings_do_not_depend_on_batch_size():
     ts = bot_retries(10, seed=8)
     cols = attempts(ts)
-    one = run(C2RetryDetector(), batches(cols, seconds=1e9))
-    small = run(C2RetryDetector(), batches(cols, seconds=60.0))
+    one = run(C2RetryDetector(), replay_batches(cols, seconds=1e9))
+    small = run(C2RetryDetector(), replay_batches(cols, seconds=60.0))
     last_one, last_small = (one[0] + one[1])[-1], (small[0] + small[1])[-1]
     for k in ("attempts", "answered", "hours", "destinations"):
         assert last_one.attributes[k] == last_small.attributes[k]
@@ -278,12 +265,12 @@ def test_state_is_bounded_and_idle_pairs_are_evicted():
     retried = [
         attempts(T0 + 60 * i + np.arange(5) * 10.0, dst=f"185.101.0.{i + 1}", port=23) for i in range(30)
     ]
-    for b in batches(attempts(sweep, dst=hosts, port=23), *retried):
+    for b in replay_batches(attempts(sweep, dst=hosts, port=23), *retried):
         det.update(b, ctx)
     assert len(det._pairs) <= 8 and len(det._per_device[DEVICE]) <= 8
     assert len(det._counter.key) <= 4 * det.max_pairs + 20_000  # pruned at the next sweep at most
     # Seven quiet hours later another batch arrives: the idle pairs and counters go.
-    det.update(batches(attempts(np.array([T0 + 8 * 3600.0]), src="192.168.1.77"))[0], ctx)
+    det.update(replay_batches(attempts(np.array([T0 + 8 * 3600.0]), src="192.168.1.77"))[0], ctx)
     assert det._pairs == {} and det._per_device == {}
     assert len(det._counter.key) <= 4 * det.max_pairs
 
@@ -293,7 +280,7 @@ def test_engine_shares_prevalence_and_reports_retries():
     engine = Engine(analytics=[BeaconDetector(), det])
     assert det.prevalence is engine.analytics[0].prevalence
     found = [
-        f for b in batches(attempts(bot_retries(8, seed=11))) for f in engine.process(b)
+        f for b in replay_batches(attempts(bot_retries(8, seed=11))) for f in engine.process(b)
     ] + engine.flush()
     assert any(f.detector == "retry" for f in found)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import DATA, need_data
+from conftest import DATA, need_data, replay_batches
 from fleetwarden.detection.analytics.base import Context
 from fleetwarden.detection.analytics.tunnel import ANALYTICS, IcmpTunnelDetector
 from fleetwarden.detection.engine import Engine
@@ -67,19 +67,6 @@ def echo_flows(
         "resp_pkts": op if reply_only else rp,
         "conn_state": np.full(n, "OTH", dtype=object),
     }
-
-
-def batches(*parts: dict[str, np.ndarray], seconds: float = 600.0) -> list[EventBatch]:
-    """Merge column dicts, sort by time, cut into batches of ``seconds`` of event time (a replay)."""
-    cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    order = np.argsort(cols["ts"], kind="stable")
-    cols = {k: v[order] for k, v in cols.items()}
-    window = ((cols["ts"] - cols["ts"][0]) // seconds).astype(np.int64)
-    cuts = np.flatnonzero(np.diff(window)) + 1
-    return [
-        EventBatch.from_columns("flow", {k: v[a:b] for k, v in cols.items()}, int(b - a))
-        for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(window)], strict=True)
-    ]
 
 
 def tunnel_traffic(minutes: float, rate: float = 1.0, seed: int = 1, start: float = T0) -> tuple:
@@ -167,17 +154,17 @@ def test_ping_shapes_are_not_tunnels():
         "ping flood": echo_flows(T0 + np.arange(0, 120, 0.01), np.full(12_000, 56)),
     }
     for name, cols in shapes.items():
-        assert run(IcmpTunnelDetector(), batches(cols)) == [], name
+        assert run(IcmpTunnelDetector(), replay_batches(cols)) == [], name
 
 
 def test_a_tunnel_to_an_outside_server_names_the_device():
     ts, up, down = tunnel_traffic(minutes=15)
-    found = run(IcmpTunnelDetector(), batches(echo_flows(ts, up, down)))
+    found = run(IcmpTunnelDetector(), replay_batches(echo_flows(ts, up, down)))
     assert [(f.entity, f.attributes["peer"]) for f in found] == [(DEVICE, SERVER)]
     assert found[0].severity in ("medium", "high")
     assert "T1048.003" in found[0].mitre
     # Rows out of time order in one batch give the same episode.
-    (whole,) = batches(echo_flows(ts, up, down), seconds=1e6)
+    (whole,) = replay_batches(echo_flows(ts, up, down), seconds=1e6)
     shuffled = whole.table.take(np.arange(len(whole))[::-1])
     (f,) = run(IcmpTunnelDetector(), [EventBatch("flow", shuffled)])
     assert f.attributes["packets"] == len(ts) * 2 and f.attributes["duration"] == pytest.approx(
@@ -187,7 +174,7 @@ def test_a_tunnel_to_an_outside_server_names_the_device():
 
 def test_a_local_tunnel_server_is_named_when_the_requester_is_outside():
     ts, up, down = tunnel_traffic(minutes=15)
-    found = run(IcmpTunnelDetector(), batches(echo_flows(ts, up, down, src=SERVER, dst=DEVICE)))
+    found = run(IcmpTunnelDetector(), replay_batches(echo_flows(ts, up, down, src=SERVER, dst=DEVICE)))
     assert [(f.entity, f.attributes["role"]) for f in found] == [(DEVICE, "replier")]
 
 
@@ -195,7 +182,7 @@ def test_reply_only_records_keep_the_requester():
     ts, up, down = tunnel_traffic(minutes=15)
     ctx = Context()
     det = IcmpTunnelDetector()
-    found = run(det, batches(echo_flows(ts, up, down, reply_only=True)), ctx)
+    found = run(det, replay_batches(echo_flows(ts, up, down, reply_only=True)), ctx)
     # No request was seen, so the replies' sizes alone must show the variation.
     assert [(f.entity, f.attributes["role"]) for f in found] == [(DEVICE, "requester")]
     assert list(det._pairs) == [(DEVICE, SERVER)]
@@ -204,18 +191,18 @@ def test_reply_only_records_keep_the_requester():
 def test_mirrored_replies_of_variable_requests_are_exfiltration_too():
     # Data in the requests, the kernel's replies mirror them (hping3/DET-style exfiltration).
     ts, up, _ = tunnel_traffic(minutes=15)
-    assert len(run(IcmpTunnelDetector(), batches(echo_flows(ts, up)))) == 1
+    assert len(run(IcmpTunnelDetector(), replay_batches(echo_flows(ts, up)))) == 1
 
 
 def test_small_tunnel_traffic_and_short_bursts_are_quiet_unless_large():
     ts, up, down = tunnel_traffic(minutes=15)
     # Keystrokes only: variable but small payloads (under the mean threshold).
-    assert run(IcmpTunnelDetector(), batches(echo_flows(ts, up // 4 + 8, down // 4 + 8))) == []
+    assert run(IcmpTunnelDetector(), replay_batches(echo_flows(ts, up // 4 + 8, down // 4 + 8))) == []
     # 40 s of tunnel at 10 packets a second: ~100 KB, too short; at 100 a second (MBs) a burst.
     ts, up, down = tunnel_traffic(minutes=40 / 60, rate=10)
-    assert run(IcmpTunnelDetector(), batches(echo_flows(ts, up, down))) == []
+    assert run(IcmpTunnelDetector(), replay_batches(echo_flows(ts, up, down))) == []
     ts, up, down = tunnel_traffic(minutes=40 / 60, rate=100)
-    found = run(IcmpTunnelDetector(), batches(echo_flows(ts, up, down)))
+    found = run(IcmpTunnelDetector(), replay_batches(echo_flows(ts, up, down)))
     assert len(found) == 1 and found[0].attributes["payload_bytes"] >= 1_000_000
 
 
@@ -224,16 +211,16 @@ def test_an_idle_gap_ends_the_episode():
     b = tunnel_traffic(minutes=1.5, seed=2, start=T0 + 90 + 3600)
     parts = [echo_flows(*a), echo_flows(*b)]
     # Each half alone is under the 2-minute minimum; an hour apart they are two episodes.
-    assert run(IcmpTunnelDetector(), batches(*parts)) == []
+    assert run(IcmpTunnelDetector(), replay_batches(*parts)) == []
     # The same traffic in one batch is cut at the gap too.
-    assert run(IcmpTunnelDetector(), batches(*parts, seconds=1e6)) == []
+    assert run(IcmpTunnelDetector(), replay_batches(*parts, seconds=1e6)) == []
     # A gap under the idle timeout joins them.
-    assert len(run(IcmpTunnelDetector(idle_timeout=7200), batches(*parts))) == 1
+    assert len(run(IcmpTunnelDetector(idle_timeout=7200), replay_batches(*parts))) == 1
 
 
 def test_reported_again_only_when_the_volume_grows_fourfold():
     ts, up, down = tunnel_traffic(minutes=240)
-    found = run(IcmpTunnelDetector(), batches(echo_flows(ts, up, down)))
+    found = run(IcmpTunnelDetector(), replay_batches(echo_flows(ts, up, down)))
     volumes = [f.attributes["payload_bytes"] for f in found]
     assert len(found) >= 2
     assert all(b >= 4 * a for a, b in zip(volumes, volumes[1:], strict=False))
@@ -250,7 +237,7 @@ def test_state_is_bounded_under_an_icmp_sweep():
         [f"10.{i // 62500}.{i // 250 % 250}.{i % 250 + 1}" for i in range(n)], dtype=object
     )
     det = IcmpTunnelDetector(max_pairs=10_000)
-    assert run(det, batches(cols, seconds=60)) == []
+    assert run(det, replay_batches(cols, seconds=60)) == []
     assert len(det._pairs) <= 10_000
 
 
