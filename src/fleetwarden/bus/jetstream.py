@@ -20,7 +20,6 @@ popular across the whole fleet and rare inside one partition can look rarer ther
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Iterable
@@ -30,13 +29,13 @@ from urllib.parse import urlparse
 import numpy as np
 
 from fleetwarden.events import EventBatch
+from fleetwarden.sources.jsonl import encode_lines
 
 __all__ = [
     "DEFAULT_PARTITIONS",
     "DEFAULT_STREAM",
     "SUBJECT_PREFIX",
     "BusTarget",
-    "encode_lines",
     "ensure_stream",
     "parse_bus_url",
     "partition_of",
@@ -91,18 +90,6 @@ def partition_of(batch: EventBatch, partitions: int) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     h = stable_hash(np.asarray(device_keys(batch), dtype=object))
     return (h % np.uint64(partitions)).astype(np.int64)
-
-
-def encode_lines(batch: EventBatch) -> list[bytes]:
-    """One JSON line per record, the format :func:`~fleetwarden.sources.jsonl.decode_events` reads
-    (null fields left out, as :func:`fleetwarden.sources.mqtt.publish_batches` sends them)."""
-    kind = batch.kind
-    return [
-        json.dumps(
-            {"kind": kind, **{k: v for k, v in rec.items() if v is not None}}, separators=(",", ":")
-        ).encode()
-        for rec in batch.to_pylist()
-    ]
 
 
 async def connect(url: str, **kwargs):
@@ -186,7 +173,7 @@ async def _publish(batches, url, partitions, per_message, stream, prefix, rate, 
         for batch in batches:
             if len(batch) == 0:
                 continue
-            lines = encode_lines(batch)
+            lines = [line.encode() for line in encode_lines(batch)]
             parts = partition_of(batch, partitions)
             for p in np.unique(parts):
                 buf = pending.setdefault(int(p), [])

@@ -45,7 +45,7 @@ from fleetwarden.sources.zeek import (
     read_json,
 )
 
-__all__ = ["read", "write_jsonl"]
+__all__ = ["encode_lines", "read", "write_jsonl"]
 
 
 def _union_schema() -> pa.Schema:
@@ -230,6 +230,16 @@ def write_jsonl(batches: Iterable[EventBatch], path: str | Path) -> Path:
                 text = json.dumps(body, separators=(", ", ": "))
                 fh.write(prefix + (", " + text[1:] if len(text) > 2 else "}") + "\n")
     return path
+
+
+def encode_lines(batch: EventBatch) -> list[str]:
+    """One compact JSON line per record (``kind`` first, nulls left out): what the live publishers
+    (MQTT, NATS) send and :func:`decode_events` reads."""
+    kind = batch.kind
+    return [
+        json.dumps({"kind": kind, **{k: v for k, v in rec.items() if v is not None}}, separators=(",", ":"))
+        for rec in batch.to_pylist()
+    ]
 
 
 def decode_events(

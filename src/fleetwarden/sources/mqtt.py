@@ -268,6 +268,8 @@ def publish_batches(
     Messages are pipelined (paho keeps them in flight); the call returns once the broker
     acknowledged the last one.
     """
+    from fleetwarden.sources.jsonl import encode_lines
+
     target = parse_mqtt_url(url)
     client = _client(target)
     client.max_queued_messages_set(0)
@@ -286,12 +288,12 @@ def publish_batches(
 
     try:
         for batch in batches:
-            for rec in batch.to_pylist():
-                body = {"kind": batch.kind, **{k: v for k, v in rec.items() if v is not None}}
-                lines.append(json.dumps(body, separators=(",", ":")))
+            devices = batch.np("device_id", fill="")
+            for line, device in zip(encode_lines(batch), devices, strict=True):
+                lines.append(line)
                 sent += 1
                 if per_message <= 1:
-                    flush(f"{prefix}/{rec.get('device_id') or 'unknown'}")
+                    flush(f"{prefix}/{device or 'unknown'}")
                 elif len(lines) >= per_message:
                     flush(f"{prefix}/_gateway/batch")
                 if rate and sent % 50 == 0:
