@@ -45,8 +45,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from fleetwarden.bus.jetstream import (
     DEFAULT_PARTITIONS,
     DEFAULT_STREAM,
@@ -57,7 +55,7 @@ from fleetwarden.bus.jetstream import (
     subject_for,
 )
 from fleetwarden.detection.analytics.base import Context
-from fleetwarden.events import KINDS, EventBatch
+from fleetwarden.events import EventBatch, time_windows
 from fleetwarden.findings import Finding
 from fleetwarden.sources import ReadStats, SourceError
 
@@ -99,18 +97,7 @@ def time_slices(batches: Sequence[EventBatch], seconds: float) -> Iterator[Event
     the file readers hand it: a minute at a time.
     """
     by_kind = {b.kind: b.sort_by_time() for b in batches if len(b)}
-    if not by_kind:
-        return
-    ts = {k: b.np("ts") for k, b in by_kind.items()}
-    windows = np.unique(np.concatenate([np.floor(v / seconds) for v in ts.values()]))
-    for w in windows:
-        lo, hi = w * seconds, (w + 1) * seconds
-        for kind in KINDS:
-            if kind not in by_kind:
-                continue
-            a, b = np.searchsorted(ts[kind], [lo, hi], side="left")
-            if b > a:
-                yield by_kind[kind].slice(int(a), int(b - a))
+    yield from time_windows(by_kind, seconds, origin=0.0)
 
 
 @dataclass

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fleetwarden.events import KINDS, EventBatch
+from fleetwarden.events import KINDS, EventBatch, time_windows
 from fleetwarden.simulate.behaviour import NormalBehaviour
 from fleetwarden.simulate.catalog import build_firmware_catalog, build_inventory
 from fleetwarden.simulate.records import Parts
@@ -50,19 +50,7 @@ class SimulatedFleet:
         """
         if seconds <= 0:
             raise ValueError("seconds must be positive")
-        ts = {k: b.np("ts") for k, b in self.batches.items() if len(b)}
-        if not ts:
-            return
-        t_first = min(float(v[0]) for v in ts.values())
-        windows = np.unique(np.concatenate([np.floor((v - t_first) / seconds) for v in ts.values()]))
-        for w in windows:
-            lo, hi = t_first + w * seconds, t_first + (w + 1) * seconds
-            for kind in KINDS:
-                if kind not in ts:
-                    continue
-                a, b = np.searchsorted(ts[kind], [lo, hi], side="left")
-                if b > a:
-                    yield self.batches[kind].slice(int(a), int(b - a))
+        yield from time_windows(self.batches, seconds)
 
     def truth(self, name: str) -> ScenarioTruth:
         for t in self.scenarios:
