@@ -292,6 +292,13 @@ def damped_last_cols(
     return out + prior_sums * np.exp(-dt / tau)
 
 
+def _sketch(which: str) -> tuple[str, int, str, int]:
+    """(bitmap field, its bits, HyperLogLog field, its registers) of the "dst" or the "port" sketch."""
+    if which == "dst":
+        return "dst_bits", DST_BITS, "hll_dst", HLL_DST
+    return "port_bits", PORT_BITS, "hll_port", HLL_PORT
+
+
 class DeviceStateTable:
     """Damped per-device statistics for many devices in one structured array.
 
@@ -404,7 +411,7 @@ class DeviceStateTable:
 
         ``touched`` (the distinct rows, any order) and ``local`` (each flow's index into ``touched``)
         are optional: a caller that already grouped its flows by device saves the grouping here."""
-        field, nbits = ("dst_bits", DST_BITS) if which == "dst" else ("port_bits", PORT_BITS)
+        field, nbits, _, _ = _sketch(which)
         bit = (h & np.uint64(nbits - 1)).astype(np.int64)  # nbits: a power of 2
         if touched is None or local is None:
             words = self.data[field][rows, bit >> 6]
@@ -424,8 +431,7 @@ class DeviceStateTable:
     ) -> None:
         """Set the bitmap bits and raise the HyperLogLog registers of hashes ``h`` of devices ``rows``
         (``touched`` / ``local`` as in :meth:`seen_before`)."""
-        field, nbits = ("dst_bits", DST_BITS) if which == "dst" else ("port_bits", PORT_BITS)
-        hll, m = ("hll_dst", HLL_DST) if which == "dst" else ("hll_port", HLL_PORT)
+        field, nbits, hll, m = _sketch(which)
         if touched is None or local is None:
             touched, local = np.unique(rows, return_inverse=True)
             local = local.ravel()
@@ -453,7 +459,7 @@ class DeviceStateTable:
 
     def distinct_estimate(self, which: str = "dst") -> np.ndarray:
         """HyperLogLog estimate of lifetime distinct destinations (or ports) per row."""
-        field, m = ("hll_dst", HLL_DST) if which == "dst" else ("hll_port", HLL_PORT)
+        _, _, field, m = _sketch(which)
         regs = self.rows[field].astype(np.float64)
         alpha = 0.709 if m == 64 else 0.697
         raw = alpha * m * m / np.sum(2.0**-regs, axis=1)
