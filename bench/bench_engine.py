@@ -24,9 +24,9 @@ import time
 from collections import Counter
 from typing import Any
 
-from fleetwarden.demo import context_from_fleet
+from fleetwarden.control.inventory import context_from_fleet
+from fleetwarden.core.findings import Finding
 from fleetwarden.detection.engine import Engine
-from fleetwarden.findings import Finding
 from fleetwarden.simulate import simulate_fleet
 
 

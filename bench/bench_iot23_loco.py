@@ -1,6 +1,6 @@
 """Leave-one-capture-out quality of the flow model on IoT-23, with an IsolationForest baseline.
 
-For each of the 5 IoT-23 captures: train ``fleetwarden.detection.flowmodel.train`` on the
+For each of the 5 IoT-23 captures: train ``fleetwarden.app.modeling.train`` on the
 other 4, score the left-out one (one stream, in file order), print AUC-ROC, TPR at 1 % FPR
 (within the capture), the number of alerts on benign flows and the alert TPR (share of
 malicious flows with alert=1) at the model's stored operating point (single-flow threshold
@@ -38,9 +38,11 @@ from sklearn.ensemble import IsolationForest
 from sklearn.metrics import roc_auc_score
 from sklearn.mixture import GaussianMixture
 
+from fleetwarden.app import modeling
+from fleetwarden.app.modeling import read_flow_file as _read_file
+from fleetwarden.app.models import load_flow_model
+from fleetwarden.core.events import EventBatch
 from fleetwarden.detection import flowmodel as fm
-from fleetwarden.detection.flowmodel import _read_file
-from fleetwarden.events import EventBatch
 from fleetwarden.sources import read_events
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,7 +89,7 @@ def _raw(batch: EventBatch) -> tuple[np.ndarray, np.ndarray]:
 def raw_sample(path: Path, max_rows: int = 200_000) -> tuple[np.ndarray, np.ndarray]:
     """Raw conn fields and labels of a systematic sample of at most ``max_rows`` flows of ``path``
     (IsolationForest fits 256-flow subsamples per tree: a bounded sample loses nothing)."""
-    sample = fm._Sample(max_rows)
+    sample = fm.RowSample(max_rows)
     for batch in read_events(path):
         if batch.kind == "flow" and len(batch):
             sample.add(*_raw(batch))
@@ -104,7 +106,7 @@ def score_stream(model, path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray,
         if batch.kind != "flow" or not len(batch):
             continue
         s, a, _ = model.score_batch(batch)
-        y, det = fm._labels(batch)
+        y, det = fm.labels_of(batch)
         for acc, v in zip(out, (s, a, (y == 1).astype(int), det.astype(str)), strict=True):
             acc.append(np.asarray(v))
     return tuple(np.concatenate(acc) for acc in out)  # type: ignore[return-value]
@@ -154,9 +156,9 @@ def main() -> None:
         train_keys = list(fixed) if fixed is not None else [k for k in captures if k != key]
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
-            fm.train([capture_path(data, k) for k in train_keys], Path(tmp))
+            modeling.train([capture_path(data, k) for k in train_keys], Path(tmp))
             t_train = time.perf_counter() - t0
-            model = fm.load_model(Path(tmp))
+            model = load_flow_model(Path(tmp))
             s, a, y, det = score_stream(model, capture_path(data, key))
             lines.append(row("fleetwarden", key, s, y, a) + f"  (train {t_train:.1f}s)")
             per = []

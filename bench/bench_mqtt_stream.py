@@ -19,12 +19,12 @@ import uuid
 
 import numpy as np
 
-from fleetwarden.demo import context_from_fleet
-from fleetwarden.detection.engine import warm_up
+from fleetwarden.app.runtime import warm_up
+from fleetwarden.app.watch import watch
+from fleetwarden.control.inventory import context_from_fleet
 from fleetwarden.simulate import simulate_fleet
 from fleetwarden.sources import ReadStats
 from fleetwarden.sources.mqtt import MqttEventSource, publish_batches
-from fleetwarden.stream import watch
 
 
 def _publish(batches, url, prefix, per_message, rate, progress_q) -> None:

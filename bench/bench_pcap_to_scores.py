@@ -1,6 +1,6 @@
 """Benchmark: pcap bytes -> scored flows, packets/s end to end, against Kitsune's reference speed.
 
-Trains the flow model once on the IoT-23 CSVs (``fleetwarden.detection.flowmodel.train`` into a
+Trains the flow model once on the IoT-23 CSVs (``fleetwarden.app.modeling.train`` into a
 temporary directory), loads it, then for each capture times ``read_events`` (container walk,
 vectorised decode, flow assembly, DNS, Arrow batches) plus ``score_batch`` on every flow batch,
 one core, no caching between captures.  Sets: (a) a synthetic capture of >= 1,000,000 packets
@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 
 from bench_pcap import synthetic  # same folder
+from fleetwarden.app import modeling
+from fleetwarden.app.models import load_flow_model
 from fleetwarden.detection import flowmodel
 from fleetwarden.sources import ReadStats, read_events
 from fleetwarden.sources import pcap as pcapsrc
@@ -94,9 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
-        summary = flowmodel.train(iot23, Path(tmp) / "model")
+        summary = modeling.train(iot23, Path(tmp) / "model")
         print(f"trained on {summary['rows']:,} IoT-23 flows in {time.perf_counter() - t:.1f} s")
-        model = flowmodel.load_model(Path(tmp) / "model")
+        model = load_flow_model(Path(tmp) / "model")
         big = Path(tmp) / "replay.pcap"
         n = synthetic(big, ddos + strat, args.packets)
         print(f"Kitsune reference: {KITSUNE_PPS:,.0f} pkts/s; target 30x = {30 * KITSUNE_PPS:,.0f} pkts/s")

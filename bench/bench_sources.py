@@ -20,7 +20,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fleetwarden.events import EventBatch
+from fleetwarden.core.events import EventBatch
 from fleetwarden.sources import ReadStats, read_events
 from fleetwarden.sources.jsonl import write_jsonl
 from fleetwarden.sources.zeek import write_tsv

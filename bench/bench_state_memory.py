@@ -14,9 +14,9 @@ import time
 
 import numpy as np
 
+from fleetwarden.core.events import EventBatch
 from fleetwarden.detection.features import FlowFeaturizer
 from fleetwarden.detection.state import STATE_DTYPE, DeviceStateTable
-from fleetwarden.events import EventBatch
 
 
 def synthetic(n: int, devices: int, t0: float, rng: np.random.Generator) -> EventBatch:

@@ -12,7 +12,7 @@ import uuid
 
 import sqlalchemy as sa
 
-from fleetwarden.findings import Finding, Incident
+from fleetwarden.core.findings import Finding, Incident
 from fleetwarden.store import open_store
 
 DEVICES = 5_000

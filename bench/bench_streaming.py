@@ -50,8 +50,8 @@ import time
 
 import numpy as np
 
+from fleetwarden.core.events import EventBatch
 from fleetwarden.detection.engine import Engine
-from fleetwarden.events import EventBatch
 
 DEVICES = np.array([f"10.1.{i // 250}.{i % 250 + 1}" for i in range(2000)], dtype=object)
 CLOUDS = np.array([f"52.{i // 250}.{i % 250}.10" for i in range(500)], dtype=object)
@@ -175,7 +175,7 @@ def main() -> None:
     t0 = float(ts[0])
     flow_model = None
     if args.model:
-        from fleetwarden.detection.flowmodel import load_model
+        from fleetwarden.app.models import load_flow_model as load_model
 
         flow_model = load_model(args.model)
     engine = Engine(flow_model=flow_model)

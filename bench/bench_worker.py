@@ -15,8 +15,8 @@ import time
 
 import sqlalchemy as sa
 
+from fleetwarden.app.worker import Worker
 from fleetwarden.bus.jetstream import connect, publish_batches_nats
-from fleetwarden.bus.worker import Worker
 from fleetwarden.simulate import simulate_fleet
 from fleetwarden.store import open_store
 

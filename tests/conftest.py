@@ -92,7 +92,7 @@ def replay_batches(*parts: dict, seconds: float = 600.0) -> list:
     a replay hands them to an analytic."""
     import numpy as np
 
-    from fleetwarden.events import EventBatch
+    from fleetwarden.core.events import EventBatch
 
     cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     order = np.argsort(cols["ts"], kind="stable")

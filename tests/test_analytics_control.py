@@ -16,10 +16,10 @@ import pyarrow.csv as pcsv
 import pytest
 from tests.conftest import need_data
 
+from fleetwarden.core.context import Context, DeviceInfo
+from fleetwarden.core.events import EventBatch
+from fleetwarden.core.findings import CATEGORIES, Finding
 from fleetwarden.detection.analytics import auth, commands, firmware, identity, telemetry
-from fleetwarden.detection.analytics.base import Context, DeviceInfo
-from fleetwarden.events import EventBatch
-from fleetwarden.findings import CATEGORIES, Finding
 
 DAY = 86400.0
 T0 = float(calendar.timegm((2024, 3, 4, 0, 0, 0)))  # a Monday, 00:00 UTC

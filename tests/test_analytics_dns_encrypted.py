@@ -7,16 +7,17 @@ from pathlib import Path
 import pytest
 
 from conftest import need_data
+from fleetwarden.app.analyze import analyze as analyze_paths
+from fleetwarden.core.context import Context
+from fleetwarden.core.events import EventBatch
 from fleetwarden.detection.analytics import dns as dns_module
-from fleetwarden.detection.analytics.base import Context
 from fleetwarden.detection.analytics.dns import (
     DnsDetector,
     EncryptedDnsDetector,
     doh_endpoint,
     public_resolver,
 )
-from fleetwarden.detection.engine import Engine, analyze_paths
-from fleetwarden.events import EventBatch
+from fleetwarden.detection.engine import Engine
 from fleetwarden.sources import read_events
 
 DEVICE = "192.168.1.20"
@@ -257,7 +258,7 @@ def test_captures_without_encrypted_dns_stay_quiet(folder):
 
 
 def test_simulated_fleet_raises_none_and_an_injected_doh_device_is_named():
-    from fleetwarden.demo import context_from_fleet
+    from fleetwarden.control.inventory import context_from_fleet
     from fleetwarden.simulate import simulate_fleet
 
     fleet = simulate_fleet(devices=100, hours=6, seed=3)

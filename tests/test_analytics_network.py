@@ -7,16 +7,17 @@ import pyarrow as pa
 import pytest
 
 from conftest import need_data
-from fleetwarden.detection.analytics.base import Context
+from fleetwarden.app.analyze import analyze as analyze_paths
+from fleetwarden.core.context import Context
+from fleetwarden.core.events import EventBatch
+from fleetwarden.core.findings import CATEGORIES
 from fleetwarden.detection.analytics.beacon import BeaconDetector, beacon_score
-from fleetwarden.detection.analytics.dns import DnsDetector, registered_domain
+from fleetwarden.detection.analytics.dns import DnsDetector
 from fleetwarden.detection.analytics.exfil import ExfilDetector
 from fleetwarden.detection.analytics.flood import FloodDetector
 from fleetwarden.detection.analytics.novelty import NoveltyDetector
 from fleetwarden.detection.analytics.scan import BruteForceDetector, ScanDetector
-from fleetwarden.detection.engine import analyze_paths
-from fleetwarden.events import EventBatch
-from fleetwarden.findings import CATEGORIES
+from fleetwarden.detection.enrich import split_name
 
 
 def flows(rows: list[dict]) -> EventBatch:
@@ -232,7 +233,7 @@ def test_dga_nxdomain_burst():
 
 
 def test_registered_domain_offline():
-    assert registered_domain("a.b.example.co.uk") == ("example.co.uk", "a.b")
+    assert split_name("a.b.example.co.uk") == ("example.co.uk", "a.b")
 
 
 # exfiltration and novelty ------------------------------------------------------------------
@@ -357,7 +358,7 @@ def test_periodic_by_design_and_slow_single_host_beacons_stay_below_high():
 
 # fleet context: prevalence, durations, policy, slow exfiltration ---------------------------------
 def _fleet_ctx(n: int, vendor_of=lambda i: "Acme") -> Context:
-    from fleetwarden.detection.analytics.base import DeviceInfo
+    from fleetwarden.core.context import DeviceInfo
 
     ctx = Context()
     for i in range(n):
@@ -515,7 +516,7 @@ def test_polling_many_hosts_that_answer_is_not_a_scan():
 
 
 def test_slow_exfiltration_on_a_simulated_fleet():
-    from fleetwarden.demo import context_from_fleet
+    from fleetwarden.control.inventory import context_from_fleet
     from fleetwarden.simulate import simulate_fleet
 
     fleet = simulate_fleet(devices=60, hours=12, seed=3, scenarios=["slow-exfiltration"])
@@ -561,7 +562,7 @@ def test_slow_exfil_drops_the_least_recently_active_destination_when_full():
 def test_exfil_teaches_a_country_again_to_a_cohort_assigned_later():
     # The per-group loop skips countries a device already taught its cohorts; a device whose
     # inventory record (hence cohort) arrives later must still teach that cohort its countries.
-    from fleetwarden.detection.analytics.base import DeviceInfo
+    from fleetwarden.core.context import DeviceInfo
 
     det, ctx = ExfilDetector(), Context()
     src = "10.0.0.7"

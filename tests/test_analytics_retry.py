@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from conftest import need_data, replay_batches
-from fleetwarden.detection.analytics.base import Context, DeviceInfo
+from fleetwarden.core.context import Context, DeviceInfo
+from fleetwarden.core.events import EventBatch
+from fleetwarden.core.findings import CATEGORIES, Finding
 from fleetwarden.detection.analytics.beacon import BeaconDetector
 from fleetwarden.detection.analytics.retry import C2RetryDetector, retry_score
 from fleetwarden.detection.engine import Engine
-from fleetwarden.events import EventBatch
-from fleetwarden.findings import CATEGORIES, Finding
 from fleetwarden.sources import read_events
 
 T0 = 1_700_000_000.0
@@ -338,7 +338,7 @@ def test_benign_captures_stay_quiet(folder):
 
 
 def test_simulated_fleet_stays_quiet():
-    from fleetwarden.demo import context_from_fleet
+    from fleetwarden.control.inventory import context_from_fleet
     from fleetwarden.simulate import simulate_fleet
 
     fleet = simulate_fleet(devices=120, hours=12, seed=7)

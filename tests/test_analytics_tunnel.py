@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from conftest import DATA, need_data, replay_batches
-from fleetwarden.detection.analytics.base import Context
+from fleetwarden.core.context import Context
+from fleetwarden.core.events import EventBatch
 from fleetwarden.detection.analytics.tunnel import ANALYTICS, IcmpTunnelDetector
 from fleetwarden.detection.engine import Engine
-from fleetwarden.events import EventBatch
 from fleetwarden.sources import read_events
 
 T0 = 1_700_000_000.0

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fleetwarden import audit
+from fleetwarden.store import audit
 
 
 def _chain(n: int) -> list[audit.ChainEntry]:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from fleetwarden.correlation import correlate, risk_for
-from fleetwarden.detection.analytics.base import Context, DeviceInfo
-from fleetwarden.findings import Finding
+from fleetwarden.core.context import Context, DeviceInfo
+from fleetwarden.core.findings import Finding
+from fleetwarden.detection.correlation import correlate, risk_for
 
 
 def f(entity, category, score, detector="d", t=0.0, mitre=("T1046",), evidence=None):

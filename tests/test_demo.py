@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import pytest
-from rich.console import Console
 
-from fleetwarden.demo import run_demo
+from fleetwarden.app.demo import run_demo
+from fleetwarden.store import open_store
 
 
 @pytest.mark.parametrize(("devices", "hours", "seed"), [(60, 12, 3), (80, 12, 11)])
 def test_every_scenario_detected_and_nothing_serious_unexplained(tmp_path, devices, hours, seed):
-    report = run_demo(
-        devices=devices,
-        hours=hours,
-        seed=seed,
-        db=f"sqlite:///{tmp_path / 'd.db'}",
-        console=Console(quiet=True),
-    )
+    with open_store(f"sqlite:///{tmp_path / 'd.db'}") as store:
+        report = run_demo(devices=devices, hours=hours, seed=seed, store=store)
     outcomes = {o.name: o for o in report.outcomes}
     assert set(outcomes) == {
         "mirai-camera",

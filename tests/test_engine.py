@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 
 from conftest import need_data
-from fleetwarden.correlation import correlate
-from fleetwarden.detection.analytics.base import Context
+from fleetwarden.app.analyze import analyze as analyze_paths
+from fleetwarden.core.context import Context
+from fleetwarden.core.events import EventBatch
 from fleetwarden.detection.analytics.scan import ScanDetector
-from fleetwarden.detection.engine import MODEL_ONLY_CONFIDENCE, Engine, analyze_paths, default_analytics
-from fleetwarden.events import EventBatch
+from fleetwarden.detection.correlation import correlate
+from fleetwarden.detection.engine import MODEL_ONLY_CONFIDENCE, Engine, default_analytics
 from fleetwarden.sources import SourceError
 
 
@@ -132,7 +133,7 @@ def test_iot_sentinel_benign_captures_raise_no_high_incident():
 
 
 def test_context_names_inventory_device():
-    from fleetwarden.detection.analytics.base import DeviceInfo
+    from fleetwarden.core.context import DeviceInfo
 
     ctx = Context()
     ctx.add_device(
@@ -190,7 +191,7 @@ def test_engines_in_two_threads_find_what_they_find_alone():
     # report exactly what each reports run alone
     import threading
 
-    from fleetwarden.demo import context_from_fleet
+    from fleetwarden.control.inventory import context_from_fleet
     from fleetwarden.simulate import simulate_fleet
 
     fleets = [simulate_fleet(devices=40, hours=3, seed=s) for s in (1, 2)]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from conftest import need_data
+from fleetwarden.core.events import EventBatch
 from fleetwarden.detection.features import FEATURES, FlowFeaturizer
-from fleetwarden.events import EventBatch
 from fleetwarden.sources import read_events
 
 

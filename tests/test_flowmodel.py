@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 
 from conftest import need_data
+from fleetwarden.app import modeling
+from fleetwarden.app.models import load_flow_model
+from fleetwarden.core.events import EventBatch
 from fleetwarden.detection import flowmodel as fm
-from fleetwarden.events import EventBatch
 from fleetwarden.sources import read_events
 
 
@@ -24,7 +26,7 @@ def _cap(key: str) -> Path:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("model")
-    fm.train([_cap("4-1"), _cap("5-1"), _cap("8-1")], d)
+    modeling.train([_cap("4-1"), _cap("5-1"), _cap("8-1")], d)
     return d
 
 
@@ -41,7 +43,7 @@ def test_model_dir_is_self_describing(model_dir):
 
 def test_unseen_capture_malicious_flows_rank_above_its_benign(model_dir):
     # trained without Mirai (34-1): measured AUC 0.972 (C&C 0.970, DDoS 0.973, scan 0.969)
-    res = fm.evaluate([_cap("34-1")], model_dir)
+    res = modeling.evaluate([_cap("34-1")], model_dir)
     assert res["overall"]["auc_roc"] > 0.95
     assert res["overall"]["average_precision"] > 0.98
     assert res["per_label"]["PartOfAHorizontalPortScan"]["auc_roc"] > 0.95
@@ -50,8 +52,8 @@ def test_unseen_capture_malicious_flows_rank_above_its_benign(model_dir):
 
 
 def test_calibration_and_no_alerts_on_unseen_benign_honeypot(tmp_path):
-    fm.train([_cap("5-1"), _cap("8-1"), _cap("20-1")], tmp_path)
-    model = fm.load_model(tmp_path)
+    modeling.train([_cap("5-1"), _cap("8-1"), _cap("20-1")], tmp_path)
+    model = load_flow_model(tmp_path)
     b = EventBatch.concat(read_events(_cap("4-1")))
     _, alerts, _ = model.score_batch(b)
     assert alerts.mean() <= 0.01  # target FPR 1 %; measured 0 alerts on 4-1
@@ -60,19 +62,19 @@ def test_calibration_and_no_alerts_on_unseen_benign_honeypot(tmp_path):
 def test_alert_fires_on_unseen_malware_and_stays_quiet_on_unseen_device_class(tmp_path):
     # leave-one-capture-out, trained without Mirai: the device rule alerts on most of 34-1's
     # malicious flows (measured alert rate 0.990: C&C retries, DDoS and the scan)
-    fm.train([_cap("4-1"), _cap("5-1"), _cap("8-1"), _cap("20-1")], tmp_path / "no-mirai")
-    res = fm.evaluate([_cap("34-1")], tmp_path / "no-mirai")
+    modeling.train([_cap("4-1"), _cap("5-1"), _cap("8-1"), _cap("20-1")], tmp_path / "no-mirai")
+    res = modeling.evaluate([_cap("34-1")], tmp_path / "no-mirai")
     assert res["overall"]["alert_rate"] > 0.8
     assert res["per_label"]["DDoS"]["alert_rate"] > 0.8 and res["per_label"]["C&C"]["alert_rate"] > 0.5
     # ... while the Echo honeypot, a device class never seen in training, stays silent (its boot
     # burst is suspect across many services and hosts, never sustained toward one of them)
-    fm.train([_cap("4-1"), _cap("8-1"), _cap("20-1"), _cap("34-1")], tmp_path / "no-echo")
-    model = fm.load_model(tmp_path / "no-echo")
+    modeling.train([_cap("4-1"), _cap("8-1"), _cap("20-1"), _cap("34-1")], tmp_path / "no-echo")
+    model = load_flow_model(tmp_path / "no-echo")
     _, alerts, _ = model.score_batch(EventBatch.concat(read_events(_cap("5-1"))))
     assert alerts.sum() == 0
     # the stream context (device, service and host suspicion, first-seen times) carries across
     # batches: the same flows, in time order, scored in three batches alert exactly as in one
-    model = fm.load_model(tmp_path / "no-mirai")
+    model = load_flow_model(tmp_path / "no-mirai")
     b = EventBatch.concat(read_events(_cap("34-1"))).sort_by_time()
     model.reset_stream()
     whole = model.score_batch(b)[1]
@@ -86,14 +88,14 @@ def test_alert_fires_on_unseen_malware_and_stays_quiet_on_unseen_device_class(tm
 
 def test_reload_scores_identically_and_score_writes_csv(model_dir, tmp_path):
     b = EventBatch.concat(read_events(_cap("20-1")))
-    m1, m2 = fm.load_model(model_dir), fm.load_model(model_dir)
+    m1, m2 = load_flow_model(model_dir), load_flow_model(model_dir)
     s1, a1, r1 = m1.score_batch(b)
     s2, a2, r2 = m2.score_batch(b)
     np.testing.assert_array_equal(s1, s2)
     assert r1 == r2 and np.array_equal(a1, a2)
     assert ((s1 >= 0) & (s1 <= 1)).all()
     out = tmp_path / "out.csv"
-    summary = fm.score([_cap("20-1")], model_dir, out)
+    summary = modeling.score([_cap("20-1")], model_dir, out)
     rows = list(csv.DictReader(out.open()))
     assert summary["flows"] == len(rows) == len(b)
     assert list(rows[0]) == ["uid", "score", "alert", "reasons"]
@@ -104,7 +106,7 @@ def test_reload_scores_identically_and_score_writes_csv(model_dir, tmp_path):
 
 def test_explanations_name_the_scan_behaviour(model_dir):
     b = EventBatch.concat(read_events(_cap("34-1")))
-    model = fm.load_model(model_dir)
+    model = load_flow_model(model_dir)
     s, _, reasons = model.score_batch(b)
     det = b.np("detailed_label")
     scan = np.flatnonzero(det == "PartOfAHorizontalPortScan")
@@ -124,7 +126,7 @@ def test_explanations_name_the_scan_behaviour(model_dir):
 
 
 def test_psi_near_zero_on_training_data_large_on_shifted(model_dir):
-    model = fm.load_model(model_dir)
+    model = load_flow_model(model_dir)
     codes = []
     for key in ("4-1", "5-1", "8-1"):  # the training stream, file by file as in train()
         model.reset_stream()
@@ -143,7 +145,7 @@ def test_classifier_adds_evidence_but_never_hides_novelty(model_dir):
     # combined score must still be at least what the novelty part alone gives them
     from fleetwarden.detection.flowmodel import _squash, _standardise
 
-    model = fm.load_model(model_dir)
+    model = load_flow_model(model_dir)
     b = EventBatch.concat(read_events(_cap("34-1")))
     s, _, _ = model.score_batch(b)
     model.reset_stream()
@@ -160,9 +162,9 @@ def test_score_csv_reasons_values_for_standouts_names_for_the_rest(model_dir, tm
     from fleetwarden.detection.features import FEATURES
 
     # the Echo honeypot is a device class the model never saw: some of its flows stand out
-    fm.train([_cap("4-1"), _cap("8-1"), _cap("20-1"), _cap("34-1")], tmp_path / "m")
+    modeling.train([_cap("4-1"), _cap("8-1"), _cap("20-1"), _cap("34-1")], tmp_path / "m")
     out = tmp_path / "out.csv"
-    fm.score([_cap("5-1")], tmp_path / "m", out)
+    modeling.score([_cap("5-1")], tmp_path / "m", out)
     thr = json.loads((tmp_path / "m" / "model.json").read_text())["threshold"]
     rows = list(csv.DictReader(out.open()))
     high = [r["reasons"] for r in rows if float(r["score"]) > thr]
@@ -176,8 +178,8 @@ def test_score_csv_reasons_values_for_standouts_names_for_the_rest(model_dir, tm
 def test_training_sample_of_a_long_capture_is_uniform_and_bounded(tmp_path, monkeypatch):
     # every flow is featurized (device context needs the whole stream); only a systematic sample of
     # at most max_rows rows is kept, the same rows a full read has at those positions
-    full = fm._read_file(_cap("34-1"), False, True)
-    sample = fm._read_file(_cap("34-1"), False, True, max_rows=1000)
+    full = modeling.read_flow_file(_cap("34-1"), False, True)
+    sample = modeling.read_flow_file(_cap("34-1"), False, True, max_rows=1000)
     assert sample.rows_read == full.rows_read == len(full.X) == 23145
     assert 500 < len(sample.X) <= 1000
     stride = -(-len(full.X) // len(sample.X))  # the power of two the decimation reached
@@ -187,10 +189,10 @@ def test_training_sample_of_a_long_capture_is_uniform_and_bounded(tmp_path, monk
     assert abs(sample.label.mean() - full.label.mean()) < 0.02
     # train splits its budget between the files, never below the per-file floor, and reports the
     # flows read and the rows used; a model fitted on the samples still ranks unseen Mirai well
-    summary = fm.train([_cap("34-1"), _cap("8-1")], tmp_path / "floor", max_rows=10)
+    summary = modeling.train([_cap("34-1"), _cap("8-1")], tmp_path / "floor", max_rows=10)
     assert [(f["flows"], f["rows"]) for f in summary["files"]] == [(23145, 23145), (10403, 10403)]
-    monkeypatch.setattr(fm, "TRAIN_MIN_ROWS_PER_FILE", 100)
-    summary = fm.train([_cap("5-1"), _cap("8-1"), _cap("20-1")], tmp_path / "small", max_rows=1500)
+    monkeypatch.setattr(modeling, "TRAIN_MIN_ROWS_PER_FILE", 100)
+    summary = modeling.train([_cap("5-1"), _cap("8-1"), _cap("20-1")], tmp_path / "small", max_rows=1500)
     assert [f["flows"] for f in summary["files"]] == [1374, 10403, 3209]
     assert all(250 < f["rows"] <= 500 for f in summary["files"]) and summary["rows"] <= 1500
-    assert fm.evaluate([_cap("34-1")], tmp_path / "small")["overall"]["auc_roc"] > 0.9
+    assert modeling.evaluate([_cap("34-1")], tmp_path / "small")["overall"]["auc_roc"] > 0.9

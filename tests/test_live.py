@@ -9,10 +9,10 @@ import uuid
 
 import pytest
 
-from fleetwarden.events import EventBatch
+from fleetwarden.app.watch import watch
+from fleetwarden.core.events import EventBatch
 from fleetwarden.sources import ReadStats, SourceError
 from fleetwarden.sources.mqtt import MqttEventSource, parse_mqtt_url, publish_batches
-from fleetwarden.stream import watch
 
 
 def _url(broker: tuple[str, int]) -> str:
@@ -89,7 +89,7 @@ def test_bad_payloads_are_counted_and_good_ones_kept(mqtt_broker):
 
 @pytest.mark.mqtt
 def test_simulated_mirai_camera_detected_live_over_the_broker(mqtt_broker):
-    from fleetwarden.demo import context_from_fleet
+    from fleetwarden.control.inventory import context_from_fleet
     from fleetwarden.simulate import simulate_fleet
 
     fleet = simulate_fleet(devices=30, hours=2, seed=5, scenarios=["mirai-camera"])

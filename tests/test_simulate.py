@@ -11,8 +11,8 @@ import pyarrow.compute as pc
 import pytest
 from geoip2fast import GeoIP2Fast
 
-from fleetwarden.events import KINDS, required_fields, schema_for
-from fleetwarden.findings import CATEGORIES
+from fleetwarden.core.events import KINDS, required_fields, schema_for
+from fleetwarden.core.findings import CATEGORIES
 from fleetwarden.simulate import DEVICE_CLASSES, SCENARIOS, simulate_fleet
 from fleetwarden.simulate.behaviour import local_hour
 from fleetwarden.simulate.catalog import CITIES, COUNTRY_NETS, SITES, VENDORS

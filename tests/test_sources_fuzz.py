@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests.conftest import need_data
 
-from fleetwarden.events import EventBatch
+from fleetwarden.core.events import EventBatch
 from fleetwarden.sources import ReadStats, SourceError, read_events
 from fleetwarden.sources.jsonl import write_jsonl
 from fleetwarden.sources.zeek import write_tsv

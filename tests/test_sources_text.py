@@ -15,7 +15,7 @@ import pyarrow as pa
 import pytest
 from tests.conftest import need_data
 
-from fleetwarden.events import EventBatch
+from fleetwarden.core.events import EventBatch
 from fleetwarden.sources import ReadStats, SourceError, detect_format, read_events
 from fleetwarden.sources.jsonl import write_jsonl
 from fleetwarden.sources.zeek import write_tsv

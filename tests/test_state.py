@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from fleetwarden.core.events import EventBatch
 from fleetwarden.detection.features import FlowFeaturizer
 from fleetwarden.detection.state import (
     STATE_DTYPE,
@@ -13,7 +14,6 @@ from fleetwarden.detection.state import (
     damped_prefix,
     stable_hash,
 )
-from fleetwarden.events import EventBatch
 
 
 def _brute(g, t, x, tau):

@@ -17,7 +17,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from fleetwarden import config
-from fleetwarden.findings import Finding, Incident
+from fleetwarden.core.findings import Finding, Incident
 from fleetwarden.store import MIGRATIONS, TABLES, Store, StoreError, open_store, repository
 from fleetwarden.store.models import Base
 

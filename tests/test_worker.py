@@ -15,8 +15,8 @@ import time
 import pytest
 import sqlalchemy as sa
 
+from fleetwarden.app.worker import Worker, dump_engine, load_engine
 from fleetwarden.bus.jetstream import connect, partition_of, publish_batches_nats
-from fleetwarden.bus.worker import Worker, dump_engine, load_engine
 from fleetwarden.detection.engine import Engine
 from fleetwarden.simulate import simulate_fleet
 from fleetwarden.store import open_store

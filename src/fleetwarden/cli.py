@@ -1,19 +1,23 @@
-"""Command-line interface: parse, call a service, render.
+"""Command-line interface: parse, call a service in :mod:`fleetwarden.app`, render.
 
-Exit codes follow DESIGN.md: 0 on success, 2 on bad usage or bad input, with a one-line
-reason on stderr.  Services live in their own modules; nothing here computes.
+Exit codes follow the command-line contract: 0 on success, 2 on bad usage or bad input, with a
+one-line reason on stderr.  Bad input is an :class:`~fleetwarden.core.errors.InputError` (a
+source's, the store's, a usage error) or an OS error about a file the user named; anything else
+is a bug and shows its traceback.  Nothing here computes, and nothing from outside reaches the
+terminal unescaped (:mod:`fleetwarden.report`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.text import Text
 
 from fleetwarden import __version__
 
@@ -23,55 +27,76 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="FleetWarden: AI-powered threat detection for IoT fleets.",
 )
-out = Console()
-err = Console(stderr=True, soft_wrap=True)
+
+
+def _console(stderr: bool = False) -> Console:
+    """A console that, when piped or logged, is wide enough for an evidence column (Rich would fall
+    back to 80 columns); ``COLUMNS`` still wins."""
+    stream = sys.stderr if stderr else sys.stdout
+    wide = None if stream.isatty() or os.environ.get("COLUMNS") else 200
+    return Console(stderr=stderr, width=wide, soft_wrap=stderr, highlight=False)
+
+
+out = _console()
+err = _console(stderr=True)
 
 Files = Annotated[list[Path], typer.Argument(help="input files: pcap/pcapng, Zeek logs, IoT-23 CSV, JSONL")]
 ModelDir = Annotated[Path, typer.Option("--model", help="model directory")]
+OptModel = Annotated[Path | None, typer.Option("--model", help="flow model directory (optional)")]
 SkipBad = Annotated[bool, typer.Option("--skip-bad", help="skip malformed records and report how many")]
 DbUrl = Annotated[str | None, typer.Option("--db", help="database URL (default: FLEETWARDEN_DB or SQLite)")]
+AsJson = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
+Limit = Annotated[int, typer.Option("--limit", min=1, help="rows to show in tables")]
+ShowAll = Annotated[bool, typer.Option("--all", help="show every row (overrides --limit)")]
 
 
-class InputError(Exception):
-    """Bad input or usage detected by a command: reported in one line, exit code 2."""
+class UsageError(Exception):
+    """Raised by a command for bad usage; reported like bad input."""
 
 
 def _fail(message: str) -> None:
-    err.print(f"fleetwarden: error: {message}", markup=False, highlight=False, soft_wrap=True)
+    from fleetwarden.core.text import printable
+
+    err.print(Text(f"fleetwarden: error: {printable(message)}"))
     raise typer.Exit(2)
 
 
-def _known_errors() -> tuple[type[BaseException], ...]:
-    from fleetwarden.sources import SourceError
+def _run(fn, *args, **kwargs):
+    """Call a service; turn bad input into one line and exit code 2 (everything else propagates)."""
+    from fleetwarden.core.errors import InputError
 
-    return (SourceError, InputError, FileNotFoundError, IsADirectoryError, PermissionError, ValueError)
+    try:
+        return fn(*args, **kwargs)
+    except (InputError, UsageError) as exc:
+        _fail(str(exc) or exc.__class__.__name__)
+    except (FileNotFoundError, IsADirectoryError, PermissionError, NotADirectoryError) as exc:
+        name = exc.filename or ""
+        _fail(f"{name}: {exc.strerror}" if name else str(exc))
 
 
 def _check_inputs(files: list[Path]) -> None:
     for f in files:
         if not f.exists():
-            raise InputError(f"{f}: no such file")
+            raise UsageError(f"{f}: no such file")
         if f.is_dir():
-            raise InputError(f"{f}: is a directory, expected a capture or log file")
+            raise UsageError(f"{f}: is a directory, expected a capture or log file")
 
 
 def _report_skips(stats_by_file: dict[str, object]) -> None:
     """One stderr line per input that had bad records skipped, with the first reasons."""
+    from fleetwarden.core.text import printable
+
     for name, stats in stats_by_file.items():
         get = stats.get if isinstance(stats, dict) else lambda key, default, s=stats: getattr(s, key, default)
         skipped = get("skipped", 0)
         if skipped:
-            err.print(f"{name}: skipped {skipped} bad record(s)", markup=False, highlight=False)
+            err.print(Text(f"{printable(name)}: skipped {skipped} bad record(s)"))
             for problem in list(get("problems", []))[:3]:
-                err.print(f"  {problem}", markup=False, highlight=False)
+                err.print(Text(f"  {printable(problem, 500)}"))
 
 
-def _run(fn, *args, **kwargs):
-    """Call a service; turn expected input errors into one line and exit code 2."""
-    try:
-        return fn(*args, **kwargs)
-    except _known_errors() as exc:
-        _fail(str(exc) or exc.__class__.__name__)
+def _limit(limit: int, show_all: bool) -> int | None:
+    return None if show_all else limit
 
 
 def _print_version(value: bool) -> None:
@@ -93,31 +118,19 @@ def _root(
 @app.command()
 def inspect(files: Files, skip_bad: SkipBad = False) -> None:
     """Read input files and show what they hold: format, records per event kind, time span."""
-    from fleetwarden.sources import ReadStats, detect_format, read_events
+    from fleetwarden.app.inputs import describe
+    from fleetwarden.report import table_of, ts_text
 
-    def work() -> None:
-        _check_inputs(files)
-        table = Table("file", "format", "kind", "records", "first", "last", "skipped")
-        for f in files:
-            stats = ReadStats()
-            fmt = detect_format(f)
-            counts: dict[str, list[float]] = {}
-            for batch in read_events(f, skip_bad=skip_bad, stats=stats):
-                if not len(batch):
-                    continue
-                ts = batch.np("ts")
-                c = counts.setdefault(batch.kind, [0, float("inf"), float("-inf")])
-                c[0] += len(batch)
-                c[1] = min(c[1], float(ts.min()))
-                c[2] = max(c[2], float(ts.max()))
-            if not counts:
-                table.add_row(str(f), fmt, "-", "0", "-", "-", str(stats.skipped))
-            for kind, (n, lo, hi) in counts.items():
-                table.add_row(str(f), fmt, kind, str(int(n)), _fmt_ts(lo), _fmt_ts(hi), str(stats.skipped))
-            _report_skips({str(f): stats})
-        out.print(table)
-
-    _run(work)
+    _run(_check_inputs, files)
+    described = _run(describe, files, skip_bad=skip_bad)
+    rows = []
+    for d in described:
+        if not d["kinds"]:
+            rows.append((d["path"], d["format"], "-", "0", "-", "-", d["skipped"]))
+        for kind, k in d["kinds"].items():
+            rows.append((d["path"], d["format"], kind, k["records"], ts_text(k["first"]), ts_text(k["last"]), d["skipped"]))
+        _report_skips({d["path"]: d})
+    out.print(table_of(("file", "format", "kind", "records", "first", "last", "skipped"), rows))
 
 
 @app.command()
@@ -130,11 +143,11 @@ def train(
     ] = 0.01,
 ) -> None:
     """Train the flow models (unsupervised baseline + supervised classifier when labels exist)."""
-    from fleetwarden.detection import flowmodel
+    from fleetwarden.app.modeling import train as train_model
 
     _run(_check_inputs, files)
-    summary = _run(flowmodel.train, list(files), model, skip_bad=skip_bad, target_fpr=target_fpr)
-    out.print_json(json.dumps(summary, default=str))
+    summary = _run(train_model, list(files), model, skip_bad=skip_bad, target_fpr=target_fpr)
+    sys.stdout.write(json.dumps(summary, indent=2, default=str) + "\n")
 
 
 @app.command()
@@ -145,39 +158,51 @@ def score(
     skip_bad: SkipBad = False,
 ) -> None:
     """Score every flow: one CSV row per input flow with uid, score, alert and reasons."""
-    from fleetwarden.detection import flowmodel
+    from fleetwarden.app.modeling import score as score_flows
 
     _run(_check_inputs, files)
-    summary = _run(flowmodel.score, list(files), model, out_csv, skip_bad=skip_bad)
-    err.print_json(json.dumps(summary, default=str))
+    summary = _run(score_flows, list(files), model, out_csv, skip_bad=skip_bad)
+    sys.stderr.write(json.dumps(summary, indent=2, default=str) + "\n")
 
 
 @app.command()
 def evaluate(files: Files, model: ModelDir, skip_bad: SkipBad = False) -> None:
     """Metrics JSON (AUC-ROC, average precision, TPR at 1 % FPR, per label) on labelled input."""
-    from fleetwarden.detection import flowmodel
+    from fleetwarden.app.modeling import evaluate as evaluate_model
 
     _run(_check_inputs, files)
-    metrics = _run(flowmodel.evaluate, list(files), model, skip_bad=skip_bad)
+    metrics = _run(evaluate_model, list(files), model, skip_bad=skip_bad)
     sys.stdout.write(json.dumps(metrics, indent=2, default=str) + "\n")
 
 
 @app.command()
 def analyze(
     files: Files,
-    model: Annotated[Path | None, typer.Option("--model", help="flow model directory (optional)")] = None,
+    model: OptModel = None,
     as_json: Annotated[bool, typer.Option("--json", help="print incidents as a JSON list")] = False,
     skip_bad: SkipBad = False,
     db: DbUrl = None,
+    limit: Limit = 50,
+    show_all: ShowAll = False,
 ) -> None:
-    """Run the whole pipeline over captures or logs and print the incidents."""
-    from fleetwarden.detection.engine import analyze_paths
+    """Run the whole pipeline over captures or logs and print the incidents.
+
+    Files given together are ONE network's stream: they are merged in event time, so a Zeek
+    conn.log and dns.log (or the pcaps of one site) are analysed together.  Analyse captures of
+    unrelated networks in separate runs (one `fleetwarden analyze` each)."""
+    from fleetwarden.app.analyze import analyze as analyze_files
 
     _run(_check_inputs, files)
-    ctx = _run(_inventory_context, db) if db is not None else None
-    result = _run(analyze_paths, list(files), model_dir=model, skip_bad=skip_bad, ctx=ctx)
-    if db is not None:
-        _run(_record_analysis, db, files, result)
+
+    def work():
+        if db is None:
+            return analyze_files(files, model=model, skip_bad=skip_bad)
+        from fleetwarden.app.stores import store_at
+
+        with store_at(db) as store:
+            return analyze_files(files, model=model, skip_bad=skip_bad, store=store)
+
+    result = _run(work)
     _report_skips(result.stats.get("files", {}))
     if as_json:
         sys.stdout.write(json.dumps([i.to_dict() for i in result.incidents], indent=2) + "\n")
@@ -187,30 +212,7 @@ def analyze(
     if not result.incidents:
         out.print("No incidents.")
         return
-    out.print(incident_table(result.incidents))
-
-
-def _inventory_context(db: str):
-    from fleetwarden.config import database_url
-    from fleetwarden.inventory import context_from_store
-    from fleetwarden.store import open_store
-
-    store = open_store(database_url(db))
-    try:
-        return context_from_store(store)
-    finally:
-        store.close()
-
-
-def _record_analysis(db: str, files: list[Path], result) -> None:
-    from fleetwarden.config import database_url
-    from fleetwarden.store import open_store
-
-    store = open_store(database_url(db))
-    try:
-        store.record_results(", ".join(str(f) for f in files), result.findings, result.incidents)
-    finally:
-        store.close()
+    out.print(incident_table(result.incidents, limit=_limit(limit, show_all)))
 
 
 @app.command()
@@ -221,10 +223,33 @@ def demo(
     db: DbUrl = None,
 ) -> None:
     """Simulate a fleet with tabletop attack scenarios and run the whole pipeline on it."""
-    from fleetwarden.demo import render_report, run_demo
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    report = _run(run_demo, devices=devices, hours=hours, seed=seed, db=db, console=out)
-    render_report(report, out)
+    from fleetwarden.app.demo import run_demo
+    from fleetwarden.app.stores import shown_url, store_at
+    from fleetwarden.report import render_demo
+
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[events]} events"),
+        TimeElapsedColumn(),
+        console=out,
+        transient=True,
+    )
+    task = bar.add_task("Simulating", total=None, events=0)
+
+    def progress(done: int, total: int, events: int) -> None:
+        bar.update(task, description="Detecting", completed=done, total=total, events=f"{events:,}")
+
+    def work():
+        with store_at(db) as store, bar:
+            return run_demo(
+                devices=devices, hours=hours, seed=seed, store=store, db_url=shown_url(db), progress=progress
+            )
+
+    render_demo(_run(work), out)
 
 
 @app.command()
@@ -260,61 +285,46 @@ def simulate(
 ) -> None:
     """Simulate a fleet: write Zeek logs, events.jsonl and the scenario truth, or drive an MQTT broker
     or a NATS JetStream bus."""
-    from fleetwarden.simulate import simulate_fleet, write_files
+    from fleetwarden.app.simulation import simulate as run_simulation
+    from fleetwarden.core.text import redact_url
+    from fleetwarden.report import table_of
 
     if out_dir is None and mqtt is None and bus is None:
         _fail("simulate needs --out DIR, --mqtt URL, --bus URL or several")
-
-    def work() -> tuple[dict, int, int]:
-        fleet = simulate_fleet(devices=devices, hours=hours, seed=seed)
-        written = write_files(fleet, out_dir) if out_dir is not None else {}
-        sent = sent_bus = 0
-        if mqtt is not None:
-            from fleetwarden.sources.mqtt import publish_batches
-
-            sent = publish_batches(
-                fleet.iter_batches(seconds=60), mqtt, per_message=per_message or 1, rate=rate
-            )
-        if bus is not None:
-            from fleetwarden.bus import publish_batches_nats
-
-            sent_bus = publish_batches_nats(
-                fleet.iter_batches(seconds=60),
-                bus,
-                partitions,
-                per_message=per_message or 100,
-                rate=rate,
-                stream=stream,
-                prefix=subjects,
-            )
-        return written, sent, sent_bus
-
-    written, sent, sent_bus = _run(work)
-    if written:
-        table = Table("file", "bytes")
-        for _name, path in sorted(written.items()):
-            table.add_row(str(path), f"{Path(path).stat().st_size:,}")
-        out.print(table)
+    result = _run(
+        run_simulation,
+        devices=devices,
+        hours=hours,
+        seed=seed,
+        out_dir=out_dir,
+        mqtt=mqtt,
+        bus=bus,
+        partitions=partitions,
+        stream=stream,
+        subjects=subjects,
+        rate=rate,
+        per_message=per_message,
+    )
+    if result.written:
+        rows = [(str(p), f"{Path(p).stat().st_size:,}") for _n, p in sorted(result.written.items())]
+        out.print(table_of(("file", "bytes"), rows))
     if mqtt is not None:
-        out.print(f"published {sent:,} events to {mqtt}")
+        out.print(Text(f"published {result.sent_mqtt:,} events to {redact_url(mqtt)}"))
     if bus is not None:
-        out.print(f"published {sent_bus:,} events to {bus} in {partitions} partitions")
+        out.print(Text(f"published {result.sent_bus:,} events to {redact_url(bus)} in {partitions} partitions"))
 
 
 def _finding_printer(as_json: bool):
     """How live commands (watch, worker) print a finding the moment it is complete: a JSON line, or
-    one line of time, severity, category, entity and first evidence."""
-    from fleetwarden.report import ts_text
+    one escaped line of time, severity, category, entity and first evidence."""
+    from fleetwarden.report import finding_line
 
     def show(f) -> None:
         if as_json:
             sys.stdout.write(json.dumps(f.to_dict(), default=str) + "\n")
             sys.stdout.flush()
         else:
-            first = f.evidence[0] if f.evidence else ""
-            out.print(
-                f"{ts_text(f.last_seen)} {f.severity:8s} {f.category:16s} {f.entity}: {first}", markup=False
-            )
+            out.print(finding_line(f))
 
     return show
 
@@ -345,28 +355,21 @@ def worker(
     drain: Annotated[
         bool, typer.Option("--drain", help="at exit, also emit findings still pending (end of a replay)")
     ] = False,
-    model: Annotated[Path | None, typer.Option("--model", help="flow model directory (optional)")] = None,
+    model: OptModel = None,
     as_json: Annotated[bool, typer.Option("--json", help="print findings as JSON lines")] = False,
     db: DbUrl = None,
 ) -> None:
     """Scale-out engine worker: consume device partitions from NATS JetStream, print findings as they
     happen, checkpoint engine state to the store (--db, else the default SQLite file)."""
-    from fleetwarden.bus.worker import run_worker
-    from fleetwarden.config import database_url
-    from fleetwarden.store import open_store
-
-    ctx = _run(_inventory_context, db) if db is not None else None
+    from fleetwarden.app.stores import store_at
+    from fleetwarden.app.worker import run_worker
+    from fleetwarden.control.inventory import context_from_store
+    from fleetwarden.core.text import redact_url
 
     show = _finding_printer(as_json)
 
     def work():
-        flow_model = None
-        if model is not None:
-            from fleetwarden.detection.flowmodel import load_model
-
-            flow_model = load_model(model)
-        store = open_store(database_url(db))
-        try:
+        with store_at(db) as store:
             return run_worker(
                 bus,
                 store,
@@ -375,26 +378,24 @@ def worker(
                 stream=stream,
                 prefix=subjects,
                 record=db is not None,
-                ctx=ctx,
-                flow_model=flow_model,
+                ctx=context_from_store(store) if db is not None else None,
+                flow_model=model,
                 checkpoint_every=checkpoint_every,
                 on_finding=show,
                 duration=duration,
                 idle_exit=idle_exit,
                 drain=drain,
             )
-        finally:
-            store.close()
 
     result = _run(work)
-    _report_skips({f"nats {bus}": result.stats})
+    _report_skips({f"nats {redact_url(bus)}": result.stats})
     summary = (
         f"{result.events:,} events in {result.messages:,} messages ({result.redelivered_skipped} redelivered, "
         f"skipped), {result.findings} findings, {result.checkpoints} checkpoints, "
         f"{result.seconds:.1f} s"
     )
     # with --json, stdout carries only findings
-    (err if as_json else out).print(summary, markup=False, highlight=False)
+    (err if as_json else out).print(Text(summary))
 
 
 @app.command()
@@ -404,44 +405,37 @@ def watch(
     duration: Annotated[
         float | None, typer.Option(help="stop after this many seconds (default: run until Ctrl-C)")
     ] = None,
-    model: Annotated[Path | None, typer.Option("--model", help="flow model directory (optional)")] = None,
+    model: OptModel = None,
     as_json: Annotated[bool, typer.Option("--json", help="print findings as JSON lines")] = False,
     db: DbUrl = None,
+    limit: Limit = 50,
+    show_all: ShowAll = False,
 ) -> None:
     """Detect on a live MQTT event stream: findings print as they happen, incidents at the end."""
-    from fleetwarden.sources import ReadStats
-    from fleetwarden.sources.mqtt import MqttEventSource
-    from fleetwarden.stream import watch as run_watch
-
-    stats = ReadStats()
-    ctx = _run(_inventory_context, db) if db is not None else None
+    from fleetwarden.app.watch import watch_mqtt
+    from fleetwarden.core.text import redact_url
 
     show = _finding_printer(as_json)
 
     def work():
-        import signal
+        if db is None:
+            return watch_mqtt(mqtt, topic, duration=duration, model=model, on_finding=show)
+        from fleetwarden.app.stores import store_at
 
-        source = MqttEventSource(mqtt, topic, stats=stats)
-        # Ctrl-C ends the stream cleanly: pending findings are flushed and incidents printed.
-        previous = signal.signal(signal.SIGINT, lambda *_: source.stop())
-        try:
-            with source:
-                return run_watch(source.batches(duration), ctx=ctx, model_dir=model, on_finding=show)
-        finally:
-            signal.signal(signal.SIGINT, previous)
+        with store_at(db) as store:
+            return watch_mqtt(mqtt, topic, duration=duration, model=model, on_finding=show, store=store)
 
     result = _run(work)
-    _report_skips({f"mqtt {mqtt}": stats})
-    if db is not None:
-        _run(_record_analysis, db, [Path(f"mqtt:{mqtt}")], result)
-    if not as_json:
-        from fleetwarden.report import incident_table
+    _report_skips({f"mqtt {redact_url(mqtt)}": result.stats})
+    closing = f"{result.events:,} events, {len(result.findings)} findings, {len(result.incidents)} incidents"
+    if as_json:
+        err.print(Text(closing))  # stdout carries only findings
+        return
+    from fleetwarden.report import incident_table
 
-        out.print(
-            f"{result.events:,} events, {len(result.findings)} findings, {len(result.incidents)} incidents"
-        )
-        if result.incidents:
-            out.print(incident_table(result.incidents))
+    out.print(Text(closing))
+    if result.incidents:
+        out.print(incident_table(result.incidents, limit=_limit(limit, show_all)))
 
 
 inventory_app = typer.Typer(no_args_is_help=True, help="The device inventory in the store.")
@@ -454,57 +448,40 @@ def inventory_import(
     db: DbUrl = None,
 ) -> None:
     """Register devices (device_id, ip, mac, vendor, model, device_class, site, …) in the store."""
-    from fleetwarden.config import database_url
-    from fleetwarden.inventory import read_inventory, store_row
-    from fleetwarden.store import open_store
+    from fleetwarden.app.inventory import import_inventory
+    from fleetwarden.app.stores import store_at
+
+    _run(_check_inputs, [file])
 
     def work() -> tuple[int, int]:
-        _check_inputs([file])
-        rows = read_inventory(file)
-        store = open_store(database_url(db))
-        try:
-            return len(rows), store.upsert_devices([store_row(r) for r in rows], actor="cli")
-        finally:
-            store.close()
+        with store_at(db) as store:
+            return import_inventory(file, store)
 
     total, changed = _run(work)
     out.print(f"{total} devices read, {changed} added or changed")
 
 
 @inventory_app.command("list")
-def inventory_list(db: DbUrl = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def inventory_list(db: DbUrl = None, as_json: AsJson = False, limit: Limit = 1000, show_all: ShowAll = False) -> None:
     """List the devices in the store."""
-    from fleetwarden.config import database_url
-    from fleetwarden.store import open_store
+    from fleetwarden.app.inventory import list_devices
+    from fleetwarden.app.stores import store_at
+    from fleetwarden.report import table_of
 
     def work() -> list[dict]:
-        store = open_store(database_url(db))
-        try:
-            return [d.to_dict() for d in store.list_devices()]
-        finally:
-            store.close()
+        with store_at(db) as store:
+            return list_devices(store)
 
     rows = _run(work)
     if as_json:
         sys.stdout.write(json.dumps(rows, indent=2, default=str) + "\n")
         return
-    table = Table("device_id", "class", "vendor", "model", "ip", "site", "lifecycle")
-    for r in rows:
-        table.add_row(
-            *(
-                str(r.get(k) or "")
-                for k in ("device_id", "device_class", "vendor", "model", "ip", "site", "lifecycle")
-            )
-        )
+    cols = ("device_id", "device_class", "vendor", "model", "ip", "site", "lifecycle")
+    shown = rows if show_all else rows[:limit]
+    table = table_of(("device_id", "class", "vendor", "model", "ip", "site", "lifecycle"), [[r.get(k) or "" for k in cols] for r in shown])
+    if len(rows) > len(shown):
+        table.caption = f"{len(rows) - len(shown)} more not shown (--limit N or --all shows more)"
     out.print(table)
-
-
-def _fmt_ts(ts: float) -> str:
-    from datetime import UTC, datetime
-
-    if ts != ts or ts in (float("inf"), float("-inf")):
-        return "-"
-    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def main() -> None:

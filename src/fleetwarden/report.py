@@ -1,37 +1,155 @@
-"""Rich renderings shared by the CLI commands (tables of incidents, findings, devices)."""
+"""What the command line shows a person: tables of incidents and devices, finding lines, the demo.
+
+Part of the CLI face (docs/architecture.md).  Every value that came from outside (evidence,
+entity names, file names) goes to Rich as a :class:`~rich.text.Text` after
+:func:`~fleetwarden.core.text.printable`, never as markup: a crafted user name or DNS label can
+neither restyle a table nor send escape sequences to the terminal.  Our own styling is applied
+as Rich styles, not markup strings.
+"""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
+from rich.panel import Panel
 from rich.table import Table
+from rich.text import Text
 
-from fleetwarden.findings import Incident
+from fleetwarden.core.findings import Finding, Incident
+from fleetwarden.core.text import printable
+
+__all__ = ["DEFAULT_LIMIT", "finding_line", "incident_table", "render_demo", "safe", "table_of", "ts_text"]
 
 SEVERITY_STYLE = {"critical": "bold red", "high": "red", "medium": "yellow", "low": "cyan"}
+DEFAULT_LIMIT = 50
+# an evidence sentence longer than this is cut in tables (the JSON output keeps it whole)
+EVIDENCE_CHARS = 400
+
+
+def safe(value: Any, style: str = "", limit: int | None = None) -> Text:
+    """A table cell from an untrusted value: escaped, optionally cut, never parsed as markup."""
+    return Text("" if value is None else printable(value, limit), style=style)
 
 
 def ts_text(ts: float) -> str:
+    if ts != ts or ts in (float("inf"), float("-inf")):
+        return "-"
     return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def incident_table(incidents: Sequence[Incident], title: str = "Incidents", limit: int = 50) -> Table:
+def table_of(columns: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None) -> Table:
+    """A table of untrusted values (every cell through :func:`safe`)."""
+    table = Table(*columns, title=title)
+    for row in rows:
+        table.add_row(*(safe(v) for v in row))
+    return table
+
+
+def incident_table(
+    incidents: Sequence[Incident], title: str = "Incidents", limit: int | None = DEFAULT_LIMIT
+) -> Table:
+    """Incidents, highest risk first; ``limit`` rows (None: all), the rest counted in the caption."""
     table = Table(title=title, show_lines=False)
-    for col in ("risk", "severity", "category", "entity", "ip", "first seen (UTC)", "evidence"):
-        table.add_column(col, overflow="fold")
+    for col in ("risk", "severity", "category", "entity", "ip", "first seen (UTC)"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("evidence", overflow="fold", min_width=30, ratio=1)
     ranked = sorted(incidents, key=lambda i: (-i.risk, i.first_seen))
-    for inc in ranked[:limit]:
-        style = SEVERITY_STYLE.get(inc.severity, "")
+    shown = ranked if limit is None else ranked[:limit]
+    for inc in shown:
         table.add_row(
             str(inc.risk),
-            f"[{style}]{inc.severity}[/]" if style else inc.severity,
-            inc.category,
-            inc.entity,
-            inc.ip or "",
+            safe(inc.severity, SEVERITY_STYLE.get(inc.severity, "")),
+            safe(inc.category),
+            safe(inc.entity, limit=80),
+            safe(inc.ip or ""),
             ts_text(inc.first_seen),
-            inc.evidence[0] if inc.evidence else "",
+            safe(inc.evidence[0] if inc.evidence else "", limit=EVIDENCE_CHARS),
         )
-    if len(ranked) > limit:
-        table.caption = f"{len(ranked) - limit} more not shown"
+    if len(ranked) > len(shown):
+        table.caption = f"{len(ranked) - len(shown)} more not shown (--limit N or --all shows more)"
     return table
+
+
+def finding_line(f: Finding) -> Text:
+    """One line for a live finding: time, severity, category, entity and its first evidence."""
+    first = f.evidence[0] if f.evidence else ""
+    return Text.assemble(
+        f"{ts_text(f.last_seen)} ",
+        (f"{f.severity:8s}", SEVERITY_STYLE.get(f.severity, "")),
+        f" {printable(f.category):16s} ",
+        printable(f.entity, 80),
+        ": ",
+        printable(first, EVIDENCE_CHARS),
+    )
+
+
+def render_demo(report: Any, console: Any) -> None:
+    """The demo's report (:class:`fleetwarden.app.demo.DemoReport`): fleet, scenarios, incidents, summary."""
+    fleet = Table(title=f"Fleet: {report.devices} devices, {report.hours:g} h simulated (seed {report.seed})")
+    fleet.add_column("device class")
+    fleet.add_column("devices", justify="right")
+    fleet.add_column("vendors")
+    for cls, n, vendors in report.inventory_summary:
+        fleet.add_row(safe(cls), str(n), safe(vendors))
+    console.print(fleet)
+
+    sc = Table(title="Tabletop scenarios: what was detected")
+    sc.add_column("scenario", no_wrap=True)
+    for col in ("device", "expected", "detected", "missed", "time to detect", "result"):
+        sc.add_column(col, overflow="fold")
+    for o in report.outcomes:
+        ttd = "-" if o.time_to_detect is None else f"{o.time_to_detect / 60:.1f} min"
+        if o.benign:
+            verdict = Text("quiet (benign)", "green") if o.ok else Text("false alarm", "red")
+            expected = "(no incident)"
+        else:
+            verdict = (
+                Text("detected", "green")
+                if o.ok
+                else (Text("partial", "yellow") if o.detected else Text("missed", "red"))
+            )
+            expected = ", ".join(o.expected)
+        sc.add_row(
+            safe(o.name),
+            safe(", ".join(o.devices)),
+            expected,
+            ", ".join(o.detected) or "-",
+            ", ".join(o.missed) or "-",
+            ttd,
+            verdict,
+        )
+    console.print(sc)
+    if report.incidents:
+        console.print(incident_table(report.incidents, title="Incidents (highest risk first)", limit=15))
+    attacks = [o for o in report.outcomes if not o.benign]
+    found = sum(1 for o in attacks if o.ok)
+    partial = sum(1 for o in attacks if not o.ok and o.detected)
+    benign_ok = all(o.ok for o in report.outcomes if o.benign)
+    kinds = ", ".join(f"{k} {n:,}" for k, n in sorted(report.events_by_kind.items()))
+    sev = Counter(i.severity for i in report.incidents)
+    lines = [
+        f"events processed: {report.events:,} ({kinds})",
+        f"wall time: {report.seconds:.1f} s ({report.events_per_second:,.0f} events/s end to end)",
+        f"findings: {len(report.findings):,}; incidents: {len(report.incidents)} "
+        f"({', '.join(f'{s} {sev[s]}' for s in ('critical', 'high', 'medium', 'low') if sev[s])})",
+        f"attack scenarios fully detected: {found}/{len(attacks)}"
+        + (f" (partially: {partial})" if partial else ""),
+        f"benign firmware rollout kept quiet: {'yes' if benign_ok else 'NO'}",
+        _unexplained_line(report.unexplained),
+        f"results stored in: {printable(report.db_url)}",
+    ]
+    console.print(Panel(Text("\n".join(lines)), title="Summary", expand=False))
+
+
+def _unexplained_line(unexplained: list[Incident]) -> str:
+    """False positives, split by what an analyst would have to look at (medium and above)."""
+    serious = [i for i in unexplained if i.severity in ("medium", "high", "critical")]
+    low = Counter(i.category for i in unexplained if i.severity == "low")
+    low_text = ", ".join(f"{n} {cat}" for cat, n in low.most_common()) or "none"
+    return (
+        f"incidents not explained by a scenario (false positives): {len(serious)} at medium or above; "
+        f"low-severity notes: {low_text}"
+    )

@@ -11,7 +11,7 @@ subject, in publish order, and one worker's engine holds all of that device's st
 
 Blind spots: the partition count is part of the data layout: changing it moves devices
 between partitions, so checkpoints made under another count are refused (see
-:mod:`fleetwarden.bus.worker`).  Fleet-wide statistics that analytics keep across devices
+:mod:`fleetwarden.app.worker`).  Fleet-wide statistics that analytics keep across devices
 (destination prevalence shared by beacon and exfil) are only partition-wide in a sharded
 deployment; on the simulated fleets tested the findings are the same, but a destination
 popular across the whole fleet and rare inside one partition can look rarer there.
@@ -28,7 +28,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from fleetwarden.events import EventBatch
+from fleetwarden.core.events import EventBatch
 from fleetwarden.sources.jsonl import encode_lines
 
 __all__ = [

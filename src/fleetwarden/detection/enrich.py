@@ -12,14 +12,16 @@ link-local and multicast addresses get country ``"--"`` and an empty ASN.
 
 from __future__ import annotations
 
-import tempfile
 from functools import lru_cache
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["asn_of", "country_code", "country_of", "geo_db", "registered_domain"]
+__all__ = ["UNREGISTERED", "asn_of", "country_code", "country_of", "geo_db", "registered_domain", "split_name"]
+
+# The registered domain of names under no public suffix (see :func:`split_name`).
+UNREGISTERED = "(names under no public suffix)"
 
 
 @lru_cache(maxsize=1)
@@ -41,8 +43,8 @@ def _geo_asn() -> Any:
 def _tld() -> Any:
     import tldextract
 
-    # bundled snapshot only: no suffix-list URLs, a private throw-away cache directory
-    return tldextract.TLDExtract(suffix_list_urls=(), cache_dir=tempfile.mkdtemp(prefix="fw-tld-"))
+    # bundled snapshot only: no suffix-list URLs, and no cache on disk (detection writes no file)
+    return tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
 
 
 def _per_distinct(values: pa.Array | pa.ChunkedArray | list[str], fn: Any) -> pa.Array:
@@ -87,3 +89,15 @@ def registered_domain(names: pa.Array | pa.ChunkedArray | list[str]) -> pa.Array
         return top or name.rstrip(".").lower()
 
     return _per_distinct(names, one)
+
+
+@lru_cache(maxsize=131_072)
+def split_name(name: str) -> tuple[str, str]:
+    """(registered domain, subdomain) of one query name; unknown suffixes keep the last two labels."""
+    name = name.strip(".").lower()
+    ext = _tld()(name)
+    if ext.domain and ext.suffix:
+        return f"{ext.domain}.{ext.suffix}", ext.subdomain
+    # No public suffix: a private zone or a tunnel talking straight to its server (dnscat2
+    # without a domain).  Group all such names of a client together: the whole name is data.
+    return UNREGISTERED, name

@@ -45,6 +45,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from fleetwarden.core.events import EventBatch
 from fleetwarden.detection.state import (
     PAIR_HORIZON,
     PAIR_SCALES,
@@ -58,7 +59,6 @@ from fleetwarden.detection.state import (
     stable_hash,
     stable_hash_encoded,
 )
-from fleetwarden.events import EventBatch
 
 __all__ = ["CATEGORIES", "FEATURES", "FlowFeaturizer", "device_keys"]
 

@@ -1,4 +1,5 @@
-"""The flow model: train, calibrate, score, explain, measure drift; the train/score/evaluate services.
+"""The flow model: fit, calibrate, score, explain, measure drift (the services around it are in
+:mod:`fleetwarden.app.modeling`).
 
 A :class:`FlowModel` combines
 
@@ -48,8 +49,10 @@ A :class:`FlowModel` combines
   values for flows above the single-flow threshold and the feature names for the rest;
 * **drift**: the training bin fractions are stored; scoring reports PSI per feature.
 
-Model directory: ``model.json`` (features, bins, thresholds, target FPR, training data
-summary, library versions, created time) and ``estimators.joblib`` (tables and weights).
+A model is written as ``model.json`` (features, bins, thresholds, target FPR, training data
+summary, library versions, created time) and ``estimators.npz`` (numeric tables and weights, read
+with ``allow_pickle=False``) by :mod:`fleetwarden.sources.modelfile`; here it is plain state
+(:meth:`FlowModel.to_state` / :meth:`FlowModel.from_state`).
 
 Blind spots: flows are scored one by one with their device's and their (destination, port)'s
 context; slow attacks whose single flows and minute-scale context both look benign
@@ -65,35 +68,21 @@ IoT-23 malware captures the "Benign" flows come from the infected device itself.
 
 from __future__ import annotations
 
-import json
-import platform
-import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path
+from collections.abc import Callable, Mapping
 from typing import Any
 
-import joblib
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 
+from fleetwarden.core.events import EventBatch
 from fleetwarden.detection.features import CATEGORIES, FEATURE_GROUPS, FEATURES, LOG_FEATURES, FlowFeaturizer
 from fleetwarden.detection.models import HBOS, MAX_BINS, BinnedLogit, QuantileBinner, psi
 from fleetwarden.detection.state import PAIR_SCALES, PairStateTable, damped_prefix_cols
-from fleetwarden.events import EventBatch
-from fleetwarden.sources import ReadStats, SourceError, read_events
 
-__all__ = ["FlowModel", "evaluate", "load_model", "score", "train"]
+__all__ = ["FlowModel", "ModelFormatError", "RowSample", "evaluation_report", "labels_of"]
 
-MODEL_JSON = "model.json"
-# Training budget: rows the model is fitted on, in all, and the least any one file may contribute.
-TRAIN_ROWS = 1_000_000
-TRAIN_MIN_ROWS_PER_FILE = 50_000
-ESTIMATORS = "estimators.joblib"
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5  # 5: numeric state in .npz (no pickle), JSON description
 DEFAULT_COHORT = "all"
 TOP_REASONS = 3
 _SQUASH = 8.0
@@ -146,26 +135,10 @@ _NOVELTY_MASK = np.array([name not in KIND_FEATURES for name in FEATURES], dtype
 
 
 # ---------------------------------------------------------------------------------------------
-# reading
+# training rows
 # ---------------------------------------------------------------------------------------------
-@dataclass
-class _FileData:
-    path: Path
-    X: np.ndarray
-    keys: np.ndarray
-    label: np.ndarray | None  # 1 = malicious, 0 = benign, -1 = unlabelled row
-    detailed: np.ndarray | None
-    stats: ReadStats = field(default_factory=ReadStats)
-    rows_read: int = 0  # flows in the file (``X`` may hold a sample of them)
-
-
-def _flow_batches(path: Path, skip_bad: bool, stats: ReadStats) -> Iterator[EventBatch]:
-    for batch in read_events(path, skip_bad=skip_bad, stats=stats):
-        if batch.kind == "flow" and len(batch):
-            yield batch
-
-
-def _labels(batch: EventBatch) -> tuple[np.ndarray, np.ndarray]:
+def labels_of(batch: EventBatch) -> tuple[np.ndarray, np.ndarray]:
+    """(label 1 malicious / 0 benign / -1 unlabelled, detailed label) of a flow batch's rows."""
     lab = pc.utf8_lower(pc.fill_null(batch["label"], "")).to_numpy(zero_copy_only=False)
     y = np.full(len(lab), -1, dtype=np.int8)
     y[lab == "benign"] = 0
@@ -175,31 +148,7 @@ def _labels(batch: EventBatch) -> tuple[np.ndarray, np.ndarray]:
     return y, det.astype(object)
 
 
-def _read_file(path: Path, skip_bad: bool, with_labels: bool, max_rows: int | None = None) -> _FileData:
-    """Featurize every flow of ``path`` (the device context always sees the whole stream); keep every
-    row, or with ``max_rows`` a :class:`_Sample` of at most that many."""
-    stats = ReadStats()
-    featurizer = FlowFeaturizer()  # one independent network per file
-    sample = _Sample(max_rows)
-    for batch in _flow_batches(path, skip_bad, stats):
-        X = featurizer.transform(batch)
-        sample.add(X, featurizer.last_keys, *(_labels(batch) if with_labels else ()))
-    if not sample.seen:
-        raise SourceError(path, None, "no flow records in this file")
-    cols = sample.columns()
-    data = _FileData(
-        path,
-        cols[0],
-        cols[1],
-        cols[2] if with_labels else None,
-        cols[3] if with_labels else None,
-        stats,
-    )
-    data.rows_read = sample.seen
-    return data
-
-
-class _Sample:
+class RowSample:
     """Rows of a stream, added chunk by chunk (aligned columns): all of them, or with ``max_rows`` a
     systematic sample of at most that many, every ``stride``-th row of the stream, the stride doubling
     whenever the sample outgrows the cap.  The sample stays uniform over the stream and memory stays
@@ -729,22 +678,35 @@ class FlowModel:
         values = psi(self.train_fractions_, fractions)
         return {name: round(float(v), 4) for name, v in zip(self.features, values, strict=True)}
 
-    # ---- persistence ---------------------------------------------------------------------------------
-    def save(self, model_dir: Path) -> None:
-        model_dir = Path(model_dir)
-        model_dir.mkdir(parents=True, exist_ok=True)
-        est = {
-            "edges": self.binner_.edges_,
-            "train_fractions": self.train_fractions_,
-            "baseline_value": self.baseline_value_,
-            "baseline_bin": self.baseline_bin_,
-            "hbos": {c: (h.counts_, h.n_, h.n_bins_) for c, h in self.hbos_.items()},
-            "sup": None if self.sup_ is None else (self.sup_.weights_, self.sup_.intercept_, self.sup_.C),
-            "device_counts": self.device_counts_,
-            "device_n": self.device_n_,
-            "oof_benign_scores": self.oof_benign_scores_,
+    # ---- persistence (as plain state: the files are :mod:`fleetwarden.sources.modelfile`'s) -----
+    def to_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """The fitted model as (JSON-able description, numeric arrays): nothing that needs pickle."""
+        cohorts = list(self.hbos_)
+        dev_keys = np.array(list(self.device_counts_), dtype=np.uint64)
+        f = len(self.features)
+        arrays: dict[str, np.ndarray] = {
+            "edges": np.concatenate(self.binner_.edges_) if self.binner_.edges_ else np.zeros(0),
+            "edge_counts": np.array([len(e) for e in self.binner_.edges_], dtype=np.int64),
+            "train_fractions": np.asarray(self.train_fractions_),
+            "baseline_value": np.asarray(self.baseline_value_),
+            "baseline_bin": np.asarray(self.baseline_bin_),
+            "device_keys": dev_keys,
+            "device_counts": (
+                np.stack([self.device_counts_[k] for k in dev_keys.tolist()])
+                if len(dev_keys)
+                else np.zeros((0, f, MAX_BINS))
+            ),
+            "device_n": np.array([self.device_n_[k] for k in dev_keys.tolist()], dtype=np.int64),
+            "oof_benign_scores": np.asarray(self.oof_benign_scores_),
         }
-        joblib.dump(est, model_dir / ESTIMATORS, compress=3)
+        hbos_meta = []
+        for i, c in enumerate(cohorts):
+            h = self.hbos_[c]
+            arrays[f"hbos_counts_{i}"] = np.asarray(h.counts_)
+            arrays[f"hbos_bins_{i}"] = np.asarray(h.n_bins_)
+            hbos_meta.append({"cohort": c, "n": float(h.n_)})
+        if self.sup_ is not None:
+            arrays["sup_weights"] = np.asarray(self.sup_.weights_)
         meta = dict(self.meta)
         meta.update(
             {
@@ -757,8 +719,12 @@ class FlowModel:
                 "target_fpr": self.target_fpr,
                 "prior_flows": self.prior_flows,
                 "cohorts": {c: {"q99": s[0], "scale": s[1]} for c, s in self.anom_scale_.items()},
+                "hbos": hbos_meta,
                 "supervised_calibration": {"q99": self.sup_scale_[0], "scale": self.sup_scale_[1]},
                 "supervised": self.sup_ is not None,
+                "supervised_model": (
+                    None if self.sup_ is None else {"intercept": self.sup_.intercept_, "C": self.sup_.C}
+                ),
                 "unsupervised": "HBOS on quantile-binned features, one contribution per feature group",
                 "novelty_ignores": list(KIND_FEATURES),
                 "feature_groups": [list(g) for g in FEATURE_GROUPS],
@@ -780,56 +746,69 @@ class FlowModel:
                 ),
             }
         )
-        (model_dir / MODEL_JSON).write_text(json.dumps(meta, indent=2, default=_json_default) + "\n")
+        return meta, arrays
 
     @classmethod
-    def load(cls, model_dir: Path) -> FlowModel:
-        model_dir = Path(model_dir)
-        try:
-            meta = json.loads((model_dir / MODEL_JSON).read_text())
-            est = joblib.load(model_dir / ESTIMATORS)
-        except FileNotFoundError as exc:
-            raise SourceError(model_dir, None, f"not a model directory: {exc.filename} is missing") from None
-        except (ValueError, OSError, EOFError) as exc:
-            raise SourceError(model_dir, None, f"model files are unreadable: {exc}") from None
+    def from_state(cls, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> FlowModel:
+        """Rebuild a model from :meth:`to_state`'s output.  Raises :class:`ModelFormatError` naming
+        what is missing or inconsistent (a file from another version, a truncated or edited one)."""
         if (
             meta.get("kind") != "fleetwarden-flow-model"
             or meta.get("features") != list(FEATURES)
             or meta.get("format_version") != FORMAT_VERSION
         ):
-            raise SourceError(
-                model_dir,
-                MODEL_JSON,
-                "model was built for a different model format or feature set; retrain it",
-            )
-        m = cls(target_fpr=meta["target_fpr"], prior_flows=meta["prior_flows"])
+            raise ModelFormatError("model was built for a different model format or feature set; retrain it")
+        try:
+            return cls._from_state(meta, arrays)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise ModelFormatError(f"model is incomplete or inconsistent ({type(exc).__name__}: {exc})") from None
+
+    @classmethod
+    def _from_state(cls, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> FlowModel:
+        f = len(FEATURES)
+        m = cls(target_fpr=float(meta["target_fpr"]), prior_flows=float(meta["prior_flows"]))
         m.meta = {k: meta[k] for k in ("training", "created", "versions") if k in meta}
         m.binner_ = QuantileBinner()
-        m.binner_.edges_ = est["edges"]
-        m.binner_.n_bins_ = np.array([len(e) + 1 for e in est["edges"]])
-        m.train_fractions_ = est["train_fractions"]
-        m.baseline_value_ = est["baseline_value"]
-        m.baseline_bin_ = est["baseline_bin"]
+        counts = arrays["edge_counts"].astype(np.int64)
+        if len(counts) != f or counts.sum() != len(arrays["edges"]) or (counts < 0).any():
+            raise ValueError("bin edges do not match the feature list")
+        m.binner_.edges_ = np.split(arrays["edges"], np.cumsum(counts)[:-1])
+        m.binner_.n_bins_ = np.array([len(e) + 1 for e in m.binner_.edges_])
+        m.train_fractions_ = arrays["train_fractions"]
+        m.baseline_value_ = arrays["baseline_value"]
+        m.baseline_bin_ = arrays["baseline_bin"]
         m.hbos_ = {}
-        for c, (counts, n, n_bins) in est["hbos"].items():
+        for i, hm in enumerate(meta["hbos"]):
             h = HBOS()
-            h.counts_, h.n_, h.n_bins_ = counts, n, n_bins
-            h.neglogp_ = h.table_from_counts(counts, n) * _NOVELTY_MASK[:, None]
-            m.hbos_[c] = h
-        m.anom_scale_ = {c: (v["q99"], v["scale"]) for c, v in meta["cohorts"].items()}
+            h.counts_, h.n_, h.n_bins_ = arrays[f"hbos_counts_{i}"], hm["n"], arrays[f"hbos_bins_{i}"]
+            if h.counts_.shape != (f, MAX_BINS):
+                raise ValueError(f"histogram {i} has shape {h.counts_.shape}, expected {(f, MAX_BINS)}")
+            h.neglogp_ = h.table_from_counts(h.counts_, h.n_) * _NOVELTY_MASK[:, None]
+            m.hbos_[str(hm["cohort"])] = h
+        if not m.hbos_:
+            raise ValueError("no novelty histograms")
+        m.anom_scale_ = {c: (float(v["q99"]), float(v["scale"])) for c, v in meta["cohorts"].items()}
         cal = meta.get("supervised_calibration", {"q99": 0.0, "scale": 1.0})
         m.sup_scale_ = (float(cal["q99"]), float(cal["scale"]))
-        if est["sup"] is not None:
-            w, b, c = est["sup"]
-            m.sup_ = BinnedLogit(C=c)
-            m.sup_.weights_, m.sup_.intercept_ = np.asarray(w, dtype=np.float32), b
+        sup = meta.get("supervised_model")
+        if sup is not None:
+            m.sup_ = BinnedLogit(C=float(sup["C"]))
+            m.sup_.weights_ = np.asarray(arrays["sup_weights"], dtype=np.float32)
+            m.sup_.intercept_ = float(sup["intercept"])
+            if m.sup_.weights_.shape != (f, MAX_BINS):
+                raise ValueError(f"classifier weights have shape {m.sup_.weights_.shape}")
         else:
             m.sup_ = None
-        m.device_counts_ = est["device_counts"]
-        m.device_n_ = est["device_n"]
-        m.oof_benign_scores_ = est["oof_benign_scores"]
+        keys = arrays["device_keys"].astype(np.uint64).tolist()
+        m.device_counts_ = dict(zip(keys, arrays["device_counts"].astype(np.float64), strict=True))
+        m.device_n_ = dict(zip(keys, arrays["device_n"].astype(np.int64).tolist(), strict=True))
+        m.oof_benign_scores_ = arrays["oof_benign_scores"]
         m.threshold_ = float(meta["threshold"])
         return m
+
+
+class ModelFormatError(ValueError):
+    """A stored model that this version cannot use: another format, missing or inconsistent parts."""
 
 
 _GROUP_INDEX = tuple(tuple(FEATURES.index(n) for n in g) for g in FEATURE_GROUPS)
@@ -916,177 +895,15 @@ def _fmt(v: float) -> str:
     return f"{v:.3g}"
 
 
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(type(o))
-
-
-def _versions() -> dict[str, str]:
-    import numpy
-    import scipy
-    import sklearn
-
-    from fleetwarden import __version__ as fw
-
-    return {
-        "fleetwarden": fw,
-        "python": platform.python_version(),
-        "numpy": numpy.__version__,
-        "scipy": scipy.__version__,
-        "scikit-learn": sklearn.__version__,
-        "pyarrow": pa.__version__,
-    }
-
-
 # ---------------------------------------------------------------------------------------------
-# services (the CLI calls these)
+# evaluation
 # ---------------------------------------------------------------------------------------------
-def load_model(model_dir: Path) -> FlowModel:
-    """Load a model directory written by :func:`train`."""
-    return FlowModel.load(Path(model_dir))
-
-
-def train(
-    paths: list[Path],
-    model_dir: Path,
-    *,
-    skip_bad: bool = False,
-    target_fpr: float = 0.01,
-    max_rows: int = TRAIN_ROWS,
-) -> dict:
-    """Train the flow model on flow files; a ``label`` column, when present, trains the supervised part.
-
-    Every flow is featurized (device context needs the whole stream), but the model is fitted on at
-    most ``max_rows`` flows: each file contributes a uniform systematic sample of at most
-    ``max(TRAIN_MIN_ROWS_PER_FILE, max_rows // len(paths))`` of its flows, so memory and fitting time
-    stay bounded on captures of tens of millions of flows (IoT-23's largest) and no single big
-    capture outweighs the others.  The summary gives each file's flows read and rows used."""
-    if not 0.0 < target_fpr < 0.5:
-        raise ValueError(f"target_fpr must be in (0, 0.5), got {target_fpr}")
-    t0 = time.perf_counter()
-    cap = max(TRAIN_MIN_ROWS_PER_FILE, max_rows // max(len(paths), 1))
-    files = [_read_file(Path(p), skip_bad, with_labels=True, max_rows=cap) for p in paths]
-    X = np.concatenate([f.X for f in files])
-    keys = np.concatenate([f.keys for f in files])
-    y = np.concatenate([f.label for f in files])
-    groups = np.concatenate([np.full(len(f.X), i) for i, f in enumerate(files)])
-    labelled = bool((y >= 0).any())
-    model = FlowModel(target_fpr=target_fpr)
-    model.fit(X, y if labelled else None, groups=groups, keys=keys)
-    label_counts: dict[str, int] = {}
-    if labelled:
-        det = np.concatenate([f.detailed for f in files])
-        u, c = np.unique(det[y >= 0].astype(str), return_counts=True)
-        label_counts = {str(a): int(b) for a, b in zip(u, c, strict=True)}
-    summary = {
-        "files": [
-            {"path": str(f.path), "flows": f.rows_read, "rows": len(f.X), "skipped": f.stats.skipped}
-            for f in files
-        ],
-        "rows": int(len(X)),
-        "labelled": labelled,
-        "benign_rows": int((y == 0).sum()) if labelled else int(len(X)),
-        "malicious_rows": int((y == 1).sum()),
-        "label_counts": label_counts,
-    }
-    model.meta = {
-        "training": summary,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "versions": _versions(),
-    }
-    model.save(Path(model_dir))
-    return {
-        **summary,
-        "model_dir": str(model_dir),
-        "threshold": model.threshold_,
-        "target_fpr": target_fpr,
-        "supervised": model.sup_ is not None,
-        "seconds": round(time.perf_counter() - t0, 3),
-    }
-
-
-def score(paths: list[Path], model_dir: Path, out_csv: Path, *, skip_bad: bool = False) -> dict:
-    """Score every flow of ``paths``; write ``uid,score,alert,reasons`` rows to ``out_csv``."""
-    t0 = time.perf_counter()
-    model = load_model(model_dir)
-    n_flows = n_alerts = 0
-    drift_counts = np.zeros_like(model.train_fractions_)
-    skipped = 0
-    out_csv = Path(out_csv)
-    with open(out_csv, "wb") as sink:
-        sink.write(b"uid,score,alert,reasons\n")
-        opts = pacsv.WriteOptions(include_header=False, quoting_style="needed")
-        for path in paths:
-            model.reset_stream()
-            stats = ReadStats()
-            for batch in _flow_batches(Path(path), skip_bad, stats):
-                s, a, reasons, codes = model.score_batch_arrow(batch, full_reasons=False)
-                uid = batch["uid"].combine_chunks()
-                if uid.null_count:
-                    gen = pa.array([f"FW{n_flows + i:016x}" for i in range(len(batch))])
-                    uid = pc.if_else(pc.is_null(uid), gen, uid)
-                table = pa.table(
-                    {
-                        "uid": uid,
-                        "score": pc.round(pa.array(s), 6),
-                        "alert": pa.array(a),
-                        "reasons": pc.fill_null(reasons, ""),
-                    }
-                )
-                pacsv.write_csv(table, sink, opts)
-                # drift from a systematic sample of at most ~10k flows per batch: PSI needs bin
-                # fractions, not every row
-                step = max(1, len(codes) // 10_000)
-                drift_counts += model.binner_.fractions(codes[::step]) * len(batch)
-                n_flows += len(batch)
-                n_alerts += int(a.sum())
-            skipped += stats.skipped
-    elapsed = time.perf_counter() - t0
-    drift = model.drift_from_fractions(drift_counts / max(n_flows, 1)) if n_flows else {}
-    top = sorted(drift.items(), key=lambda kv: -kv[1])[:5]
-    return {
-        "flows": n_flows,
-        "alerts": n_alerts,
-        "skipped": skipped,
-        "seconds": round(elapsed, 3),
-        "flows_per_s": round(n_flows / elapsed, 1) if elapsed > 0 else None,
-        "threshold": model.threshold_,
-        "drift": {"psi_max": top[0][1] if top else 0.0, "top": dict(top), "psi": drift},
-        "out": str(out_csv),
-    }
-
-
-def evaluate(paths: list[Path], model_dir: Path, *, skip_bad: bool = False) -> dict:
-    """AUC-ROC, average precision and TPR at the target FPR, overall and per detailed label."""
+def evaluation_report(
+    s: np.ndarray, a: np.ndarray, y: np.ndarray, det: np.ndarray, target_fpr: float, threshold: float
+) -> dict[str, Any]:
+    """AUC-ROC, average precision and TPR at ``target_fpr``, overall and per detailed label, from the
+    scores ``s``, alerts ``a``, labels ``y`` (1/0) and detailed labels ``det`` of labelled flows."""
     from sklearn.metrics import average_precision_score, roc_auc_score
-
-    model = load_model(model_dir)
-    scores, alerts, ys, dets = [], [], [], []
-    for path in paths:
-        model.reset_stream()
-        stats = ReadStats()
-        for batch in _flow_batches(Path(path), skip_bad, stats):
-            s, a, _, _ = model.score_batch_arrow(batch)
-            y, d = _labels(batch)
-            scores.append(s)
-            alerts.append(a)
-            ys.append(y)
-            dets.append(d)
-    if not scores:
-        raise SourceError(paths[0] if paths else "", None, "no flow records to evaluate")
-    s = np.concatenate(scores)
-    a = np.concatenate(alerts)
-    y = np.concatenate(ys)
-    det = np.concatenate(dets).astype(str)
-    lab = y >= 0
-    if not lab.any():
-        raise SourceError(paths[0], None, "no labelled flows (need a 'label' column: Benign/Malicious)")
-    s, a, y, det = s[lab], a[lab], y[lab], det[lab]
 
     def metrics(mask_pos: np.ndarray) -> dict[str, Any]:
         neg = y == 0
@@ -1097,13 +914,13 @@ def evaluate(paths: list[Path], model_dir: Path, *, skip_bad: bool = False) -> d
             yy = mask_pos[sel].astype(int)
             out["auc_roc"] = round(float(roc_auc_score(yy, s[sel])), 6)
             out["average_precision"] = round(float(average_precision_score(yy, s[sel])), 6)
-            out["tpr_at_fpr"] = round(_tpr_at_fpr(s[neg], s[mask_pos], model.target_fpr), 6)
+            out["tpr_at_fpr"] = round(_tpr_at_fpr(s[neg], s[mask_pos], target_fpr), 6)
         return out
 
     result: dict[str, Any] = {
         "flows": int(len(y)),
-        "target_fpr": model.target_fpr,
-        "threshold": model.threshold_,
+        "target_fpr": target_fpr,
+        "threshold": threshold,
         "false_positive_rate": round(float(a[y == 0].mean()), 6) if (y == 0).any() else None,
         "overall": metrics(y == 1),
         "per_label": {},

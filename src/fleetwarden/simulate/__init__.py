@@ -2,7 +2,7 @@
 
 ``simulate_fleet(devices=500, hours=24, seed=0)`` returns a :class:`SimulatedFleet`: an
 inventory of IoT/OT devices on a factory, a hospital and two retail stores, the firmware
-catalogue, one time-sorted :class:`~fleetwarden.events.EventBatch` per event kind, and the
+catalogue, one time-sorted :class:`~fleetwarden.core.events.EventBatch` per event kind, and the
 ground truth of the injected scenarios (:data:`SCENARIOS`).  Output is deterministic in the
 seed and generated column-wise with numpy.
 

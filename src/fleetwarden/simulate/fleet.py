@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fleetwarden.events import KINDS, EventBatch, time_windows
+from fleetwarden.core.events import KINDS, EventBatch, time_windows
 from fleetwarden.simulate.behaviour import NormalBehaviour
 from fleetwarden.simulate.catalog import build_firmware_catalog, build_inventory
 from fleetwarden.simulate.records import Parts

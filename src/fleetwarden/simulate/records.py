@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fleetwarden.events import EventBatch, schema_for
+from fleetwarden.core.events import EventBatch, schema_for
 
 TCP, UDP, ICMP = 0, 1, 2
 PROTO_NAMES = np.array(["tcp", "udp", "icmp"], dtype=object)

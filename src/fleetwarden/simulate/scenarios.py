@@ -4,7 +4,7 @@ Each scenario picks its device(s) with the seed, writes its records (label = sce
 detailed_label = the step) and, where an attack changes what the device keeps doing (a
 tampered image keeps being reported, a clone keeps publishing), rewrites the normal records
 concerned.  It returns a :class:`ScenarioTruth` saying which devices, when, and which
-incident categories (from :data:`fleetwarden.findings.CATEGORIES`) a detector should raise.
+incident categories (from :data:`fleetwarden.core.findings.CATEGORIES`) a detector should raise.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fleetwarden.findings import CATEGORIES
+from fleetwarden.core.findings import CATEGORIES
 from fleetwarden.simulate import records as R
 from fleetwarden.simulate.behaviour import (
     CLASS_CHANNELS,

@@ -27,7 +27,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fleetwarden.events import EventBatch
+from fleetwarden.core.errors import InputError
+from fleetwarden.core.events import EventBatch
 
 __all__ = ["FORMATS", "ReadStats", "SourceError", "detect_format", "read_events"]
 
@@ -43,7 +44,7 @@ _PCAP_MAGICS = {
 _PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
 
 
-class SourceError(Exception):
+class SourceError(InputError):
     """Input that cannot be read: names the file, where in it, and what was wrong."""
 
     def __init__(self, path: str | Path, where: str | None, what: str) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from fleetwarden.events import EventBatch
+from fleetwarden.core.events import EventBatch
 from fleetwarden.sources import DEFAULT_BATCH, ReadStats, SourceError
 from fleetwarden.sources.zeek import (
     Batcher,

@@ -1,7 +1,7 @@
 """Generic JSON lines: any FleetWarden event kind, one object a line, to event batches.
 
 The integration path for systems that are not Zeek: each line is an object with ``kind``
-(or ``event``) naming an event kind of :mod:`fleetwarden.events` plus that kind's fields,
+(or ``event``) naming an event kind of :mod:`fleetwarden.core.events` plus that kind's fields,
 for example::
 
     {"kind": "auth", "ts": 1700000000.5, "user": "maint", "src_ip": "203.0.113.7",
@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fleetwarden.events import KINDS, EventBatch, required_fields, schema_for
+from fleetwarden.core.events import KINDS, EventBatch, required_fields, schema_for
 from fleetwarden.sources import DEFAULT_BATCH, ReadStats, SourceError
 from fleetwarden.sources.zeek import (
     FAST_PATH_ERRORS,

@@ -31,7 +31,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from fleetwarden.events import EventBatch
+from fleetwarden.core.events import EventBatch
 from fleetwarden.sources import ReadStats, SourceError
 
 __all__ = ["DEFAULT_TOPIC", "MqttEventSource", "parse_mqtt_url", "publish_batches"]

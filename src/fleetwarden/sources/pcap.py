@@ -50,7 +50,7 @@ import dpkt
 import numpy as np
 import pyarrow as pa
 
-from fleetwarden.events import EventBatch
+from fleetwarden.core.events import EventBatch
 from fleetwarden.sources import ReadStats, SourceError
 
 __all__ = ["SUPPORTED_LINKTYPES", "read", "read_arp", "read_packets"]

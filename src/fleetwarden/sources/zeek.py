@@ -10,7 +10,7 @@ real 1-based line number and a reason; good lines of that block are still delive
 TSV details handled: ``#separator`` (escaped, e.g. ``\\x09``), ``#set_separator``,
 ``#empty_field`` (``(empty)`` becomes ``''``), ``#unset_field`` (``-`` becomes null),
 ``#path`` (``conn`` -> flow, ``dns`` -> dns; else decided from the field names),
-``#fields`` (known names are mapped to :mod:`fleetwarden.events`, unknown ones dropped),
+``#fields`` (known names are mapped to :mod:`fleetwarden.core.events`, unknown ones dropped),
 several header blocks in one file (rotated logs joined with ``cat``), ``\\xHH`` escapes in
 strings, and IoT-23's ``conn.log.labeled`` whose last column packs
 ``tunnel_parents label detailed-label`` separated by spaces.
@@ -45,7 +45,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.json as pjson
 
-from fleetwarden.events import EventBatch, required_fields, schema_for
+from fleetwarden.core.events import EventBatch, required_fields, schema_for
 from fleetwarden.sources import DEFAULT_BATCH, ReadStats, SourceError
 
 __all__ = ["read", "read_json", "read_tsv", "write_tsv"]

@@ -24,8 +24,10 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import ArgumentError, InterfaceError, NoSuchModuleError, OperationalError
 
 from fleetwarden.config import database_url
+from fleetwarden.core.text import redact, redact_url
 from fleetwarden.store.models import TABLES
 from fleetwarden.store.repository import RecordSummary, Store, StoreError
 
@@ -53,14 +55,32 @@ def open_store(url: str | None = None, *, schema: str | None = None, migrate: bo
     ``FLEETWARDEN_DB`` > SQLite file in ``FLEETWARDEN_HOME``).  ``schema`` (PostgreSQL
     only) is created when missing and used as the search path of every connection.
     """
-    engine = create_store_engine(url, schema=schema)
+    try:
+        engine = create_store_engine(url, schema=schema)
+    except (ImportError, ArgumentError, NoSuchModuleError) as exc:
+        raise StoreError(f"cannot use the database {_shown(url)}: {_reason(exc)}") from None
     try:
         if migrate:
             upgrade(engine)
+    except (OperationalError, InterfaceError) as exc:
+        engine.dispose()
+        raise StoreError(f"cannot open the database {_shown(url)}: {_reason(exc)}") from None
     except Exception:
         engine.dispose()
         raise
     return Store(engine)
+
+
+def _shown(url: str | None) -> str:
+    return redact_url(database_url(url))
+
+
+def _reason(exc: BaseException) -> str:
+    """The driver's first line ("connection refused", "password authentication failed"), without
+    SQLAlchemy's statement dump and link."""
+    inner = getattr(exc, "orig", None) or exc
+    text = str(inner).strip().splitlines()
+    return redact(text[0][:300]) if text else type(inner).__name__
 
 
 def create_store_engine(url: str | None = None, *, schema: str | None = None) -> Engine:

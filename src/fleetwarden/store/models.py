@@ -1,7 +1,7 @@
 """Storage models: the tables FleetWarden keeps, as SQLAlchemy 2 typed declarative classes.
 
-These are storage shapes, not the engine's objects: :class:`fleetwarden.findings.Finding`
-and :class:`~fleetwarden.findings.Incident` become :class:`FindingRecord` and
+These are storage shapes, not the engine's objects: :class:`fleetwarden.core.findings.Finding`
+and :class:`~fleetwarden.core.findings.Incident` become :class:`FindingRecord` and
 :class:`IncidentRecord` when saved.  Times are epoch seconds (double precision) like the
 events they come from; JSON columns are JSON on SQLite and JSONB on PostgreSQL.
 
@@ -31,7 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from fleetwarden.findings import incident_json
+from fleetwarden.core.findings import incident_json
 
 # JSON that is indexable/compact on PostgreSQL and plain text JSON on SQLite
 JSONType = JSON().with_variant(JSONB(), "postgresql")
@@ -120,7 +120,7 @@ class Device(Base):
 
 
 class IncidentRecord(Base):
-    """A saved :class:`fleetwarden.findings.Incident` plus its handling status."""
+    """A saved :class:`fleetwarden.core.findings.Incident` plus its handling status."""
 
     __tablename__ = "incidents"
     __table_args__ = (
@@ -157,7 +157,7 @@ class IncidentRecord(Base):
 
 
 class FindingRecord(Base):
-    """A saved :class:`fleetwarden.findings.Finding`.
+    """A saved :class:`fleetwarden.core.findings.Finding`.
 
     ``fingerprint`` (hash of entity, category, detector, time span and record ids) makes
     saving idempotent: a replayed stream message or a re-analysed file adds nothing.
@@ -225,7 +225,7 @@ class Action(Base):
 
 
 class AuditEntry(Base):
-    """One link of the hash-chained, append-only audit log (see :mod:`fleetwarden.audit`)."""
+    """One link of the hash-chained, append-only audit log (see :mod:`fleetwarden.store.audit`)."""
 
     __tablename__ = "audit_entries"
 

@@ -1,7 +1,7 @@
 """The repository: every read and write the application makes to the database.
 
 Each public method is one transaction.  Every write of inventory, findings, incidents,
-actions and models appends an audit entry (:mod:`fleetwarden.audit`) *in the same
+actions and models appends an audit entry (:mod:`fleetwarden.store.audit`) *in the same
 transaction*, so the log can neither miss a change nor record one that was rolled back.
 
 Writers are serialised, which is what keeps the audit chain linear: SQLite write
@@ -28,8 +28,9 @@ from typing import Any
 from sqlalchemy import Engine, func, insert, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from fleetwarden import audit
-from fleetwarden.findings import CATEGORIES, SEVERITIES, Finding, Incident
+from fleetwarden.core.errors import InputError
+from fleetwarden.core.findings import CATEGORIES, SEVERITIES, Finding, Incident
+from fleetwarden.store import audit
 from fleetwarden.store.models import (
     INCIDENT_STATUSES,
     LIFECYCLES,
@@ -59,7 +60,7 @@ ACTION_TRANSITIONS: dict[str, tuple[str, ...]] = {
 _CHUNK = 500  # IN (...) lists stay well under SQLite's bound-parameter limit
 
 
-class StoreError(ValueError):
+class StoreError(InputError, ValueError):
     """A request the store refuses: unknown id, invalid value or transition."""
 
 
@@ -271,12 +272,17 @@ class Store:
         batches: Sequence[tuple[str, int, float | None, float | None]] | None = None,
         *,
         actor: str = "engine",
+        replace_stories: bool = False,
     ) -> RecordSummary:
         """Save one run's output in ONE transaction: a failure leaves none of it behind.
 
         ``findings`` plus the findings inside ``incidents`` are saved (each once);
         ``devices`` are upserted like :meth:`upsert_devices` (e.g. discovered ones);
         ``batches`` record what was ingested as ``(kind, records, first_ts, last_ts)``.
+        An incident extends the open one of its entity and category.  With ``replace_stories``
+        the incidents were correlated over the open stories' findings too
+        (:meth:`story_findings`), so they replace the stored risk, severity and evidence;
+        otherwise the two are merged (highest risk, evidence of both).
         """
         now = time.time()
         summary = RecordSummary()
@@ -302,7 +308,7 @@ class Store:
             )
             incident_of: dict[int, int] = {}  # id(Finding) -> incidents.id
             for inc in incidents:
-                row, opened = _save_incident(s, inc, source, known, now)
+                row, opened = _save_incident(s, inc, source, known, now, replace=replace_stories)
                 if opened:
                     summary.incidents_opened += 1
                 elif opened is False:
@@ -426,6 +432,32 @@ class Store:
         q = q.order_by(FindingRecord.last_seen.desc(), FindingRecord.id).offset(offset).limit(limit)
         with self._read() as s:
             return list(s.scalars(q))
+
+    def story_findings(self, entities: Sequence[str]) -> list[Finding]:
+        """The findings of the open (or acknowledged) incidents of ``entities``, as
+        :class:`~fleetwarden.core.findings.Finding` objects in the order they were stored: what a
+        later finding about the same device is correlated with (one story per device, however
+        many runs, workers or checkpoints it took to see it)."""
+        out: list[Finding] = []
+        with self._read() as s:
+            for chunk in _chunks(list(entities)):
+                q = (
+                    select(FindingRecord)
+                    .join(IncidentRecord, FindingRecord.incident_id == IncidentRecord.id)
+                    .where(
+                        IncidentRecord.entity.in_(chunk),
+                        IncidentRecord.status.in_(("open", "acknowledged")),
+                    )
+                    .order_by(FindingRecord.id)
+                )
+                out += [_finding_of(r) for r in s.scalars(q)]
+        return out
+
+    @staticmethod
+    def fingerprint(f: Finding) -> str:
+        """The key that makes saving a finding idempotent (entity, category, detector, time span,
+        record ids)."""
+        return _fingerprint(f)
 
     def list_ingest_batches(self, source: str | None = None) -> list[IngestBatch]:
         q = select(IngestBatch).order_by(IngestBatch.id)
@@ -760,6 +792,24 @@ def _existing_fingerprints(s: Session, fps: Sequence[str]) -> dict[str, None]:
     return found
 
 
+def _finding_of(r: FindingRecord) -> Finding:
+    return Finding(
+        entity=r.entity,
+        category=r.category,
+        detector=r.detector,
+        score=float(r.score),
+        first_seen=float(r.first_seen),
+        last_seen=float(r.last_seen),
+        evidence=list(r.evidence or []),
+        mitre=list(r.mitre or []),
+        ip=r.ip,
+        mac=r.mac,
+        device_id=r.device_id,
+        record_ids=list(r.record_ids or []),
+        attributes=dict(r.attributes or {}),
+    )
+
+
 def _finding_row(
     f: Finding, fp: str, source: str, incident_id: int | None, known: set[str], now: float
 ) -> dict[str, Any]:
@@ -790,9 +840,10 @@ def _finding_row(
 
 
 def _save_incident(
-    s: Session, inc: Incident, source: str, known: set[str], now: float
+    s: Session, inc: Incident, source: str, known: set[str], now: float, *, replace: bool = False
 ) -> tuple[IncidentRecord, bool | None]:
-    """Open a new incident, or extend the open one for the same entity and category.
+    """Open a new incident, or extend the open one for the same entity and category (``replace``:
+    take the new incident's risk, severity and evidence, correlated over the stored story too).
 
     Returns the row and True (opened), False (extended) or None (already contained it).
     """
@@ -832,7 +883,31 @@ def _save_incident(
         s.add(row)
         s.flush()
         return row, True
-    merged = {
+    if replace:
+        merged = {
+            "first_seen": float(inc.first_seen),
+            "last_seen": float(inc.last_seen),
+            "risk": int(inc.risk),
+            "severity": inc.severity,
+            "evidence": evidence,
+            "mitre": mitre,
+            "ip": inc.ip or row.ip,
+            "mac": inc.mac or row.mac,
+        }
+    else:
+        merged = _merged_incident(row, inc, evidence, mitre)
+    changed = {k: v for k, v in merged.items() if getattr(row, k) != v}
+    if not changed:
+        return row, None
+    for k, v in changed.items():
+        setattr(row, k, v)
+    row.updated_at = now
+    s.flush()
+    return row, False
+
+
+def _merged_incident(row: IncidentRecord, inc: Incident, evidence: list[str], mitre: list[str]) -> dict:
+    return {
         "first_seen": min(row.first_seen, float(inc.first_seen)),
         "last_seen": max(row.last_seen, float(inc.last_seen)),
         "risk": max(row.risk, int(inc.risk)),
@@ -842,14 +917,6 @@ def _save_incident(
         "ip": row.ip or inc.ip,
         "mac": row.mac or inc.mac,
     }
-    changed = {k: v for k, v in merged.items() if getattr(row, k) != v}
-    if not changed:
-        return row, None
-    for k, v in changed.items():
-        setattr(row, k, v)
-    row.updated_at = now
-    s.flush()
-    return row, False
 
 
 def _severity_rank(sev: str) -> int:

@@ -60,11 +60,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fleetwarden.detection.analytics.base import Context, DeviceInfo
+from fleetwarden.core.context import Context, DeviceInfo
+from fleetwarden.core.events import EventBatch
+from fleetwarden.core.findings import Finding
 from fleetwarden.detection.analytics.netcommon import str_col
 from fleetwarden.detection.enrich import country_code
-from fleetwarden.events import EventBatch
-from fleetwarden.findings import Finding
 
 __all__ = [
     "ANALYTICS",

@@ -1,4 +1,4 @@
-"""The contract every behaviour analytic keeps, and the context it is given.
+"""The contract every behaviour analytic keeps.
 
 An analytic consumes event batches of the kinds it names, in time order, and returns
 findings as soon as its evidence is complete.  It keeps its own bounded state between
@@ -16,52 +16,11 @@ An analytic that also takes ARP records (``ts, src_mac, src_ip, dst_ip, op``) of
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
-from fleetwarden.events import EventBatch
-from fleetwarden.findings import Finding
-
-
-@dataclass
-class DeviceInfo:
-    """What the inventory knows about a device, as the detectors need it."""
-
-    device_id: str
-    ip: str | None = None
-    mac: str | None = None
-    device_class: str | None = None
-    vendor: str | None = None
-    model: str | None = None
-    site: str | None = None
-    country: str | None = None
-    firmware: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class Context:
-    """Inventory and settings shared by all analytics during one run."""
-
-    devices: dict[str, DeviceInfo] = field(default_factory=dict)
-    # ip -> device_id, for flows and DNS records that carry only addresses
-    ip_to_device: dict[str, str] = field(default_factory=dict)
-    # operating hours (local to the fleet), used for off-hours checks
-    working_hours: tuple[int, int] = (7, 19)
-    # known-good firmware images: (vendor, model, version) -> SHA-256 hex digests
-    firmware_catalog: dict[tuple[str, str, str], set[str]] = field(default_factory=dict)
-    # plaintext-protocol policy for novelty.py (a novelty.PlaintextPolicy; None: its default),
-    # and a switch for the whole policy (None: the policy's own setting)
-    plaintext_policy: Any = None
-    require_encryption: bool | None = None
-
-    def add_device(self, info: DeviceInfo) -> None:
-        self.devices[info.device_id] = info
-        if info.ip:
-            self.ip_to_device[info.ip] = info.device_id
-
-    def entity_for_ip(self, ip: str) -> str:
-        return self.ip_to_device.get(ip, ip)
+from fleetwarden.core.context import Context
+from fleetwarden.core.events import EventBatch
+from fleetwarden.core.findings import Finding
 
 
 class Analytic(Protocol):

@@ -57,6 +57,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fleetwarden.core.context import Context, DeviceInfo
+from fleetwarden.core.events import EventBatch
+from fleetwarden.core.findings import Finding
 from fleetwarden.detection.analytics.auth import (
     EpisodeBook,
     in_maintenance_window,
@@ -65,10 +68,7 @@ from fleetwarden.detection.analytics.auth import (
     noisy_or,
     off_hours,
 )
-from fleetwarden.detection.analytics.base import Context, DeviceInfo
 from fleetwarden.detection.analytics.firmware import version_key
-from fleetwarden.events import EventBatch
-from fleetwarden.findings import Finding
 
 __all__ = ["ANALYTICS", "CommandBaseline"]
 

@@ -86,7 +86,9 @@ from functools import lru_cache
 import numpy as np
 import pyarrow as pa
 
-from fleetwarden.detection.analytics.base import Context
+from fleetwarden.core.context import Context
+from fleetwarden.core.events import EventBatch
+from fleetwarden.core.findings import Finding
 from fleetwarden.detection.analytics.netcommon import (
     FAILED_STATES,
     MAX_RECORD_IDS,
@@ -101,8 +103,7 @@ from fleetwarden.detection.analytics.netcommon import (
     sorted_by_time,
     str_col,
 )
-from fleetwarden.events import EventBatch
-from fleetwarden.findings import Finding
+from fleetwarden.detection.enrich import UNREGISTERED, split_name
 
 __all__ = [
     "ANALYTICS",
@@ -112,38 +113,11 @@ __all__ = [
     "EncryptedDnsDetector",
     "doh_endpoint",
     "public_resolver",
-    "registered_domain",
     "shannon_entropy",
 ]
 
 DATA_QTYPES = frozenset({"TXT", "NULL", "CNAME", "MX", "KEY", "ANY", "PRIVATE", "SRV", "10", "16", "65399"})
-UNREGISTERED = "(names under no public suffix)"
 IGNORED_SUFFIXES = (".local", ".arpa", ".lan", ".home", ".localdomain", ".internal")
-
-_extract = None
-
-
-def _extractor():
-    global _extract
-    if _extract is None:
-        import tldextract
-
-        # suffix_list_urls=() keeps tldextract on its bundled snapshot: no download, ever.
-        _extract = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
-    return _extract
-
-
-@lru_cache(maxsize=131_072)
-def registered_domain(name: str) -> tuple[str, str]:
-    """(registered domain, subdomain) of a query name; unknown suffixes keep the last two labels."""
-    name = name.strip(".").lower()
-    ext = _extractor()(name)
-    if ext.domain and ext.suffix:
-        return f"{ext.domain}.{ext.suffix}", ext.subdomain
-    # No public suffix: a private zone or a tunnel talking straight to its server (dnscat2
-    # without a domain).  Group all such names of a client together: the whole name is data.
-    return UNREGISTERED, name
-
 
 @lru_cache(maxsize=131_072)
 def shannon_entropy(text: str) -> float:
@@ -225,7 +199,7 @@ class DnsDetector:
                 continue
             c = client[i]
             t = float(ts[i])
-            domain, sub = registered_domain(q)
+            domain, sub = split_name(q)
             cs = self._clients.get(c)
             if cs is None:
                 cs = self._clients[c] = _Client()

@@ -52,7 +52,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fleetwarden.detection.analytics.base import Context
+from fleetwarden.core.context import Context
+from fleetwarden.core.events import EventBatch
+from fleetwarden.core.findings import Finding
 from fleetwarden.detection.analytics.netcommon import (
     Prevalence,
     cohorts_of,
@@ -63,8 +65,6 @@ from fleetwarden.detection.analytics.netcommon import (
     sorted_by_time,
     str_col,
 )
-from fleetwarden.events import EventBatch
-from fleetwarden.findings import Finding
 
 __all__ = ["ANALYTICS", "ExfilDetector"]
 

@@ -40,10 +40,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
+from fleetwarden.core.context import Context, DeviceInfo
+from fleetwarden.core.events import EventBatch
+from fleetwarden.core.findings import Finding
 from fleetwarden.detection.analytics.auth import lru_get, noisy_or
-from fleetwarden.detection.analytics.base import Context, DeviceInfo
-from fleetwarden.events import EventBatch
-from fleetwarden.findings import Finding
 
 __all__ = ["ANALYTICS", "FirmwareIntegrity", "version_key"]
 

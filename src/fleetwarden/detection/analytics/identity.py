@@ -52,10 +52,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from fleetwarden.core.context import Context
+from fleetwarden.core.events import EventBatch
+from fleetwarden.core.findings import Finding
 from fleetwarden.detection.analytics.auth import fmt_duration, lru_get, noisy_or
-from fleetwarden.detection.analytics.base import Context
-from fleetwarden.events import EventBatch
-from fleetwarden.findings import Finding
 
 __all__ = ["ANALYTICS", "AttestationPolicy", "ClonedIdentity", "UnknownDevice"]
 

@@ -2,7 +2,7 @@
 
 Address classification (private, multicast/broadcast) cached per distinct address, the
 sliding distinct-count window the rate detectors share, and the helper that turns an
-address into the entity/ip/mac a :class:`~fleetwarden.findings.Finding` carries.
+address into the entity/ip/mac a :class:`~fleetwarden.core.findings.Finding` carries.
 Everything here is bounded: windows expire by event time and cap the items they keep.
 """
 
@@ -20,10 +20,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fleetwarden.detection.analytics.base import Context
+from fleetwarden.core.context import Context
+from fleetwarden.core.events import EventBatch
+from fleetwarden.core.findings import Finding
+from fleetwarden.detection.enrich import split_name
 from fleetwarden.detection.state import stable_hash
-from fleetwarden.events import EventBatch
-from fleetwarden.findings import Finding
 
 MAX_RECORD_IDS = 50
 
@@ -284,8 +285,6 @@ class Prevalence:
         """Learn address -> registered domain from the answers of DNS records."""
         if len(batch) == 0 or "answers" not in batch.table.column_names:
             return
-        from fleetwarden.detection.analytics.dns import registered_domain
-
         query = str_col(batch, "query")
         answers = str_col(batch, "answers")
         has = answers != ""
@@ -295,7 +294,7 @@ class Prevalence:
         for q, ans in pairs:
             if not q:
                 continue
-            dom = registered_domain(q)[0]
+            dom = split_name(q)[0]
             for a in ans.split(","):
                 a = a.strip()
                 if a and parse_address(a) is not None:

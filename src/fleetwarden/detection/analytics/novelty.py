@@ -50,7 +50,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fleetwarden.detection.analytics.base import Context
+from fleetwarden.core.context import Context
+from fleetwarden.core.events import EventBatch
+from fleetwarden.core.findings import Finding
 from fleetwarden.detection.analytics.netcommon import (
     device_class,
     is_group,
@@ -62,8 +64,6 @@ from fleetwarden.detection.analytics.netcommon import (
     str_col,
 )
 from fleetwarden.detection.enrich import country_code
-from fleetwarden.events import EventBatch
-from fleetwarden.findings import Finding
 
 __all__ = ["ANALYTICS", "NoveltyDetector", "PlaintextPolicy", "country_of"]
 

@@ -98,7 +98,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fleetwarden.detection.analytics.base import Context
+from fleetwarden.core.context import Context
+from fleetwarden.core.events import EventBatch
+from fleetwarden.core.findings import Finding
 from fleetwarden.detection.analytics.netcommon import (
     MAX_RECORD_IDS,
     KeyCounter,
@@ -110,8 +112,6 @@ from fleetwarden.detection.analytics.netcommon import (
     sorted_by_time,
     str_col,
 )
-from fleetwarden.events import EventBatch
-from fleetwarden.findings import Finding
 
 __all__ = ["ANALYTICS", "ATTEMPT_STATES", "C2RetryDetector", "retry_score"]
 

@@ -57,10 +57,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from fleetwarden.core.context import Context, DeviceInfo
+from fleetwarden.core.events import EventBatch
+from fleetwarden.core.findings import Finding
 from fleetwarden.detection.analytics.auth import EpisodeBook, lru_get
-from fleetwarden.detection.analytics.base import Context, DeviceInfo
-from fleetwarden.events import EventBatch
-from fleetwarden.findings import Finding
 
 __all__ = ["ANALYTICS", "RowVerdict", "TelemetryRange"]
 

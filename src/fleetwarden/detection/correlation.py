@@ -18,7 +18,7 @@ Stories are per entity: every detector names the *local* device as the entity (t
 scanning camera, not the external hosts that answered its probes; the flooding device, not
 its outside victim), so the scan, C2 beacon and flood of one compromised device link here.
 
-Severity follows from risk with the same cut points as :func:`fleetwarden.findings.severity_for`.
+Severity follows from risk with the same cut points as :func:`fleetwarden.core.findings.severity_for`.
 The incident's evidence is the strongest findings' sentences (then a line naming the
 linked categories); its MITRE techniques the union of its findings'.
 """
@@ -29,8 +29,8 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable
 
-from fleetwarden.detection.analytics.base import Context
-from fleetwarden.findings import Finding, Incident, severity_for
+from fleetwarden.core.context import Context
+from fleetwarden.core.findings import Finding, Incident, severity_for
 
 __all__ = ["ATTACK_CATEGORIES", "CRITICAL_CLASSES", "correlate", "risk_for"]
 
@@ -66,7 +66,7 @@ CRITICAL_CLASSES = (
     "safety",
 )
 MAX_EVIDENCE = 6
-# Below this a finding is "low" (fleetwarden.findings.severity_for's medium cut point).
+# Below this a finding is "low" (fleetwarden.core.findings.severity_for's medium cut point).
 WEAK = 0.4
 
 

@@ -45,6 +45,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from fleetwarden.app.session import DetectionSession
 from fleetwarden.bus.jetstream import (
     DEFAULT_PARTITIONS,
     DEFAULT_STREAM,
@@ -54,9 +55,9 @@ from fleetwarden.bus.jetstream import (
     parse_bus_url,
     subject_for,
 )
-from fleetwarden.detection.analytics.base import Context
-from fleetwarden.events import EventBatch, time_windows
-from fleetwarden.findings import Finding
+from fleetwarden.core.context import Context
+from fleetwarden.core.events import EventBatch, time_windows
+from fleetwarden.core.findings import Finding
 from fleetwarden.sources import ReadStats, SourceError
 
 __all__ = [
@@ -89,7 +90,7 @@ def load_engine(blob: bytes, ctx: Context, flow_model: Any = None) -> Any:
 
 def time_slices(batches: Sequence[EventBatch], seconds: float) -> Iterator[EventBatch]:
     """The records of ``batches`` (any kinds) in windows of ``seconds`` of event time, in time
-    order, one batch per kind per window (kinds in :data:`~fleetwarden.events.KINDS` order).
+    order, one batch per kind per window (kinds in :data:`~fleetwarden.core.events.KINDS` order).
 
     The engine's findings depend on how much event time one call covers (novelty learns within
     a batch: an hour in one call finds "new" services that minute-sized calls have already
@@ -169,24 +170,31 @@ class Worker:
         self.prefix = prefix
         self.durable_prefix = durable_prefix
         self.record = record
-        self.ctx = ctx if ctx is not None else Context()
-        self.flow_model = flow_model
+        self.source = f"nats:{self.target.display}/{stream}"
+        # one session: context, model, GC policy, recording; one engine per owned partition
+        self.session = DetectionSession(
+            ctx=ctx,
+            model=flow_model,
+            store=store if record else None,
+            source=self.source,
+            on_finding=on_finding,
+            keep_findings=False,
+        )
+        self.ctx = self.session.ctx
+        self.flow_model = self.session.model
         self.checkpoint_every = checkpoint_every
         self.ack_wait = ack_wait
         self.fetch_batch = fetch_batch
         self.slice_seconds = slice_seconds
-        self.on_finding = on_finding
-        self.source = f"nats:{self.target.display}/{stream}"
         self.result = WorkerResult()
         self.parts: list[PartitionState] = []
-        self._pending: list[Finding] = []  # made since the last checkpoint, to record
         self._nc = None
         self._js = None
         self._stop = False
 
     # lifecycle --------------------------------------------------------------------------
     async def start(self) -> Worker:
-        from fleetwarden.detection.engine import Engine, warm_up
+        from fleetwarden.app.runtime import warm_up
 
         self._nc = await connect(self.target.url)
         self._js = self._nc.jetstream()
@@ -206,7 +214,7 @@ class Worker:
                 ps.events = int(cp.events)
                 ps.resumed = True
             else:
-                ps.engine = Engine(ctx=self.ctx, flow_model=self.flow_model)
+                ps.engine = self.session.new_engine()
             ps.sub = await self._bind(ps)
             self.parts.append(ps)
         warm_up()
@@ -259,10 +267,8 @@ class Worker:
         """Checkpoint, optionally emit pending findings (``drain``), and disconnect."""
         await self.checkpoint()
         if drain:
-            found: list[Finding] = []
             for ps in self.parts:
-                found += ps.engine.flush()
-            self._emit(found)
+                self.result.findings += len(self.session.flush(ps.engine))
             self._record()
         if self._nc is not None:
             await self._nc.flush()  # the acks are out before the connection goes
@@ -274,7 +280,7 @@ class Worker:
         if self._nc is not None:
             await self._nc.close()
             self._nc = None
-        self._pending.clear()
+        self.session._unrecorded.clear()
 
     # work -------------------------------------------------------------------------------
     async def poll(self, timeout: float = 0.5) -> int:
@@ -318,29 +324,15 @@ class Worker:
             self.result.stats.skip(
                 SourceError(f"{self.source} p{ps.index}", f"line {line} of a fetch", problem)
             )
-        found: list[Finding] = []
         for batch in time_slices([b for b, _lines in groups.values()], self.slice_seconds):
-            found += ps.engine.process(batch)
+            self.result.findings += len(self.session.process(batch, ps.engine))
             ps.events += len(batch)
             self.result.events += len(batch)
             self.result.stats.records += len(batch)
-        self._emit(found)
-
-    def _emit(self, found: list[Finding]) -> None:
-        self.result.findings += len(found)
-        if self.record:
-            self._pending += found
-        if self.on_finding is not None:
-            for f in found:
-                self.on_finding(f)
 
     def _record(self) -> None:
-        if not self._pending:
-            return
-        from fleetwarden.correlation import correlate
-
-        self.store.record_results(self.source, self._pending, correlate(self._pending, self.ctx))
-        self._pending = []
+        """Store the findings made since the last checkpoint, joined to their devices' open stories."""
+        self.session.record()
 
     async def checkpoint(self, *, ack: bool = True) -> int:
         """Record findings, save every partition that moved, then ack; returns partitions saved.

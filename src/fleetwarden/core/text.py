@@ -1,0 +1,77 @@
+"""Text that crosses a trust boundary: credentials redacted, control characters made visible.
+
+Devices, logs, brokers and API callers are attacker-controlled, and what they send ends up in
+evidence sentences, terminal tables, web pages, database rows and the audit log.  Two helpers,
+used by every face and by the store:
+
+* :func:`redact` / :func:`redact_url`: the password (and token-like query values) of any URL, and
+  ``password=…``-style pairs, become ``***``.  Applied to everything that names a source (a broker
+  or bus URL, a database URL) before it is printed, logged or stored: the audit log is
+  append-only, so a credential written there could never be removed.
+* :func:`printable`: C0/C1 control characters, DEL and the Unicode line/paragraph separators and
+  bidirectional overrides become visible ``\\xNN`` / ``\\uNNNN`` escapes, so a crafted string cannot
+  move the cursor, recolour or clear a terminal, or hide text by reordering it.  Rich markup is
+  not interpreted by the faces at all (they hand Rich ``Text`` objects or print with
+  ``markup=False``); :func:`printable` is what makes the characters themselves harmless.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import quote, urlsplit, urlunsplit
+
+__all__ = ["MASK", "printable", "redact", "redact_url", "truncate"]
+
+MASK = "***"
+_SECRET_KEYS = r"(?:password|passwd|pwd|pass|secret|token|api[_-]?key|access[_-]?key|auth)"
+# scheme://user:password@host  (the password part: anything up to the last @ before the host)
+_URL_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<user>[^\s:/@]*):(?P<pw>[^\s/@]*)@")
+# key=value / key: value pairs, in query strings, DSNs and log lines
+_SECRET_PAIR = re.compile(rf"(?i)(?P<key>\b{_SECRET_KEYS}\b\s*[=:]\s*)(?P<val>[^\s&;,'\"]+)")
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (and secret-looking query values) replaced by ``***``; a string
+    that is not a URL is passed through :func:`redact`."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return redact(url)
+    if not parts.scheme or not parts.netloc:
+        return redact(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{quote(user, safe='%')}:{MASK}@{host}" if ":" in userinfo else f"{userinfo}@{host}"
+    return redact(urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment)))
+
+
+def redact(text: str) -> str:
+    """``text`` with every URL password and ``password=…``-style value replaced by ``***``."""
+    if not text:
+        return text
+    text = _URL_USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
+    return _SECRET_PAIR.sub(lambda m: f"{m['key']}{MASK}", text)
+
+
+def printable(text: object, limit: int | None = None) -> str:
+    """``text`` safe for a terminal or a log line: control and reordering characters escaped,
+    optionally cut to ``limit`` characters (with a marker saying how much was cut)."""
+    s = text if isinstance(text, str) else str(text)
+    s = _CONTROL.sub(_escape, s)
+    return truncate(s, limit) if limit is not None else s
+
+
+def truncate(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters, the cut marked (``…(+123)``)."""
+    if len(text) <= limit:
+        return text
+    marker = f"…(+{len(text) - limit})"
+    return text[: max(0, limit - len(marker))] + marker
+
+
+def _escape(m: re.Match[str]) -> str:
+    c = ord(m.group())
+    return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
