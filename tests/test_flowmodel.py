@@ -14,7 +14,6 @@ from conftest import need_data
 from fleetwarden.app import modeling
 from fleetwarden.app.models import load_flow_model
 from fleetwarden.core.events import EventBatch
-from fleetwarden.detection import flowmodel as fm
 from fleetwarden.sources import read_events
 
 

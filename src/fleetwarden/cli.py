@@ -48,6 +48,15 @@ DbUrl = Annotated[str | None, typer.Option("--db", help="database URL (default: 
 AsJson = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 Limit = Annotated[int, typer.Option("--limit", min=1, help="rows to show in tables")]
 ShowAll = Annotated[bool, typer.Option("--all", help="show every row (overrides --limit)")]
+StreamMaxBytes = Annotated[
+    int | None,
+    typer.Option(
+        "--stream-max-bytes",
+        min=1 << 20,
+        help="when this creates the stream: bytes it buffers for workers that fall behind (default 1 GiB); "
+        "publishers wait when it is full, nothing is dropped",
+    ),
+]
 
 
 class UsageError(Exception):
@@ -282,6 +291,7 @@ def simulate(
         int | None,
         typer.Option(min=1, help="events packed per message (default: 1 with --mqtt, 100 with --bus)"),
     ] = None,
+    stream_max_bytes: StreamMaxBytes = None,
 ) -> None:
     """Simulate a fleet: write Zeek logs, events.jsonl and the scenario truth, or drive an MQTT broker
     or a NATS JetStream bus."""
@@ -304,6 +314,7 @@ def simulate(
         subjects=subjects,
         rate=rate,
         per_message=per_message,
+        stream_max_bytes=stream_max_bytes,
     )
     if result.written:
         rows = [(str(p), f"{Path(p).stat().st_size:,}") for _n, p in sorted(result.written.items())]
@@ -358,15 +369,22 @@ def worker(
     model: OptModel = None,
     as_json: Annotated[bool, typer.Option("--json", help="print findings as JSON lines")] = False,
     db: DbUrl = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option("--metrics-port", min=1, max=65535, help="serve Prometheus metrics on 127.0.0.1:PORT"),
+    ] = None,
+    stream_max_bytes: StreamMaxBytes = None,
 ) -> None:
     """Scale-out engine worker: consume device partitions from NATS JetStream, print findings as they
     happen, checkpoint engine state to the store (--db, else the default SQLite file)."""
     from fleetwarden.app.stores import store_at
     from fleetwarden.app.worker import run_worker
-    from fleetwarden.control.inventory import context_from_store
     from fleetwarden.core.text import redact_url
 
     show = _finding_printer(as_json)
+
+    def status(line: str) -> None:  # how far behind the worker is, at each checkpoint
+        (err if as_json else out).print(Text(line))
 
     def work():
         with store_at(db) as store:
@@ -378,13 +396,15 @@ def worker(
                 stream=stream,
                 prefix=subjects,
                 record=db is not None,
-                ctx=context_from_store(store) if db is not None else None,
                 flow_model=model,
                 checkpoint_every=checkpoint_every,
                 on_finding=show,
+                on_status=status,
+                metrics_port=metrics_port,
                 duration=duration,
                 idle_exit=idle_exit,
                 drain=drain,
+                **({"max_bytes": stream_max_bytes} if stream_max_bytes else {}),
             )
 
     result = _run(work)
@@ -392,7 +412,7 @@ def worker(
     summary = (
         f"{result.events:,} events in {result.messages:,} messages ({result.redelivered_skipped} redelivered, "
         f"skipped), {result.findings} findings, {result.checkpoints} checkpoints, "
-        f"{result.seconds:.1f} s"
+        f"{result.seconds:.1f} s; most messages waiting at a checkpoint: {result.lag_max:,}"
     )
     # with --json, stdout carries only findings
     (err if as_json else out).print(Text(summary))

@@ -28,6 +28,7 @@ def simulate(
     subjects: str = "fleetwarden.events",
     rate: float | None = None,
     per_message: int | None = None,
+    stream_max_bytes: int | None = None,
 ) -> SimulationResult:
     """Simulate the fleet once and send it everywhere asked (files, broker, bus)."""
     from fleetwarden.simulate import simulate_fleet, write_files
@@ -53,5 +54,6 @@ def simulate(
             rate=rate,
             stream=stream,
             prefix=subjects,
+            **({"max_bytes": stream_max_bytes} if stream_max_bytes else {}),
         )
     return result

@@ -1,52 +1,69 @@
 """The scale-out engine worker: JetStream partitions in, findings out, state in the store.
 
-``fleetwarden worker --bus nats://HOST:PORT`` runs one :class:`~fleetwarden.detection.engine.Engine`
-per partition it owns (default: all of them; see :mod:`fleetwarden.bus.jetstream` for the
-layout).  Each partition is read by a durable pull consumer named ``<prefix>-p<K>`` filtered
-on that partition's subject, so workers owning disjoint partitions form the consumer group
-and every device's state lives in exactly one engine.  Messages are decoded together per
-fetch (:func:`~fleetwarden.sources.jsonl.decode_events`: one Python call per fetch, not per
-event) and run through the engine in stream order; findings go to ``on_finding`` at once.
+``fleetwarden worker --bus nats://HOST:PORT`` consumes the device partitions it owns (default:
+all of them; see :mod:`fleetwarden.bus.jetstream` for the layout), each through a durable pull
+consumer ``<durable_prefix>-p<K>`` filtered on that partition's subject, so workers owning
+disjoint partitions form the consumer group and every device's state lives in one worker.
 
-Delivery is at least once and processing is idempotent:
+**One engine per worker, fed in event time.**  The events of all owned partitions are decoded
+per fetch (one :func:`~fleetwarden.sources.jsonl.decode_events` call, not one per event),
+buffered, and handed to ONE engine a window of :data:`WINDOW` seconds of event time at a time,
+once every partition that still has a backlog has moved past the window (a watermark; a
+partition whose last fetch came back short is caught up and holds nothing back).  So the
+engine sees the fleet in time order, as ``analyze`` does, fleet-wide statistics (destination
+prevalence, which discounts vendor clouds and NTP pools shared by many devices) cover every
+owned partition, and per-call costs are paid once per window rather than once per partition.
 
-* every ``checkpoint_every`` seconds and at shutdown the worker first saves the findings
-  made since the last checkpoint (``Store.record_results``, idempotent by fingerprint, when
-  ``record``), then each partition's pickled engine and the last stream sequence it covers
-  (``Store.save_checkpoint``), and only then acknowledges that sequence (the consumer's ack
-  policy is "all": one ack covers everything before it).  Acking before the checkpoint would
-  lose state: an acked message is never redelivered, yet the crashed engine had not saved it;
-* on start it loads each partition's checkpoint and skips any message at or below its
-  sequence.  If the consumer's position is not exactly the checkpoint (a crash left
-  messages delivered but unacked), the consumer is re-created at checkpoint + 1: JetStream
-  would redeliver those messages only after ``ack_wait``, after newer ones, and a device's
-  events must reach its engine in order.
+**At least once, idempotent.**  Every ``checkpoint_every`` seconds and at shutdown the worker
 
-So a crash anywhere (mid-batch, after processing before the checkpoint, after the checkpoint
-before the ack) neither double-counts nor loses an event in the engine's state.  Findings
-emitted after the last checkpoint are emitted again after a restart (printed twice, stored
-once).
+1. records the findings made since the last checkpoint (``DetectionSession.record``: joined to
+   the open stories of their devices in the store, stored once by fingerprint),
+2. saves the engine state and, per partition, how far it got (``done``: every event of every
+   message up to that stream sequence is in the state; ``partial``: the lines of later messages
+   already in it) in ONE store row (table ``engine_checkpoints``), and only then
+3. acknowledges the messages up to ``done`` (explicit acks; on a work-queue stream the server
+   then deletes them).
 
-Blind spots: a partition must be owned by one worker at a time (a second owner resets the
-consumer; the store refuses a checkpoint that moves backwards, which catches the common
-mistake).  The checkpoint is a pickle of the whole engine: it is as trusted as the database,
-and its size grows with the fleet (about 2 MB for 30 simulated devices, mostly fixed-size
-analytic tables).  ``drain`` emits the findings still pending at exit (what ``analyze`` does
-at the end of a file); the checkpoint keeps the state before that, so after a restart those
-findings can come again, possibly extended.
+A restarted worker loads the checkpoint, re-creates its consumers (on a work-queue stream they
+deliver everything not acknowledged, in order), skips messages at or below ``done`` and the
+already-counted lines of partial ones.  So a crash anywhere neither loses nor double-counts an
+event in the engine's state; findings made after the last checkpoint come again after a restart
+(printed twice, stored once).
+
+**Back-pressure.**  The stream :func:`~fleetwarden.bus.jetstream.ensure_stream` creates is a work
+queue with limits (``--max-bytes``/``--max-msgs``) that refuses new messages when full, and the
+publisher waits and retries then: events are buffered within the limits and never dropped
+silently.  How far the worker is behind (messages waiting on the server plus events buffered
+here) is measured at every checkpoint: :attr:`WorkerResult.lag`, the ``on_status`` line, and
+Prometheus gauges when ``metrics_port`` is set.
+
+Blind spots: the set of partitions a worker owns is part of its checkpoint (its engine holds
+those devices' state together), so a restart must own the same set; a checkpoint covering other
+sets of this stream's partitions is refused by name.  Fleet-wide statistics cover the worker's
+own partitions; workers of one fleet share nothing yet, so a destination common across the
+fleet but rare in one worker's partitions looks rarer there.  Checkpoints are pickles of the
+engine: as trusted as the database (to be replaced by an explicit state format).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import math
 import pickle
+import struct
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from fleetwarden.app.session import DetectionSession
 from fleetwarden.bus.jetstream import (
+    DEFAULT_MAX_BYTES,
     DEFAULT_PARTITIONS,
     DEFAULT_STREAM,
     SUBJECT_PREFIX,
@@ -56,24 +73,38 @@ from fleetwarden.bus.jetstream import (
     subject_for,
 )
 from fleetwarden.core.context import Context
-from fleetwarden.core.events import EventBatch, time_windows
+from fleetwarden.core.errors import InputError
+from fleetwarden.core.events import KINDS, EventBatch, time_windows
 from fleetwarden.core.findings import Finding
 from fleetwarden.sources import ReadStats, SourceError
 
 __all__ = [
+    "CHECKPOINT_FORMAT",
+    "WINDOW",
     "PartitionState",
     "Worker",
     "WorkerResult",
     "dump_engine",
     "load_engine",
+    "read_checkpoint",
     "run_worker",
-    "time_slices",
 ]
+
+# Event-time seconds handed to the engine per call: what the file replay of the simulator and
+# the reference tests use (findings depend on how much event time one call covers).
+WINDOW = 60.0
+# A partition this far ahead (event-time seconds) of the slowest one with a backlog is not
+# fetched until the others catch up: the buffer stays about one fetch deep per partition.
+LOOKAHEAD = 600.0
+CHECKPOINT_FORMAT = "fleetwarden-worker-checkpoint"
+CHECKPOINT_VERSION = 2
+_HEADER = struct.Struct(">4sI")  # magic, header length
+_MAGIC = b"FWCP"
 
 
 def dump_engine(engine: Any) -> bytes:
-    """Pickle an engine's detection state, without its context (inventory) and flow model: those
-    come from the store and ``--model`` when the worker starts, not from the checkpoint."""
+    """The engine's detection state, without its context (inventory) and flow model: those come
+    from the store and ``--model`` when the worker starts, not from the checkpoint."""
     model, ctx = engine.flow_model, engine.ctx
     engine.flow_model, engine.ctx = None, None
     try:
@@ -88,33 +119,70 @@ def load_engine(blob: bytes, ctx: Context, flow_model: Any = None) -> Any:
     return engine
 
 
-def time_slices(batches: Sequence[EventBatch], seconds: float) -> Iterator[EventBatch]:
-    """The records of ``batches`` (any kinds) in windows of ``seconds`` of event time, in time
-    order, one batch per kind per window (kinds in :data:`~fleetwarden.core.events.KINDS` order).
+def write_checkpoint(header: dict[str, Any], state: bytes) -> bytes:
+    head = json.dumps(header, sort_keys=True).encode()
+    return _HEADER.pack(_MAGIC, len(head)) + head + state
 
-    The engine's findings depend on how much event time one call covers (novelty learns within
-    a batch: an hour in one call finds "new" services that minute-sized calls have already
-    learnt), so a backlog fetched in one go is handed over the way ``fleet.iter_batches`` and
-    the file readers hand it: a minute at a time.
-    """
-    by_kind = {b.kind: b.sort_by_time() for b in batches if len(b)}
-    yield from time_windows(by_kind, seconds, origin=0.0)
+
+def read_checkpoint(blob: bytes) -> tuple[dict[str, Any], bytes]:
+    """(header, engine state) of a stored checkpoint; :class:`InputError` when it is not one."""
+    if len(blob) < _HEADER.size:
+        raise InputError("checkpoint is truncated")
+    magic, n = _HEADER.unpack_from(blob)
+    if magic != _MAGIC or _HEADER.size + n > len(blob):
+        raise InputError("not a FleetWarden worker checkpoint (or a truncated one)")
+    try:
+        header = json.loads(blob[_HEADER.size : _HEADER.size + n])
+    except (ValueError, UnicodeDecodeError):
+        raise InputError("checkpoint header is not valid JSON") from None
+    if not isinstance(header, dict) or header.get("format") != CHECKPOINT_FORMAT:
+        raise InputError("not a FleetWarden worker checkpoint")
+    if header.get("version") != CHECKPOINT_VERSION:
+        raise InputError(
+            f"checkpoint format version {header.get('version')!r}; this worker reads {CHECKPOINT_VERSION}"
+        )
+    return header, blob[_HEADER.size + n :]
 
 
 @dataclass
 class PartitionState:
-    """One owned partition: its consumer, engine and how far it got."""
+    """One owned partition: its consumer and how far its events got."""
 
     index: int
     durable: str
-    key: str  # checkpoint key in the store: "<stream>/<durable>"
-    engine: Any
-    seq: int = 0  # last stream sequence processed
-    saved_seq: int = 0  # last stream sequence checkpointed
-    last_msg: Any = None  # newest processed message, acked (policy "all") after the checkpoint
+    subject: str
     sub: Any = None
-    events: int = 0
-    resumed: bool = False  # state came from a checkpoint
+    done: int = 0  # every event of every message up to this stream sequence is in the engine
+    fetched: int = 0  # newest stream sequence fetched
+    # messages fetched and not yet wholly in the engine: seq -> [events still buffered, message]
+    open: OrderedDict[int, list] = field(default_factory=OrderedDict)
+    # lines of open messages already in the engine (what a checkpoint must remember)
+    released: dict[int, set[int]] = field(default_factory=dict)
+    # from a checkpoint: lines of messages after ``done`` already in the restored state
+    skip: dict[int, set[int]] = field(default_factory=dict)
+    to_ack: list = field(default_factory=list)  # finished messages, acknowledged at the next checkpoint
+    mark: float = -math.inf  # newest event time fetched
+    caught_up: bool = False  # the last fetch came back short: nothing more waited on the server
+    events: int = 0  # events of this partition in the engine
+    resumed: bool = False
+
+    def position(self) -> dict[str, Any]:
+        return {
+            "done": self.done,
+            "partial": {str(s): sorted(lines) for s, lines in self.released.items() if lines},
+        }
+
+    def advance(self) -> None:
+        """Move ``done`` over the finished messages at the head of the open ones."""
+        while self.open:
+            seq, (left, msg) = next(iter(self.open.items()))
+            if left > 0:
+                break
+            self.open.popitem(last=False)
+            self.released.pop(seq, None)
+            self.done = seq
+            if msg is not None:
+                self.to_ack.append(msg)
 
 
 @dataclass
@@ -124,14 +192,58 @@ class WorkerResult:
     redelivered_skipped: int = 0
     findings: int = 0
     checkpoints: int = 0
-    checkpoint_bytes: int = 0  # size of the last checkpoint, all partitions
+    checkpoint_bytes: int = 0  # size of the last checkpoint
     seconds: float = 0.0
-    partitions: dict[int, int] = field(default_factory=dict)  # partition -> last stream seq
+    partitions: dict[int, int] = field(default_factory=dict)  # partition -> last stream seq done
+    lag: dict[int, int] = field(default_factory=dict)  # partition -> messages waiting (last measure)
+    lag_max: int = 0  # most messages waiting at any measure
+    buffered: int = 0  # events fetched, waiting for the watermark (last measure)
     stats: ReadStats = field(default_factory=ReadStats)
 
 
+class _Buffer:
+    """Decoded events waiting for the watermark, per kind, each row tagged (partition, seq, line)."""
+
+    def __init__(self) -> None:
+        self.parts: dict[str, list[tuple[EventBatch, np.ndarray, np.ndarray, np.ndarray]]] = {}
+        self.size = 0
+
+    def add(self, batch: EventBatch, part: int, seq: np.ndarray, line: np.ndarray) -> None:
+        self.parts.setdefault(batch.kind, []).append(
+            (batch, np.full(len(batch), part, dtype=np.int32), seq, line)
+        )
+        self.size += len(batch)
+
+    def take(self, until: float) -> tuple[dict[str, EventBatch], list[np.ndarray]]:
+        """The buffered rows with ``ts < until`` (per kind, in time order) and their tags
+        (partition, seq, line arrays over all kinds); the rest stays buffered."""
+        ready: dict[str, EventBatch] = {}
+        tags: list[list[np.ndarray]] = [[], [], []]
+        for kind in KINDS:
+            chunks = self.parts.get(kind)
+            if not chunks:
+                continue
+            batch = EventBatch.concat([c[0] for c in chunks]) if len(chunks) > 1 else chunks[0][0]
+            part, seq, line = (np.concatenate([c[k] for c in chunks]) for k in (1, 2, 3))
+            ts = batch.np("ts")
+            order = np.argsort(ts, kind="stable")
+            cut = len(order) if until == math.inf else int(np.searchsorted(ts[order], until, side="left"))
+            if cut:
+                taken = order[:cut]
+                ready[kind] = EventBatch(kind, batch.table.take(taken))
+                for k, arr in enumerate((part, seq, line)):
+                    tags[k].append(arr[taken])
+            rest = order[cut:]
+            if len(rest):
+                self.parts[kind] = [(EventBatch(kind, batch.table.take(rest)), part[rest], seq[rest], line[rest])]
+            else:
+                del self.parts[kind]
+            self.size -= cut
+        return ready, [np.concatenate(t) if t else np.zeros(0, dtype=np.int64) for t in tags]
+
+
 class Worker:
-    """Consume owned partitions into per-partition engines, checkpointing to ``store``.
+    """Consume owned partitions into one engine, checkpointing to ``store``.
 
     Drive it with :meth:`run` (the CLI) or step by step (:meth:`start`, :meth:`poll`,
     :meth:`checkpoint`, :meth:`close`, :meth:`abandon` to simulate a crash).
@@ -153,15 +265,18 @@ class Worker:
         checkpoint_every: float = 10.0,
         ack_wait: float = 60.0,
         fetch_batch: int = 256,
-        slice_seconds: float = 60.0,
+        slice_seconds: float = WINDOW,
         on_finding: Callable[[Finding], None] | None = None,
+        on_status: Callable[[str], None] | None = None,
+        metrics_port: int | None = None,
+        max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         if partitions < 1:
-            raise ValueError("--partitions must be at least 1")
+            raise InputError("--partitions must be at least 1")
         owned = sorted(set(owned if owned else range(partitions)))
         bad = [k for k in owned if not 0 <= k < partitions]
         if bad:
-            raise ValueError(f"partition(s) {bad} outside 0..{partitions - 1}")
+            raise InputError(f"partition(s) {bad} outside 0..{partitions - 1}")
         self.target = parse_bus_url(url)
         self.store = store
         self.partitions = partitions
@@ -171,7 +286,7 @@ class Worker:
         self.durable_prefix = durable_prefix
         self.record = record
         self.source = f"nats:{self.target.display}/{stream}"
-        # one session: context, model, GC policy, recording; one engine per owned partition
+        # one session: context, model, GC policy, recording, and the one engine of this worker
         self.session = DetectionSession(
             ctx=ctx,
             model=flow_model,
@@ -182,81 +297,103 @@ class Worker:
         )
         self.ctx = self.session.ctx
         self.flow_model = self.session.model
+        self.engine = self.session.engine
         self.checkpoint_every = checkpoint_every
         self.ack_wait = ack_wait
         self.fetch_batch = fetch_batch
-        self.slice_seconds = slice_seconds
+        self.window = slice_seconds
+        self.on_status = on_status
+        self.max_bytes = max_bytes
+        self.key = f"{stream}/{durable_prefix}-p{'.'.join(map(str, owned))}"
         self.result = WorkerResult()
         self.parts: list[PartitionState] = []
+        self.resumed = False
+        self._saved: tuple[int, int] | None = None  # (progress, events) of the last checkpoint
+        self._buffer = _Buffer()
+        self._metrics = _Metrics(metrics_port) if metrics_port is not None else None
         self._nc = None
         self._js = None
+        self._workqueue = False
         self._stop = False
 
     # lifecycle --------------------------------------------------------------------------
     async def start(self) -> Worker:
         from fleetwarden.app.runtime import warm_up
 
+        self._check_ownership()
         self._nc = await connect(self.target.url)
         self._js = self._nc.jetstream()
-        await ensure_stream(self._js, self.stream, self.prefix)
+        info = await ensure_stream(self._js, self.stream, self.prefix, max_bytes=self.max_bytes)
+        self._workqueue = str(getattr(info.config.retention, "value", info.config.retention)) == "workqueue"
+        positions = self._restore()
         for k in self.owned:
-            durable = f"{self.durable_prefix}-p{k}"
-            ps = PartitionState(k, durable, f"{self.stream}/{durable}", engine=None)
-            cp = self.store.load_checkpoint(ps.key)
-            if cp is not None:
-                if cp.partitions and cp.partitions != self.partitions:
-                    raise ValueError(
-                        f"checkpoint {ps.key} was made with {cp.partitions} partitions, not {self.partitions}: "
-                        "devices map to other partitions now"
-                    )
-                ps.engine = load_engine(cp.state, self.ctx, self.flow_model)
-                ps.seq = ps.saved_seq = int(cp.stream_seq)
-                ps.events = int(cp.events)
+            ps = PartitionState(k, f"{self.durable_prefix}-p{k}", subject_for(k, self.prefix))
+            pos = positions.get(str(k))
+            if pos is not None:
+                ps.done = ps.fetched = int(pos["done"])
+                ps.skip = {int(s): set(lines) for s, lines in pos.get("partial", {}).items()}
+                ps.events = int(pos.get("events", 0))
                 ps.resumed = True
-            else:
-                ps.engine = self.session.new_engine()
             ps.sub = await self._bind(ps)
             self.parts.append(ps)
         warm_up()
         return self
 
+    def _check_ownership(self) -> None:
+        """Refuse to start when another set of this stream's partitions holds any of ours."""
+        prefix = f"{self.stream}/{self.durable_prefix}-p"
+        mine = set(self.owned)
+        for key in self.store.list_checkpoint_keys(prefix):
+            if key == self.key:
+                continue
+            theirs = {int(p) for p in key[len(prefix) :].split(".") if p.isdigit()}
+            if theirs & mine:
+                raise InputError(
+                    f"partition(s) {sorted(theirs & mine)} are in the checkpoint {key!r} of a worker that "
+                    f"owned {sorted(theirs)}: start workers with the partition sets they had, or drain "
+                    "them and remove their checkpoints first"
+                )
+
+    def _restore(self) -> dict[str, Any]:
+        cp = self.store.load_checkpoint(self.key)
+        if cp is None:
+            return {}
+        if cp.partitions and cp.partitions != self.partitions:
+            raise InputError(
+                f"checkpoint {self.key} was made with {cp.partitions} partitions, not {self.partitions}: "
+                "devices map to other partitions now"
+            )
+        header, state = read_checkpoint(cp.state)
+        engine = load_engine(state, self.ctx, self.flow_model)
+        self.engine = self.session.engine = engine
+        self.resumed = True
+        return header.get("positions", {})
+
     async def _bind(self, ps: PartitionState):
-        """Bind the partition's durable consumer, re-created at checkpoint + 1 unless it is exactly there."""
+        """(Re)create the partition's durable consumer so it delivers, in order, everything after the
+        checkpoint: a work queue delivers what was never acknowledged; another stream starts at
+        ``done + 1``.  A consumer left with deliveries pending (a crash) would redeliver them only
+        after ``ack_wait``, after newer ones: it is always re-created."""
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
         from nats.js.errors import NotFoundError
 
-        try:
-            info = await self._js.consumer_info(self.stream, ps.durable)
-        except NotFoundError:
-            info = None
-        subject = subject_for(ps.index, self.prefix)
-        if info is not None:
-            at_checkpoint = (
-                info.config.filter_subject == subject
-                and info.delivered.stream_seq == ps.seq
-                and info.ack_floor.stream_seq == ps.seq
-                and not info.num_ack_pending
-            )
-            if not at_checkpoint:
-                await self._js.delete_consumer(self.stream, ps.durable)
-                info = None
-        if info is None:
-            start = {}
-            if ps.seq:
-                start = {"deliver_policy": DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": ps.seq + 1}
-            else:
-                start = {"deliver_policy": DeliverPolicy.ALL}
-            await self._js.add_consumer(
-                self.stream,
-                ConsumerConfig(
-                    durable_name=ps.durable,
-                    filter_subject=subject,
-                    ack_policy=AckPolicy.ALL,
-                    ack_wait=self.ack_wait,
-                    max_ack_pending=-1,  # flow control is the checkpoint interval, not a message count
-                    **start,
-                ),
-            )
+        with contextlib.suppress(NotFoundError):
+            await self._js.delete_consumer(self.stream, ps.durable)
+        if self._workqueue or not ps.done:
+            start = {"deliver_policy": DeliverPolicy.ALL}
+        else:
+            start = {"deliver_policy": DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": ps.done + 1}
+        await self._js.add_consumer(
+            self.stream,
+            ConsumerConfig(
+                durable_name=ps.durable,
+                filter_subject=ps.subject,
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=self.ack_wait,
+                max_ack_pending=-1,  # flow control is the checkpoint interval, not a message count
+                **start,
+            ),
+        )
         return await self._js.pull_subscribe_bind(durable=ps.durable, stream=self.stream)
 
     def stop(self) -> None:
@@ -264,16 +401,20 @@ class Worker:
         self._stop = True
 
     async def close(self, *, drain: bool = False) -> None:
-        """Checkpoint, optionally emit pending findings (``drain``), and disconnect."""
+        """Checkpoint, optionally emit pending findings (``drain``: the end of a replay; everything
+        buffered goes to the engine first), and disconnect."""
+        if drain:
+            self._release(math.inf)
         await self.checkpoint()
         if drain:
-            for ps in self.parts:
-                self.result.findings += len(self.session.flush(ps.engine))
-            self._record()
+            self.result.findings += len(self.session.flush(self.engine))
+            self.session.record()
         if self._nc is not None:
             await self._nc.flush()  # the acks are out before the connection goes
             await self._nc.close()
             self._nc = None
+        if self._metrics is not None:
+            self._metrics.close()
 
     async def abandon(self) -> None:
         """Drop the connection without checkpoint or ack: what a crash leaves behind."""
@@ -281,11 +422,16 @@ class Worker:
             await self._nc.close()
             self._nc = None
         self.session._unrecorded.clear()
+        if self._metrics is not None:
+            self._metrics.close()
 
     # work -------------------------------------------------------------------------------
     async def poll(self, timeout: float = 0.5) -> int:
-        """Fetch once from every owned partition (concurrently) and process what came, partition by
-        partition; returns the number of messages handled."""
+        """Fetch once from the owned partitions that are not too far ahead in event time
+        (concurrently), buffer what came, and hand the engine every window all partitions have
+        passed; returns the number of messages fetched."""
+        slowest = min((ps.mark for ps in self.parts if not ps.caught_up), default=math.inf)
+        wanted = [ps for ps in self.parts if ps.caught_up or ps.mark <= slowest + LOOKAHEAD]
 
         async def fetch(ps: PartitionState):
             # nats-py raises its own or asyncio's TimeoutError; messages that arrive after a
@@ -295,66 +441,160 @@ class Worker:
             except TimeoutError:
                 return []
 
-        fetched = await asyncio.gather(*(fetch(ps) for ps in self.parts))
+        fetched = await asyncio.gather(*(fetch(ps) for ps in wanted))
         handled = 0
-        for ps, msgs in zip(self.parts, fetched, strict=True):
+        for ps, msgs in zip(wanted, fetched, strict=True):
             handled += len(msgs)
-            self._process(ps, msgs)
+            ps.caught_up = len(msgs) < self.fetch_batch
+            self._decode(ps, msgs)
+        self._release(self._watermark())
         return handled
 
-    def _process(self, ps: PartitionState, msgs: list) -> None:
+    def _watermark(self) -> float:
+        """Event time up to which every partition with a backlog has been fetched, cut to a window."""
+        marks = [ps.mark for ps in self.parts if not ps.caught_up]
+        if not marks:
+            return math.inf
+        low = min(marks)
+        return math.floor(low / self.window) * self.window if math.isfinite(low) else -math.inf
+
+    def _decode(self, ps: PartitionState, msgs: list) -> None:
         from fleetwarden.sources.jsonl import decode_events
 
+        self.result.messages += len(msgs)
         fresh = []
         for m in msgs:
             seq = m.metadata.sequence.stream
-            if seq <= ps.seq:  # redelivered: already in this engine's state
+            if seq <= ps.fetched:  # redelivered: already buffered or in the engine's state
                 self.result.redelivered_skipped += 1
+                if seq <= ps.done:
+                    ps.to_ack.append(m)  # in the checkpointed state: acknowledge it again
             else:
                 fresh.append(m)
-                ps.seq = seq
-        self.result.messages += len(msgs)
+                ps.fetched = seq
         if not fresh:
             return
-        ps.last_msg = fresh[-1]
         payloads = [m.data.strip() for m in fresh]
+        seqs = np.array([m.metadata.sequence.stream for m in fresh], dtype=np.int64)
+        counts = np.array([p.count(b"\n") + 1 if p else 0 for p in payloads], dtype=np.int64)
+        starts = 1 + np.concatenate([[0], np.cumsum(counts)[:-1]])
+        for m, seq in zip(fresh, seqs.tolist(), strict=True):
+            ps.open[seq] = [0, m]
         data = b"\n".join(p for p in payloads if p) + b"\n"
         groups, errors = decode_events(data)
         for line, problem in errors:
-            self.result.stats.skip(
-                SourceError(f"{self.source} p{ps.index}", f"line {line} of a fetch", problem)
-            )
-        for batch in time_slices([b for b, _lines in groups.values()], self.slice_seconds):
-            self.result.findings += len(self.session.process(batch, ps.engine))
-            ps.events += len(batch)
-            self.result.events += len(batch)
-            self.result.stats.records += len(batch)
-
-    def _record(self) -> None:
-        """Store the findings made since the last checkpoint, joined to their devices' open stories."""
-        self.session.record()
-
-    async def checkpoint(self, *, ack: bool = True) -> int:
-        """Record findings, save every partition that moved, then ack; returns partitions saved.
-        ``ack=False`` leaves the acks out (a test's crash between checkpoint and ack)."""
-        self._record()
-        saved = 0
-        size = 0
-        for ps in self.parts:
-            if ps.seq == ps.saved_seq:
+            k = int(np.searchsorted(starts, line, side="right") - 1)
+            where = f"message {int(seqs[k])} line {line - int(starts[k]) + 1}"
+            self.result.stats.skip(SourceError(f"{self.source} p{ps.index}", where, problem))
+        for batch, lines in groups.values():
+            msg = np.searchsorted(starts, lines, side="right") - 1
+            seq, line = seqs[msg], lines - starts[msg]
+            keep = self._not_counted(ps, seq, line)
+            if not keep.all():
+                batch, seq, line = batch.filter(keep), seq[keep], line[keep]
+            if not len(batch):
                 continue
-            blob = dump_engine(ps.engine)
-            size += len(blob)
-            self.store.save_checkpoint(ps.key, ps.seq, blob, partitions=self.partitions, events=ps.events)
-            ps.saved_seq = ps.seq
-            saved += 1
-            if ack and ps.last_msg is not None:
-                await ps.last_msg.ack()
-                ps.last_msg = None
-        if saved:
-            self.result.checkpoints += 1
-            self.result.checkpoint_bytes = size
-        return saved
+            for s, n in zip(*np.unique(seq, return_counts=True), strict=True):
+                ps.open[int(s)][0] += int(n)
+            ps.mark = max(ps.mark, float(np.nanmax(batch.np("ts"))))
+            self._buffer.add(batch, ps.index, seq, line)
+            self.result.stats.records += len(batch)
+        ps.advance()
+
+    @staticmethod
+    def _not_counted(ps: PartitionState, seq: np.ndarray, line: np.ndarray) -> np.ndarray:
+        """Rows not already in a restored engine (lines a checkpoint listed as in its state)."""
+        keep = np.ones(len(seq), dtype=bool)
+        if ps.skip:
+            for s, lines in ps.skip.items():
+                hit = seq == s
+                if hit.any():
+                    keep[hit] = ~np.isin(line[hit], list(lines))
+        return keep
+
+    def _release(self, until: float) -> None:
+        """Hand the engine every buffered event before ``until``, a window at a time."""
+        if self._buffer.size == 0 or until == -math.inf:
+            return
+        ready, (part, seq, line) = self._buffer.take(until)
+        if not ready:
+            return
+        for batch in time_windows(ready, self.window, origin=0.0):
+            self.result.findings += len(self.session.process(batch, self.engine))
+            self.result.events += len(batch)
+        by_index = {ps.index: ps for ps in self.parts}
+        for p in np.unique(part).tolist():
+            ps = by_index[p]
+            mine = part == p
+            ps.events += int(mine.sum())
+            for s, n in zip(*np.unique(seq[mine], return_counts=True), strict=True):
+                ps.open[int(s)][0] -= int(n)
+            for s, ln in zip(seq[mine].tolist(), line[mine].tolist(), strict=True):
+                if ps.open[s][0] > 0:
+                    ps.released.setdefault(s, set()).add(ln)
+            ps.advance()
+
+    async def checkpoint(self, *, ack: bool = True) -> bool:
+        """Record findings, save the engine and every partition's position, then acknowledge;
+        returns whether anything was saved.  ``ack=False`` leaves the acks out (a test's crash
+        between checkpoint and ack)."""
+        self.session.record()
+        await self._measure_lag()
+        progress = sum(ps.done for ps in self.parts)
+        if self._saved == (progress, int(self.engine.events)):
+            if ack:
+                await self._ack()  # redeliveries of checkpointed messages
+            return False
+        header = {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "partitions": self.partitions,
+            "owned": self.owned,
+            "events": int(self.engine.events),
+            "positions": {str(ps.index): {**ps.position(), "events": ps.events} for ps in self.parts},
+        }
+        blob = write_checkpoint(header, dump_engine(self.engine))
+        # a sum of positions never goes back while the worker moves on: the store refuses a
+        # checkpoint older than the one it holds (two workers that both believe they own it)
+        self.store.save_checkpoint(self.key, progress, blob, partitions=self.partitions, events=self.engine.events)
+        self._saved = progress, int(self.engine.events)
+        self.result.checkpoints += 1
+        self.result.checkpoint_bytes = len(blob)
+        self.result.partitions = {ps.index: ps.done for ps in self.parts}
+        if ack:
+            await self._ack()
+        if self._metrics is not None:
+            self._metrics.update(self)
+        return True
+
+    async def _ack(self) -> None:
+        for ps in self.parts:
+            for m in ps.to_ack:
+                await m.ack()
+            ps.to_ack.clear()
+
+    async def _measure_lag(self) -> None:
+        """Messages waiting on the server per partition (undelivered), plus events buffered here."""
+        if self._js is None:
+            return
+        lag: dict[int, int] = {}
+        for ps in self.parts:
+            try:
+                info = await self._js.consumer_info(self.stream, ps.durable)
+            except Exception:  # a transient server hiccup must not stop a checkpoint
+                continue
+            lag[ps.index] = int(info.num_pending)
+        self.result.lag = lag
+        self.result.buffered = self._buffer.size
+        waiting = sum(lag.values())
+        self.result.lag_max = max(self.result.lag_max, waiting)
+        if self.on_status is not None and (waiting or self._buffer.size > 10 * self.fetch_batch):
+            worst = sorted(lag.items(), key=lambda kv: -kv[1])[:4]
+            parts = ", ".join(f"p{k} {n:,}" for k, n in worst if n)
+            self.on_status(
+                f"behind: {waiting:,} messages waiting in the stream ({parts or 'none'}), "
+                f"{self._buffer.size:,} events buffered for the event-time merge"
+            )
 
     async def caught_up(self) -> bool:
         """True when the server holds nothing undelivered for any owned partition and a last poll
@@ -393,8 +633,48 @@ class Worker:
             await self.abandon()
             raise
         self.result.seconds = time.monotonic() - t0
-        self.result.partitions = {ps.index: ps.seq for ps in self.parts}
+        self.result.partitions = {ps.index: ps.done for ps in self.parts}
         return self.result
+
+
+class _Metrics:
+    """Prometheus gauges and counters of one worker, served on ``port`` (``/metrics``)."""
+
+    def __init__(self, port: int) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+        self.registry = CollectorRegistry()
+        self.events = Counter("fleetwarden_worker_events", "events processed", registry=self.registry)
+        self.findings = Counter("fleetwarden_worker_findings", "findings made", registry=self.registry)
+        self.checkpoints = Counter("fleetwarden_worker_checkpoints", "checkpoints saved", registry=self.registry)
+        self.lag = Gauge(
+            "fleetwarden_worker_lag_messages",
+            "messages waiting in the stream for this worker",
+            ["partition"],
+            registry=self.registry,
+        )
+        self.buffered = Gauge(
+            "fleetwarden_worker_buffered_events", "events waiting for the event-time merge", registry=self.registry
+        )
+        self._seen = (0, 0, 0)
+        try:
+            self.server, self.thread = start_http_server(port, addr="127.0.0.1", registry=self.registry)
+        except OSError as exc:
+            raise InputError(f"--metrics-port {port}: {exc.strerror or exc}") from None
+
+    def update(self, worker: Worker) -> None:
+        r = worker.result
+        events, findings, cps = self._seen
+        self.events.inc(r.events - events)
+        self.findings.inc(r.findings - findings)
+        self.checkpoints.inc(r.checkpoints - cps)
+        self._seen = (r.events, r.findings, r.checkpoints)
+        for k, n in r.lag.items():
+            self.lag.labels(partition=str(k)).set(n)
+        self.buffered.set(r.buffered)
+
+    def close(self) -> None:
+        self.server.shutdown()
 
 
 def run_worker(url: str, store: Any, *, duration=None, idle_exit=None, drain=False, **kwargs) -> WorkerResult:
@@ -402,6 +682,10 @@ def run_worker(url: str, store: Any, *, duration=None, idle_exit=None, drain=Fal
     import signal
     import threading
 
+    if kwargs.get("ctx") is None and kwargs.get("record"):
+        from fleetwarden.control.inventory import context_from_store
+
+        kwargs["ctx"] = context_from_store(store)  # the store's inventory names and classes devices
     worker = Worker(url, store, **kwargs)
     handlers = {}
     if threading.current_thread() is threading.main_thread():

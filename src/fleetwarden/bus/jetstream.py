@@ -28,10 +28,15 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from fleetwarden.core.errors import InputError
 from fleetwarden.core.events import EventBatch
+from fleetwarden.core.hashing import stable_hash
+from fleetwarden.core.text import redact, redact_url
 from fleetwarden.sources.jsonl import encode_lines
 
 __all__ = [
+    "BusError",
+    "DEFAULT_MAX_BYTES",
     "DEFAULT_PARTITIONS",
     "DEFAULT_STREAM",
     "SUBJECT_PREFIX",
@@ -47,6 +52,18 @@ log = logging.getLogger(__name__)
 DEFAULT_STREAM = "FLEETWARDEN"
 SUBJECT_PREFIX = "fleetwarden.events"
 DEFAULT_PARTITIONS = 8
+# What the stream buffers for workers that fall behind before publishers must wait (discard
+# "new": the server refuses a message rather than drop an old one).  One GiB is hours of a
+# large fleet's events at the ~150 bytes an event takes as a JSON line.
+DEFAULT_MAX_BYTES = 1 << 30
+# how long a publisher waits for room in a full stream before it gives up (and says so)
+FULL_STREAM_PATIENCE = 300.0
+# JetStream's "maximum messages / bytes exceeded" and "insufficient resources" error codes
+_FULL_CODES = frozenset({10077, 10047, 10023, 10028})
+
+
+class BusError(InputError):
+    """The bus cannot be used as asked: a bad URL, an unreachable server, a stream full for too long."""
 
 
 @dataclass(frozen=True)
@@ -59,7 +76,7 @@ def parse_bus_url(url: str) -> BusTarget:
     """``nats://[user[:pass]@]host[:port]`` (4222) or ``tls://…``; anything else is a ValueError."""
     parsed = urlparse(url)
     if parsed.scheme not in ("nats", "tls") or not parsed.hostname:
-        raise ValueError(f"bad bus URL {url!r}: expected nats://host[:port]")
+        raise BusError(f"bad bus URL {redact_url(url)!r}: expected nats://host[:port]")
     port = parsed.port or 4222
     return BusTarget(
         url=url if parsed.port else f"{url.rstrip('/')}:{port}", display=f"{parsed.hostname}:{port}"
@@ -82,10 +99,8 @@ def device_keys(batch: EventBatch) -> np.ndarray:
 
 def partition_of(batch: EventBatch, partitions: int) -> np.ndarray:
     """Partition number of every row of ``batch`` (stable across processes and runs)."""
-    from fleetwarden.detection.state import stable_hash
-
     if partitions < 1:
-        raise ValueError("partitions must be at least 1")
+        raise BusError("partitions must be at least 1")
     if len(batch) == 0:
         return np.zeros(0, dtype=np.int64)
     h = stable_hash(np.asarray(device_keys(batch), dtype=object))
@@ -97,7 +112,7 @@ async def connect(url: str, **kwargs):
     try:
         import nats
     except ImportError:  # pragma: no cover - nats-py ships with the test extra
-        raise ValueError("the NATS bus needs the nats-py package (pip install nats-py)") from None
+        raise BusError("the NATS bus needs the nats-py package (pip install nats-py)") from None
     target = parse_bus_url(url)
 
     async def log_error(exc: Exception) -> None:
@@ -110,19 +125,40 @@ async def connect(url: str, **kwargs):
             target.url, connect_timeout=3, max_reconnect_attempts=2, allow_reconnect=True, **kwargs
         )
     except Exception as exc:  # nats-py raises several unrelated types for "not reachable"
-        raise ValueError(
-            f"cannot connect to NATS at {target.display}: {exc or exc.__class__.__name__}"
+        raise BusError(
+            f"cannot connect to NATS at {target.display}: {redact(str(exc)) or exc.__class__.__name__}"
         ) from None
 
 
-async def ensure_stream(js, stream: str = DEFAULT_STREAM, prefix: str = SUBJECT_PREFIX) -> None:
-    """Create the stream for ``prefix.>`` unless it exists (file storage, limits retention)."""
+async def ensure_stream(
+    js, stream: str = DEFAULT_STREAM, prefix: str = SUBJECT_PREFIX, *, max_bytes: int = DEFAULT_MAX_BYTES, max_msgs: int = -1
+):
+    """The stream for ``prefix.>``, created when missing: file storage, a work queue (a message is
+    deleted once the worker owning its partition acknowledged it after a checkpoint), at most
+    ``max_bytes`` / ``max_msgs`` waiting, and new messages refused (not old ones dropped) when
+    full.  An existing stream is used as it is.  Returns the stream's info."""
+    from nats.js.api import DiscardPolicy, RetentionPolicy, StreamConfig
     from nats.js.errors import NotFoundError
 
     try:
-        await js.stream_info(stream)
+        return await js.stream_info(stream)
     except NotFoundError:
-        await js.add_stream(name=stream, subjects=[f"{prefix}.>"])
+        config = StreamConfig(
+            name=stream,
+            subjects=[f"{prefix}.>"],
+            retention=RetentionPolicy.WORK_QUEUE,
+            discard=DiscardPolicy.NEW,
+            max_bytes=max_bytes,
+            max_msgs=max_msgs,
+        )
+        try:
+            return await js.add_stream(config)
+        except Exception as exc:
+            raise BusError(f"cannot create the stream {stream!r}: {exc}") from None
+
+
+def _stream_full(exc: BaseException) -> bool:
+    return getattr(exc, "err_code", None) in _FULL_CODES
 
 
 def publish_batches_nats(
@@ -135,6 +171,7 @@ def publish_batches_nats(
     prefix: str = SUBJECT_PREFIX,
     rate: float | None = None,
     window: int = 256,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> int:
     """Publish events to the partitioned stream; return the number of events stored.
 
@@ -144,31 +181,48 @@ def publish_batches_nats(
     or the input ends).  Up to
     ``window`` publishes are in flight at once on one connection (the server stores them in
     the order written); every one is acknowledged by JetStream before the call returns, so a
-    returned count is durably stored.  ``rate`` caps events per second.
+    returned count is durably stored.  ``rate`` caps events per second.  A stream it creates
+    buffers at most ``max_bytes``; when the stream is full the publisher waits for the workers
+    (one message at a time, so a partition's order holds) instead of losing events.
     """
     if per_message < 1:
-        raise ValueError("per_message must be at least 1")
-    return asyncio.run(_publish(batches, url, partitions, per_message, stream, prefix, rate, max(1, window)))
+        raise BusError("per_message must be at least 1")
+    return asyncio.run(
+        _publish(batches, url, partitions, per_message, stream, prefix, rate, max(1, window), max_bytes)
+    )
 
 
-async def _publish(batches, url, partitions, per_message, stream, prefix, rate, window) -> int:
+async def _publish(batches, url, partitions, per_message, stream, prefix, rate, window, max_bytes) -> int:
     nc = await connect(url)
     try:
         js = nc.jetstream()
-        await ensure_stream(js, stream, prefix)
+        info = await ensure_stream(js, stream, prefix, max_bytes=max_bytes)
+        room = _Room(js, stream, info)
         inflight: list = []
         pending: dict[int, list[bytes]] = {}  # partition -> lines not yet sent
         sent = 0
         t0 = time.monotonic()
 
         async def send(p: int, lines: list[bytes]) -> None:
+            payload = b"\n".join(lines)
+            if not inflight and not await room.enough(window, len(payload)):
+                # near the stream's limits: one message at a time, each waiting for room, so a
+                # refused message is never overtaken by a later one of its partition
+                await _publish_when_room(js, subject_for(p, prefix), payload, stream)
+                return
             # publishes are written to the connection in call order: ensure_stream already set up
             # the request multiplexer, so no task awaits before writing its message
-            payload = b"\n".join(lines)
             inflight.append(asyncio.ensure_future(js.publish(subject_for(p, prefix), payload, stream=stream)))
             if len(inflight) >= window:
-                await asyncio.gather(*inflight)
-                inflight.clear()
+                await settle()
+
+        async def settle() -> None:
+            results = await asyncio.gather(*inflight, return_exceptions=True)
+            inflight.clear()
+            for res in results:
+                if isinstance(res, BaseException):
+                    # room was checked before the window: another publisher filled the stream
+                    raise BusError(f"publishing to {stream} failed: {res}") from None
 
         for batch in batches:
             if len(batch) == 0:
@@ -190,7 +244,47 @@ async def _publish(batches, url, partitions, per_message, stream, prefix, rate, 
             if buf:
                 await send(p, buf)
         if inflight:
-            await asyncio.gather(*inflight)
+            await settle()
         return sent
     finally:
         await nc.close()
+
+
+class _Room:
+    """Whether a full window of publishes fits in the stream's limits (checked once per window)."""
+
+    def __init__(self, js, stream: str, info) -> None:
+        self.js, self.stream = js, stream
+        self.max_bytes = int(info.config.max_bytes or -1)
+        self.max_msgs = int(info.config.max_msgs or -1)
+
+    async def enough(self, window: int, payload: int) -> bool:
+        if self.max_bytes < 0 and self.max_msgs < 0:
+            return True
+        state = (await self.js.stream_info(self.stream)).state
+        need_bytes = 2 * window * (payload + 200)  # subject and headers per message
+        ok_bytes = self.max_bytes < 0 or self.max_bytes - state.bytes > need_bytes
+        ok_msgs = self.max_msgs < 0 or self.max_msgs - state.messages > 2 * window
+        return ok_bytes and ok_msgs
+
+
+async def _publish_when_room(js, subject: str, payload: bytes, stream: str) -> None:
+    """Publish one message to a stream that was full, waiting (with back-off) until it has room."""
+    delay, waited = 0.05, 0.0
+    while True:
+        try:
+            await js.publish(subject, payload, stream=stream)
+            return
+        except Exception as exc:
+            if not _stream_full(exc):
+                raise BusError(f"publishing to {stream} failed: {exc}") from None
+            if waited >= FULL_STREAM_PATIENCE:
+                raise BusError(
+                    f"stream {stream} stayed full for {waited:.0f} s: the workers are not consuming "
+                    "(start them, or raise the stream's limits)"
+                ) from None
+            if waited == 0.0:
+                log.warning("stream %s is full: waiting for the workers to catch up", stream)
+            await asyncio.sleep(delay)
+            waited += delay
+            delay = min(2.0, delay * 2)

@@ -31,7 +31,10 @@ by device, as the engine does, keeps them exact).
 from __future__ import annotations
 
 import numpy as np
-import pyarrow as pa
+
+# Hashing lives in core (the bus partitions devices with it too); re-exported here for the
+# detectors that key their state by it.
+from fleetwarden.core.hashing import encode_strings, stable_hash, stable_hash_encoded
 
 __all__ = [
     "PAIR_SCALES",
@@ -94,80 +97,6 @@ STATE_DTYPE = np.dtype(
 # absolute precision on counts; contributions older than two blocks weigh < e^-16.
 _BLOCK = 16.0
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
-
-
-def stable_hash(values: pa.Array | pa.ChunkedArray | np.ndarray) -> np.ndarray:
-    """64-bit hash of strings that is stable across processes (unlike Python's ``hash``).
-
-    Hashes the distinct values only (Arrow dictionary encoding) with a vectorised
-    FNV-1a-like polynomial over the UTF-8 bytes, then takes per row.
-    """
-    if isinstance(values, np.ndarray):
-        values = pa.array(values, type=pa.string(), from_pandas=True)
-    if len(values) == 0:
-        return np.zeros(0, dtype=np.uint64)
-    h, idx = stable_hash_encoded(encode_strings(values))
-    return h[idx]
-
-
-def encode_strings(values: pa.Array | pa.ChunkedArray) -> pa.DictionaryArray:
-    """Dictionary encoding of a string column with nulls as ``""`` (what :func:`stable_hash` hashes);
-    computed once, it serves every per-distinct-value computation on the column."""
-    if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks()
-    if values.null_count:
-        values = values.fill_null("")
-    return values.dictionary_encode()
-
-
-def stable_hash_encoded(enc: pa.DictionaryArray) -> tuple[np.ndarray, np.ndarray]:
-    """(:func:`stable_hash` of each dictionary value, each row's dictionary index) of an
-    :func:`encode_strings` array: ``h[idx]`` is the per-row hash."""
-    idx = enc.indices.to_numpy(zero_copy_only=False)
-    if len(enc.dictionary) == 0:
-        return np.zeros(0, dtype=np.uint64), idx
-    mat = _byte_matrix(enc.dictionary)
-    # byte j of every string as one contiguous row
-    cols = np.ascontiguousarray(mat.T, dtype=np.uint64)
-    h = np.full(len(mat), 0xCBF29CE484222325, dtype=np.uint64)
-    prime = np.uint64(0x100000001B3)
-    step = np.empty_like(h)
-    with np.errstate(over="ignore"):
-        for c in cols:
-            if c.all():  # no string ends before this byte: no padding to skip
-                h ^= c
-                h *= prime
-                continue
-            # padding (NUL) bytes are skipped so the hash does not depend on the batch's longest string
-            np.bitwise_xor(h, c, out=step)
-            step *= prime
-            np.copyto(h, step, where=c != 0)
-        # final avalanche (splitmix64) so low bits are usable for bitmaps / HLL buckets
-        h ^= h >> np.uint64(30)
-        h *= np.uint64(0xBF58476D1CE4E5B9)
-        h ^= h >> np.uint64(27)
-        h *= np.uint64(0x94D049BB133111EB)
-        h ^= h >> np.uint64(31)
-    return h, idx
-
-
-def _byte_matrix(strings: pa.Array) -> np.ndarray:
-    """(len, longest) uint8 matrix of the UTF-8 bytes of non-null strings, NUL-padded, straight from
-    the Arrow offsets and data buffers (no Python string per value)."""
-    strings = strings.cast(pa.large_string()) if pa.types.is_string(strings.type) else strings
-    m = len(strings)
-    _, off_buf, data_buf = strings.buffers()
-    offsets = np.frombuffer(off_buf, dtype=np.int64)[strings.offset : strings.offset + m + 1]
-    lengths = np.diff(offsets)
-    width = max(int(lengths.max()) if m else 0, 1)
-    mat = np.zeros((m, width), dtype=np.uint8)
-    total = int(offsets[-1] - offsets[0]) if m else 0
-    if total:
-        data = np.frombuffer(data_buf, dtype=np.uint8)[offsets[0] : offsets[-1]]
-        # row-major position of every byte: its row's start in the matrix plus its place in the string
-        pos = np.arange(total) + np.repeat(np.arange(m) * width - (offsets[:-1] - offsets[0]), lengths)
-        mat.reshape(-1)[pos] = data
-    return mat
 
 
 def damped_prefix(

@@ -274,12 +274,15 @@ class IngestBatch(Base):
 
 
 class EngineCheckpoint(Base):
-    """A scale-out worker's saved detection state for one bus partition (``fleetwarden worker``).
+    """A scale-out worker's saved detection state (``fleetwarden worker``), keyed by the stream, the
+    consumer prefix and the set of partitions the worker owns.
 
-    ``state`` is the pickled :class:`fleetwarden.detection.engine.Engine` after every event up to
-    stream sequence ``stream_seq`` of the partition's subject; a restarted worker loads it and
-    skips redelivered messages at or below that sequence.  ``partitions`` is the partition count
-    the device-to-partition map was made with: a checkpoint is only valid under the same count.
+    ``state`` is the checkpoint :mod:`fleetwarden.app.worker` writes: a header naming every owned
+    partition's position (stream sequence up to which its events are in the state, and the lines
+    of later messages already in it) and the engine's state.  ``stream_seq`` is the sum of those
+    positions: it never goes back while the worker moves on, so the store can refuse a stale
+    writer.  ``partitions`` is the partition count the device-to-partition map was made with: a
+    checkpoint is only valid under the same count.
     """
 
     __tablename__ = "engine_checkpoints"

@@ -589,6 +589,12 @@ class Store:
                 s.rollback()
                 raise
 
+    def list_checkpoint_keys(self, prefix: str = "") -> list[str]:
+        """The keys of the stored checkpoints that start with ``prefix``."""
+        with self._read() as s:
+            keys = s.scalars(select(EngineCheckpoint.partition).order_by(EngineCheckpoint.partition))
+            return [k for k in keys if k.startswith(prefix)]
+
     def load_checkpoint(self, partition: str) -> EngineCheckpoint | None:
         """The saved state of ``partition`` (``stream_seq``, ``partitions``, ``state``…), or None."""
         with self._read() as s:
