@@ -230,3 +230,45 @@ def test_simulate_and_worker_commands_end_to_end(nats_url, tmp_path):
     assert "events in" in res.stderr  # the summary goes to stderr with --json
     with open_store(db) as store:
         assert store.counts()["findings"] > 0
+
+
+def test_the_stored_story_equals_one_uninterrupted_session(bus, store, fleet):
+    """Findings recorded at many checkpoints join the open incidents of their devices in the store:
+    the stored incidents (risk, severity, evidence, linked attack steps) are the ones a single
+    detection session over the same event windows correlates at the end (what `analyze` does)."""
+    from fleetwarden.app.session import DetectionSession
+    from fleetwarden.core.events import time_windows
+
+    from fleetwarden.control.inventory import context_from_fleet
+
+    ctx = context_from_fleet(fleet)
+    session = DetectionSession(ctx=ctx)
+    by_kind = {
+        b.kind: b
+        for b in (
+            _whole(fleet, k)
+            for k in ("flow", "dns", "auth", "telemetry", "firmware_report", "provision", "command")
+        )
+        if b
+    }
+    session.run(time_windows(by_kind, 60.0, origin=0.0))
+    expected = {(i.entity, i.category): i for i in session.incidents()}
+
+    w, _found = _worker(bus, store, fetch_batch=8, ctx=ctx)
+    w.checkpoint_every = 0.05  # dozens of checkpoints: the story is built across them
+    asyncio.run(w.run(idle_exit=1.5, drain=True))
+    assert w.result.checkpoints > 10
+    stored = {(i.entity, i.category): i for i in store.list_incidents()}
+    assert set(stored) == set(expected)
+    mirai = {c for (e, c) in expected if e in fleet.scenarios[0].device_ids}
+    assert {"scan", "ddos"} <= mirai, "the attack's steps should be linked on one device"
+    for key, inc in expected.items():
+        row = stored[key]
+        assert (row.risk, row.severity, list(row.evidence)) == (inc.risk, inc.severity, inc.evidence), key
+
+
+def _whole(fleet, kind):
+    from fleetwarden.core.events import EventBatch
+
+    parts = [b for b in fleet.iter_batches(seconds=3600) if b.kind == kind and len(b)]
+    return EventBatch.concat(parts).sort_by_time() if parts else None

@@ -159,7 +159,7 @@ class IncidentRecord(Base):
 class FindingRecord(Base):
     """A saved :class:`fleetwarden.core.findings.Finding`.
 
-    ``fingerprint`` (hash of entity, category, detector, time span and record ids) makes
+    ``fingerprint`` (hash of entity, category, detector, time span, record ids and evidence) makes
     saving idempotent: a replayed stream message or a re-analysed file adds nothing.
     """
 

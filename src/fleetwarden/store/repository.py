@@ -456,7 +456,7 @@ class Store:
     @staticmethod
     def fingerprint(f: Finding) -> str:
         """The key that makes saving a finding idempotent (entity, category, detector, time span,
-        record ids)."""
+        record ids, evidence)."""
         return _fingerprint(f)
 
     def list_ingest_batches(self, source: str | None = None) -> list[IngestBatch]:
@@ -776,6 +776,8 @@ def _unique_findings(findings: Sequence[Finding], incidents: Sequence[Incident])
 
 
 def _fingerprint(f: Finding) -> str:
+    # the evidence is part of the key: one detector can make two findings about one entity over
+    # the same span (a flood seen from the device and from its victim's side), and both count
     key = [
         f.entity,
         f.category,
@@ -783,6 +785,7 @@ def _fingerprint(f: Finding) -> str:
         float(f.first_seen),
         float(f.last_seen),
         sorted(map(str, f.record_ids)),
+        [str(e) for e in f.evidence],
     ]
     return hashlib.sha256(audit.canonical_json(key).encode()).hexdigest()
 
