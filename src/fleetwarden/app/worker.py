@@ -8,8 +8,9 @@ disjoint partitions form the consumer group and every device's state lives in on
 **One engine per worker, fed in event time.**  The events of all owned partitions are decoded
 per fetch (one :func:`~fleetwarden.sources.jsonl.decode_events` call, not one per event),
 buffered, and handed to ONE engine a window of :data:`WINDOW` seconds of event time at a time,
-once every partition that still has a backlog has moved past the window (a watermark; a
-partition whose last fetch came back short is caught up and holds nothing back).  So the
+once every partition that still has a backlog has moved :data:`LATENESS` seconds past the window
+(a watermark; a partition the server says has nothing waiting is caught up and holds nothing
+back).  So the
 engine sees the fleet in time order, as ``analyze`` does, fleet-wide statistics (destination
 prevalence, which discounts vendor clouds and NTP pools shared by many devices) cover every
 owned partition, and per-call costs are paid once per window rather than once per partition.
@@ -93,6 +94,11 @@ __all__ = [
 # Event-time seconds handed to the engine per call: what the file replay of the simulator and
 # the reference tests use (findings depend on how much event time one call covers).
 WINDOW = 60.0
+# Event-time seconds an event may arrive after a later one of its partition and still be handed to
+# the engine in its own window: a gateway or the simulator sends a minute of flows, then that
+# minute's DNS records.  With it every window reaches the engine whole, whatever the fetch sizes,
+# so a restarted worker makes exactly the calls an uninterrupted one makes.
+LATENESS = 60.0
 # A partition this far ahead (event-time seconds) of the slowest one with a backlog is not
 # fetched until the others catch up: the buffer stays about one fetch deep per partition.
 LOOKAHEAD = 600.0
@@ -198,6 +204,7 @@ class WorkerResult:
     lag: dict[int, int] = field(default_factory=dict)  # partition -> messages waiting (last measure)
     lag_max: int = 0  # most messages waiting at any measure
     buffered: int = 0  # events fetched, waiting for the watermark (last measure)
+    bus_errors: int = 0  # fetches, acks or queries that failed (server restart, reconnect) and were retried
     stats: ReadStats = field(default_factory=ReadStats)
 
 
@@ -266,6 +273,7 @@ class Worker:
         ack_wait: float = 60.0,
         fetch_batch: int = 256,
         slice_seconds: float = WINDOW,
+        lateness: float = LATENESS,
         on_finding: Callable[[Finding], None] | None = None,
         on_status: Callable[[str], None] | None = None,
         metrics_port: int | None = None,
@@ -302,6 +310,7 @@ class Worker:
         self.ack_wait = ack_wait
         self.fetch_batch = fetch_batch
         self.window = slice_seconds
+        self.lateness = lateness
         self.on_status = on_status
         self.max_bytes = max_bytes
         self.key = f"{stream}/{durable_prefix}-p{'.'.join(map(str, owned))}"
@@ -429,33 +438,56 @@ class Worker:
     async def poll(self, timeout: float = 0.5) -> int:
         """Fetch once from the owned partitions that are not too far ahead in event time
         (concurrently), buffer what came, and hand the engine every window all partitions have
-        passed; returns the number of messages fetched."""
+        passed; returns the number of messages fetched.  A fetch that fails (the server restarts,
+        the connection is re-established) fetches nothing this time; nats-py reconnects."""
         slowest = min((ps.mark for ps in self.parts if not ps.caught_up), default=math.inf)
         wanted = [ps for ps in self.parts if ps.caught_up or ps.mark <= slowest + LOOKAHEAD]
-
-        async def fetch(ps: PartitionState):
-            # nats-py raises its own or asyncio's TimeoutError; messages that arrive after a
-            # client-side timeout stay queued on the subscription, in order, for the next fetch
-            try:
-                return await ps.sub.fetch(self.fetch_batch, timeout=timeout)
-            except TimeoutError:
-                return []
-
-        fetched = await asyncio.gather(*(fetch(ps) for ps in wanted))
+        fetched = await asyncio.gather(*(self._fetch(ps, timeout) for ps in wanted))
         handled = 0
         for ps, msgs in zip(wanted, fetched, strict=True):
+            if msgs is None:
+                continue
             handled += len(msgs)
-            ps.caught_up = len(msgs) < self.fetch_batch
+            if msgs:
+                # the server says how many messages are still waiting for this consumer
+                ps.caught_up = msgs[-1].metadata.num_pending == 0
             self._decode(ps, msgs)
         self._release(self._watermark())
         return handled
 
+    async def _fetch(self, ps: PartitionState, timeout: float) -> list | None:
+        """Up to ``fetch_batch`` messages; [] when none came (then ``caught_up`` is asked of the
+        server), None when the server could not be reached."""
+        try:
+            msgs = await ps.sub.fetch(self.fetch_batch, timeout=timeout)
+        except TimeoutError:
+            # nats-py raises its own or asyncio's TimeoutError; messages that arrive after a
+            # client-side timeout stay queued on the subscription, in order, for the next fetch
+            msgs = []
+        except Exception as exc:  # disconnected, reconnecting, server restarting: try again later
+            self._trouble(f"fetch from p{ps.index}", exc)
+            return None
+        if not msgs:
+            try:
+                info = await self._js.consumer_info(self.stream, ps.durable)
+                ps.caught_up = info.num_pending == 0
+            except Exception as exc:
+                self._trouble(f"state of p{ps.index}", exc)
+                return None
+        return msgs
+
+    def _trouble(self, what: str, exc: BaseException) -> None:
+        self.result.bus_errors += 1
+        if self.on_status is not None and self.result.bus_errors in (1, 10, 100, 1000):
+            self.on_status(f"bus trouble ({what}: {exc.__class__.__name__}: {exc}); retrying")
+
     def _watermark(self) -> float:
-        """Event time up to which every partition with a backlog has been fetched, cut to a window."""
+        """Event time up to which every partition with a backlog has been fetched, less the
+        allowed lateness, cut to a window (+inf when every partition is caught up)."""
         marks = [ps.mark for ps in self.parts if not ps.caught_up]
         if not marks:
             return math.inf
-        low = min(marks)
+        low = min(marks) - self.lateness
         return math.floor(low / self.window) * self.window if math.isfinite(low) else -math.inf
 
     def _decode(self, ps: PartitionState, msgs: list) -> None:
@@ -568,10 +600,18 @@ class Worker:
         return True
 
     async def _ack(self) -> None:
+        """Acknowledge the messages in the saved state; one that cannot be acknowledged now (the
+        server is restarting) is tried again at the next checkpoint, and if it is redelivered in
+        the meantime it is recognised and skipped."""
         for ps in self.parts:
+            left = []
             for m in ps.to_ack:
-                await m.ack()
-            ps.to_ack.clear()
+                try:
+                    await m.ack()
+                except Exception as exc:
+                    self._trouble(f"ack on p{ps.index}", exc)
+                    left.append(m)
+            ps.to_ack = left
 
     async def _measure_lag(self) -> None:
         """Messages waiting on the server per partition (undelivered), plus events buffered here."""
@@ -600,10 +640,14 @@ class Worker:
         """True when the server holds nothing undelivered for any owned partition and a last poll
         brings nothing (a fetch that timed out on a busy event loop leaves messages queued)."""
         for ps in self.parts:
-            info = await self._js.consumer_info(self.stream, ps.durable)
+            try:
+                info = await self._js.consumer_info(self.stream, ps.durable)
+            except Exception as exc:
+                self._trouble(f"state of p{ps.index}", exc)
+                return False
             if info.num_pending:
                 return False
-        return await self.poll(timeout=0.2) == 0
+        return await self.poll(timeout=0.2) == 0 and self._buffer.size == 0
 
     async def run(
         self, *, duration: float | None = None, idle_exit: float | None = None, drain: bool = False

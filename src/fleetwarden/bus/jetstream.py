@@ -58,6 +58,7 @@ DEFAULT_PARTITIONS = 8
 DEFAULT_MAX_BYTES = 1 << 30
 # how long a publisher waits for room in a full stream before it gives up (and says so)
 FULL_STREAM_PATIENCE = 300.0
+RECONNECT_ATTEMPTS = 120  # half a second apart: a minute for a restarting server
 # JetStream's "maximum messages / bytes exceeded" and "insufficient resources" error codes
 _FULL_CODES = frozenset({10077, 10047, 10023, 10028})
 
@@ -121,13 +122,22 @@ async def connect(url: str, **kwargs):
 
     kwargs.setdefault("error_cb", log_error)
     try:
-        return await nats.connect(
-            target.url, connect_timeout=3, max_reconnect_attempts=2, allow_reconnect=True, **kwargs
+        nc = await nats.connect(
+            target.url,
+            connect_timeout=3,
+            allow_reconnect=True,
+            max_reconnect_attempts=2,  # a server that is not there is said at once
+            reconnect_time_wait=0.5,
+            **kwargs,
         )
     except Exception as exc:  # nats-py raises several unrelated types for "not reachable"
         raise BusError(
             f"cannot connect to NATS at {target.display}: {redact(str(exc)) or exc.__class__.__name__}"
         ) from None
+    # once connected, a server restart is survived: reconnect for up to a minute (nats-py
+    # re-subscribes); the worker retries what failed meanwhile
+    nc.options["max_reconnect_attempts"] = RECONNECT_ATTEMPTS
+    return nc
 
 
 async def ensure_stream(
@@ -193,36 +203,44 @@ def publish_batches_nats(
 
 
 async def _publish(batches, url, partitions, per_message, stream, prefix, rate, window, max_bytes) -> int:
+    import secrets
+
     nc = await connect(url)
     try:
         js = nc.jetstream()
         info = await ensure_stream(js, stream, prefix, max_bytes=max_bytes)
         room = _Room(js, stream, info)
+        run = secrets.token_hex(6)
         inflight: list = []
         pending: dict[int, list[bytes]] = {}  # partition -> lines not yet sent
+        counts: dict[int, int] = {}  # partition -> messages sent
         sent = 0
         t0 = time.monotonic()
 
         async def send(p: int, lines: list[bytes]) -> None:
             payload = b"\n".join(lines)
+            counts[p] = counts.get(p, 0) + 1
+            # a message id per message: a publish retried after a lost reply (a server restart)
+            # is stored once (JetStream's duplicate window)
+            msg = (subject_for(p, prefix), payload, {"Nats-Msg-Id": f"{run}-{p}-{counts[p]}"})
             if not inflight and not await room.enough(window, len(payload)):
                 # near the stream's limits: one message at a time, each waiting for room, so a
                 # refused message is never overtaken by a later one of its partition
-                await _publish_when_room(js, subject_for(p, prefix), payload, stream)
+                await _publish_retrying(js, *msg, stream)
                 return
             # publishes are written to the connection in call order: ensure_stream already set up
             # the request multiplexer, so no task awaits before writing its message
-            inflight.append(asyncio.ensure_future(js.publish(subject_for(p, prefix), payload, stream=stream)))
+            inflight.append((msg, asyncio.ensure_future(js.publish(msg[0], msg[1], stream=stream, headers=msg[2]))))
             if len(inflight) >= window:
                 await settle()
 
         async def settle() -> None:
-            results = await asyncio.gather(*inflight, return_exceptions=True)
+            """Wait for the publishes in flight; send the failed ones again, in order."""
+            results = await asyncio.gather(*(f for _m, f in inflight), return_exceptions=True)
+            failed = [m for (m, _f), res in zip(inflight, results, strict=True) if isinstance(res, BaseException)]
             inflight.clear()
-            for res in results:
-                if isinstance(res, BaseException):
-                    # room was checked before the window: another publisher filled the stream
-                    raise BusError(f"publishing to {stream} failed: {res}") from None
+            for msg in failed:
+                await _publish_retrying(js, *msg, stream)
 
         for batch in batches:
             if len(batch) == 0:
@@ -268,23 +286,43 @@ class _Room:
         return ok_bytes and ok_msgs
 
 
-async def _publish_when_room(js, subject: str, payload: bytes, stream: str) -> None:
-    """Publish one message to a stream that was full, waiting (with back-off) until it has room."""
+async def _publish_retrying(js, subject: str, payload: bytes, headers: dict, stream: str) -> None:
+    """Publish one message, waiting (with back-off) while the stream is full or the server is
+    unreachable (restarting); gives up with a :class:`BusError` after :data:`FULL_STREAM_PATIENCE`."""
     delay, waited = 0.05, 0.0
     while True:
         try:
-            await js.publish(subject, payload, stream=stream)
+            await js.publish(subject, payload, stream=stream, headers=headers)
             return
         except Exception as exc:
-            if not _stream_full(exc):
+            full = _stream_full(exc)
+            if not full and not _transient(exc):
                 raise BusError(f"publishing to {stream} failed: {exc}") from None
             if waited >= FULL_STREAM_PATIENCE:
+                why = "stayed full" if full else "was unreachable"
                 raise BusError(
-                    f"stream {stream} stayed full for {waited:.0f} s: the workers are not consuming "
-                    "(start them, or raise the stream's limits)"
+                    f"stream {stream} {why} for {waited:.0f} s"
+                    + (": the workers are not consuming (start them, or raise its limits)" if full else "")
                 ) from None
             if waited == 0.0:
-                log.warning("stream %s is full: waiting for the workers to catch up", stream)
+                log.warning("stream %s %s: waiting", stream, "is full" if full else "is unreachable")
             await asyncio.sleep(delay)
             waited += delay
             delay = min(2.0, delay * 2)
+
+
+def _transient(exc: BaseException) -> bool:
+    """A failure that a reconnect cures: timeouts, no responders, a closed or reconnecting connection."""
+    import nats.errors
+
+    return isinstance(
+        exc,
+        TimeoutError
+        | nats.errors.TimeoutError
+        | nats.errors.NoRespondersError
+        | nats.errors.ConnectionClosedError
+        | nats.errors.ConnectionReconnectingError
+        | nats.errors.StaleConnectionError
+        | nats.errors.OutboundBufferLimitError
+        | ConnectionError,
+    ) or getattr(exc, "code", None) == 503
