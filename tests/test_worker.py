@@ -237,9 +237,8 @@ def test_the_stored_story_equals_one_uninterrupted_session(bus, store, fleet):
     the stored incidents (risk, severity, evidence, linked attack steps) are the ones a single
     detection session over the same event windows correlates at the end (what `analyze` does)."""
     from fleetwarden.app.session import DetectionSession
-    from fleetwarden.core.events import time_windows
-
     from fleetwarden.control.inventory import context_from_fleet
+    from fleetwarden.core.events import time_windows
 
     ctx = context_from_fleet(fleet)
     session = DetectionSession(ctx=ctx)
