@@ -271,3 +271,85 @@ def _whole(fleet, kind):
 
     parts = [b for b in fleet.iter_batches(seconds=3600) if b.kind == kind and len(b)]
     return EventBatch.concat(parts).sort_by_time() if parts else None
+
+
+@pytest.fixture(scope="module")
+def wide_fleet():
+    """Enough gateways and cameras polling shared clouds that prevalence decides what is a beacon."""
+    return simulate_fleet(devices=120, hours=6, seed=7)
+
+
+def _two_workers(nats_url, fleet, *, share: bool) -> list:
+    from fleetwarden.control.inventory import context_from_fleet
+
+    tag = secrets.token_hex(4)
+    stream, prefix = f"FWFLEET_{tag}", f"fwfleet.{tag}.events"
+    parts = 8
+    publish_batches_nats(fleet.iter_batches(seconds=60), nats_url, parts, stream=stream, prefix=prefix)
+    found: list = []
+    ctx = context_from_fleet(fleet)
+    with open_store("sqlite:///:memory:") as st:
+        workers = [
+            Worker(
+                nats_url,
+                st,
+                partitions=parts,
+                owned=owned,
+                stream=stream,
+                prefix=prefix,
+                ctx=ctx,
+                on_finding=found.append,
+                checkpoint_every=5.0,
+            )
+            for owned in ([0, 2, 4, 6], [1, 3, 5, 7])
+        ]
+        if not share:
+            for w in workers:
+                w._fleet = None  # what sharded workers did before they shared fleet statistics
+
+        async def both() -> None:
+            await asyncio.gather(*(w.run(idle_exit=2.0, drain=True) for w in workers))
+
+        asyncio.run(both())
+
+    async def delete() -> None:
+        nc = await connect(nats_url)
+        js = nc.jetstream()
+        await js.delete_stream(stream)
+        if share:
+            await js.delete_stream(f"{stream}-FLEET")
+        await nc.close()
+
+    asyncio.run(delete())
+    return found
+
+
+def test_sharded_workers_share_fleet_statistics_and_report_what_one_engine_reports(nats_url, wide_fleet):
+    from fleetwarden.control.inventory import context_from_fleet
+    from fleetwarden.core.events import KINDS, time_windows
+
+    engine = Engine(ctx=context_from_fleet(wide_fleet))
+    by_kind = {k: b for k in KINDS if (b := _whole(wide_fleet, k))}
+    reference = [f for b in time_windows(by_kind, 60.0, origin=0.0) for f in engine.process(b)] + engine.flush()
+
+    def exact(findings) -> list:
+        # the command analytic's cohort and site profiles are per worker still (see app/worker.py)
+        return sorted(
+            (f.entity, f.category, f.detector, round(f.score, 6), f.first_seen, f.last_seen)
+            for f in findings
+            if f.detector != "commands.baseline"
+        )
+
+    def beacons(findings) -> list:
+        return [f for f in findings if f.category == "c2-beacon"]
+
+    shared = _two_workers(nats_url, wide_fleet, share=True)
+    mine, ref = exact(shared), exact(reference)
+    assert [(e, c, d, a, b) for e, c, d, _s, a, b in mine] == [(e, c, d, a, b) for e, c, d, _s, a, b in ref]
+    # a beacon's coverage is measured over the time its engine has observed: a worker's own
+    # partitions' span, a few seconds off the fleet's (see app/worker.py's blind spots)
+    assert max(abs(x[3] - y[3]) for x, y in zip(mine, ref, strict=True)) < 0.01
+    # without the shared statistics each worker sees half the fleet: gateways' heartbeats to their
+    # vendor cloud look rare, and benign beacons appear (the test would catch their return)
+    alone = _two_workers(nats_url, wide_fleet, share=False)
+    assert len(beacons(alone)) > 2 * len(beacons(reference))

@@ -38,25 +38,37 @@ silently.  How far the worker is behind (messages waiting on the server plus eve
 here) is measured at every checkpoint: :attr:`WorkerResult.lag`, the ``on_status`` line, and
 Prometheus gauges when ``metrics_port`` is set.
 
+**Fleet-wide statistics across workers.**  Workers that share a stream's partitions (each owns
+a set) share what the fleet-wide destination prevalence learns: each publishes, on
+``<prefix>-fleet`` (stream ``<stream>-FLEET``), the observations its windows teach (answered
+source/destination pairs, DNS answers) and how far its event time goes; each learns the others'
+observations of a window just before processing its own batch of that window, and processes a
+window only once every other worker has announced it.  So the workers move through event time
+together and judge a destination against the whole fleet, as one engine would (exactly: the
+test runs two workers against one engine on a 120-device fleet).  A worker missing at start (after
+``peer_wait`` s) or silent (``peer_timeout`` s) is not waited for, and the worker says so.
+
 Blind spots: the set of partitions a worker owns is part of its checkpoint (its engine holds
 those devices' state together), so a restart must own the same set; a checkpoint covering other
-sets of this stream's partitions is refused by name.  Fleet-wide statistics cover the worker's
-own partitions; workers of one fleet share nothing yet, so a destination common across the
-fleet but rare in one worker's partitions looks rarer there.  Checkpoints are pickles of the
-engine: as trusted as the database (to be replaced by an explicit state format).
+sets of this stream's partitions is refused by name.  Other fleet-level state is per worker: the
+command analytic's cohort and site profiles and operator sessions, the flood analytic's count of
+local devices hitting one victim, and the time span a beacon's coverage is measured over.
+Checkpoints are pickles of the engine: as trusted as the database (to be replaced by an explicit
+state format).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import json
 import math
 import pickle
 import struct
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,7 +81,9 @@ from fleetwarden.bus.jetstream import (
     DEFAULT_STREAM,
     SUBJECT_PREFIX,
     connect,
+    ensure_fleet_stream,
     ensure_stream,
+    fleet_subject,
     parse_bus_url,
     subject_for,
 )
@@ -221,6 +235,20 @@ class _Buffer:
         )
         self.size += len(batch)
 
+    def peek(self, lo: float, hi: float) -> dict[str, EventBatch]:
+        """The buffered rows with ``lo <= ts < hi`` per kind, in time order, left in the buffer."""
+        out: dict[str, EventBatch] = {}
+        for kind in KINDS:
+            chunks = self.parts.get(kind)
+            if not chunks:
+                continue
+            batch = EventBatch.concat([c[0] for c in chunks]) if len(chunks) > 1 else chunks[0][0]
+            ts = batch.np("ts")
+            sel = (ts >= lo) & (ts < hi)
+            if sel.any():
+                out[kind] = batch.filter(sel).sort_by_time()
+        return out
+
     def take(self, until: float) -> tuple[dict[str, EventBatch], list[np.ndarray]]:
         """The buffered rows with ``ts < until`` (per kind, in time order) and their tags
         (partition, seq, line arrays over all kinds); the rest stays buffered."""
@@ -247,6 +275,86 @@ class _Buffer:
                 del self.parts[kind]
             self.size -= cut
         return ready, [np.concatenate(t) if t else np.zeros(0, dtype=np.int64) for t in tags]
+
+
+class _Fleet:
+    """What the other workers of this stream share: which partitions each owns, how far its event
+    time goes (``through``), and what its batches taught the fleet-wide statistics (destination
+    prevalence: :meth:`~fleetwarden.detection.analytics.netcommon.Prevalence.observation`), keyed by
+    (window, kind).  A worker learns every peer observation of a (window, kind) just before it
+    processes its own batch of that (window, kind), as one engine over the whole fleet would have
+    learnt it, and processes a window only once every peer has announced it: workers move through
+    event time together.  A peer that is missing when the worker starts (after ``peer_wait`` s) or
+    that falls silent (``peer_timeout`` s) is not waited for, and the worker says so."""
+
+    def __init__(self, me: str, owned: Sequence[int], partitions: int, peer_wait: float, peer_timeout: float) -> None:
+        self.me = me
+        self.needed = set(range(partitions)) - set(owned)
+        self.peer_wait = peer_wait
+        self.peer_timeout = peer_timeout
+        self.inbox: deque[bytes] = deque()
+        self.peers: dict[str, dict[str, Any]] = {}
+        self.pending: list[tuple[int, int, int, dict]] = []  # heap of (window, kind, arrival, observation)
+        self.applied: tuple[int, int] = (-(2**62), -1)  # newest (window, kind) learnt
+        self.announced = -math.inf  # event time up to which our own observations went out
+        self.last_publish = -math.inf
+        self.last_through = -math.inf
+        self.started = time.monotonic()
+        self.warned: set[str] = set()
+        self._arrivals = 0
+
+    async def on_message(self, msg: Any) -> None:
+        self.inbox.append(msg.data)
+
+    def drain(self) -> None:
+        """Take in what the peers published since the last poll."""
+        while self.inbox:
+            try:
+                m = json.loads(self.inbox.popleft())
+                key, owned, through = str(m["w"]), {int(p) for p in m["owned"]}, float(m["through"])
+            except (ValueError, KeyError, TypeError):
+                continue  # not ours to understand; never fatal
+            if key == self.me:
+                continue
+            peer = self.peers.setdefault(key, {"owned": owned, "through": -math.inf})
+            peer.update(owned=owned, through=max(peer["through"], through), seen=time.monotonic())
+            for w, k, obs in m.get("obs", ()):
+                if (int(w), int(k)) > self.applied and isinstance(obs, dict):
+                    self._arrivals += 1
+                    heapq.heappush(self.pending, (int(w), int(k), self._arrivals, obs))
+
+    def limit(self, say: Callable[[str], None] | None) -> float:
+        """Event time every needed peer has announced (+inf when no peer is needed)."""
+        if not self.needed:
+            return math.inf
+        now = time.monotonic()
+        live = {k: p for k, p in self.peers.items() if now - p.get("seen", now) <= self.peer_timeout}
+        covered = set().union(*(p["owned"] for p in live.values())) if live else set()
+        missing = self.needed - covered
+        if missing and now - self.started < self.peer_wait:
+            return -math.inf  # give the other workers a moment to show up
+        for key in set(self.peers) - set(live):
+            self._warn(say, f"peer {key} silent for over {self.peer_timeout:.0f} s: not waiting for it")
+        if missing:
+            self._warn(
+                say,
+                f"no worker announces partition(s) {sorted(missing)}: fleet-wide statistics leave them out",
+            )
+        throughs = [p["through"] for p in live.values() if p["owned"] & self.needed]
+        return min(throughs) if throughs else math.inf
+
+    def due(self, key: tuple[int, int]) -> Iterator[dict]:
+        """Peer observations of (window, kind) up to ``key``, oldest first."""
+        while self.pending and (self.pending[0][0], self.pending[0][1]) <= key:
+            w, k, _n, obs = heapq.heappop(self.pending)
+            yield obs
+        self.applied = max(self.applied, key)
+
+    def _warn(self, say: Callable[[str], None] | None, text: str) -> None:
+        if text not in self.warned:
+            self.warned.add(text)
+            if say is not None:
+                say(text)
 
 
 class Worker:
@@ -278,6 +386,8 @@ class Worker:
         on_status: Callable[[str], None] | None = None,
         metrics_port: int | None = None,
         max_bytes: int = DEFAULT_MAX_BYTES,
+        peer_wait: float = 10.0,
+        peer_timeout: float = 30.0,
     ) -> None:
         if partitions < 1:
             raise InputError("--partitions must be at least 1")
@@ -319,6 +429,10 @@ class Worker:
         self.resumed = False
         self._saved: tuple[int, int] | None = None  # (progress, events) of the last checkpoint
         self._buffer = _Buffer()
+        # shared fleet-wide statistics, when other workers own the other partitions
+        self._fleet = (
+            _Fleet(self.key, owned, partitions, peer_wait, peer_timeout) if len(owned) < partitions else None
+        )
         self._metrics = _Metrics(metrics_port) if metrics_port is not None else None
         self._nc = None
         self._js = None
@@ -345,6 +459,14 @@ class Worker:
                 ps.resumed = True
             ps.sub = await self._bind(ps)
             self.parts.append(ps)
+        if self._fleet is not None:
+            self._fleet_stream = await ensure_fleet_stream(self._js, self.stream, self.prefix)
+            await self._js.subscribe(
+                fleet_subject(self.prefix),
+                stream=self._fleet_stream,
+                cb=self._fleet.on_message,
+                ordered_consumer=True,
+            )
         warm_up()
         return self
 
@@ -376,6 +498,8 @@ class Worker:
         engine = load_engine(state, self.ctx, self.flow_model)
         self.engine = self.session.engine = engine
         self.resumed = True
+        if self._fleet is not None and header.get("fleet_applied"):
+            self._fleet.applied = tuple(header["fleet_applied"])
         return header.get("positions", {})
 
     async def _bind(self, ps: PartitionState):
@@ -413,7 +537,9 @@ class Worker:
         """Checkpoint, optionally emit pending findings (``drain``: the end of a replay; everything
         buffered goes to the engine first), and disconnect."""
         if drain:
+            await self._await_peers_done()
             self._release(math.inf)
+            self._learn_peers((2**62, len(KINDS)))
         await self.checkpoint()
         if drain:
             self.result.findings += len(self.session.flush(self.engine))
@@ -424,6 +550,22 @@ class Worker:
             self._nc = None
         if self._metrics is not None:
             self._metrics.close()
+
+    async def _await_peers_done(self) -> None:
+        """At the end of a replay: wait (at most ``peer_timeout``) until every peer has announced all
+        it will see, so the pending findings flushed here were judged on the whole fleet."""
+        fleet = self._fleet
+        if fleet is None:
+            return
+        await self._announce(math.inf)
+        deadline = time.monotonic() + fleet.peer_timeout
+        while time.monotonic() < deadline:
+            fleet.drain()
+            peers = [p for p in fleet.peers.values() if p["owned"] & fleet.needed]
+            covered = set().union(*(p["owned"] for p in peers)) if peers else set()
+            if covered >= fleet.needed and all(p["through"] >= 1e300 for p in peers):
+                return
+            await asyncio.sleep(0.05)
 
     async def abandon(self) -> None:
         """Drop the connection without checkpoint or ack: what a crash leaves behind."""
@@ -452,8 +594,45 @@ class Worker:
                 # the server says how many messages are still waiting for this consumer
                 ps.caught_up = msgs[-1].metadata.num_pending == 0
             self._decode(ps, msgs)
-        self._release(self._watermark())
+        until = self._watermark()
+        if self._fleet is not None:
+            self._fleet.drain()
+            await self._announce(until)
+            until = min(until, self._fleet.limit(self.on_status))
+        self._release(until)
         return handled
+
+    async def _announce(self, through: float) -> None:
+        """Publish what our buffered windows before ``through`` teach the fleet-wide statistics, and
+        how far our event time goes (a heartbeat every few seconds even when nothing moved)."""
+        fleet = self._fleet
+        prevalence = getattr(self.engine, "prevalence", None)
+        obs: list[list[Any]] = []
+        if prevalence is not None and through > fleet.announced:
+            ready = self._buffer.peek(fleet.announced, through)
+            for batch in time_windows(ready, self.window, origin=0.0) if ready else ():
+                o = prevalence.observation(batch)
+                if o:
+                    w = int(math.floor(float(batch.np("ts")[0]) / self.window))
+                    obs.append([w, KINDS.index(batch.kind), o])
+            if math.isfinite(through):
+                fleet.announced = through
+            elif self._buffer.size:
+                fleet.announced = math.nextafter(float(self._buffer_max_ts()), math.inf)
+        now = time.monotonic()
+        if not obs and through == fleet.last_through and now - fleet.last_publish < 5.0:
+            return
+        message = {"w": self.key, "owned": self.owned, "through": max(-1e300, min(1e300, through)), "obs": obs}
+        try:
+            await self._js.publish(fleet_subject(self.prefix), json.dumps(message).encode(), stream=self._fleet_stream)
+            fleet.last_publish, fleet.last_through = now, through
+        except Exception as exc:
+            self._trouble("fleet statistics", exc)
+
+    def _buffer_max_ts(self) -> float:
+        return max(
+            float(np.nanmax(b.np("ts"))) for chunks in self._buffer.parts.values() for b, *_ in chunks if len(b)
+        )
 
     async def _fetch(self, ps: PartitionState, timeout: float) -> list | None:
         """Up to ``fetch_batch`` messages; [] when none came (then ``caught_up`` is asked of the
@@ -552,8 +731,12 @@ class Worker:
         if not ready:
             return
         for batch in time_windows(ready, self.window, origin=0.0):
+            self._learn_peers((int(math.floor(float(batch.np("ts")[0]) / self.window)), KINDS.index(batch.kind)))
             self.result.findings += len(self.session.process(batch, self.engine))
             self.result.events += len(batch)
+        # what the peers saw in the windows released here, where this worker had nothing of a kind
+        last = int(math.floor(until / self.window)) - 1 if math.isfinite(until) else 2**62
+        self._learn_peers((last, len(KINDS)))
         by_index = {ps.index: ps for ps in self.parts}
         for p in np.unique(part).tolist():
             ps = by_index[p]
@@ -565,6 +748,15 @@ class Worker:
                 if ps.open[s][0] > 0:
                     ps.released.setdefault(s, set()).add(ln)
             ps.advance()
+
+    def _learn_peers(self, key: tuple[int, int]) -> None:
+        """Teach the engine's fleet-wide statistics what the peers saw up to (window, kind) ``key``."""
+        if self._fleet is None:
+            return
+        prevalence = getattr(self.engine, "prevalence", None)
+        for obs in self._fleet.due(key):
+            if prevalence is not None:
+                prevalence.learn(obs, self.ctx)
 
     async def checkpoint(self, *, ack: bool = True) -> bool:
         """Record findings, save the engine and every partition's position, then acknowledge;
@@ -584,6 +776,7 @@ class Worker:
             "owned": self.owned,
             "events": int(self.engine.events),
             "positions": {str(ps.index): {**ps.position(), "events": ps.events} for ps in self.parts},
+            "fleet_applied": list(self._fleet.applied) if self._fleet is not None else None,
         }
         blob = write_checkpoint(header, dump_engine(self.engine))
         # a sum of positions never goes back while the worker moves on: the store refuses a

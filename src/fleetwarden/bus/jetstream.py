@@ -41,7 +41,9 @@ __all__ = [
     "DEFAULT_STREAM",
     "SUBJECT_PREFIX",
     "BusTarget",
+    "ensure_fleet_stream",
     "ensure_stream",
+    "fleet_subject",
     "parse_bus_url",
     "partition_of",
     "publish_batches_nats",
@@ -86,6 +88,29 @@ def parse_bus_url(url: str) -> BusTarget:
 
 def subject_for(partition: int, prefix: str = SUBJECT_PREFIX) -> str:
     return f"{prefix}.p{int(partition)}"
+
+
+def fleet_subject(prefix: str = SUBJECT_PREFIX) -> str:
+    """Where the workers of one stream share what the fleet-wide statistics learn (outside
+    ``prefix.>``, so the event stream's work-queue consumers never see it)."""
+    return f"{prefix}-fleet"
+
+
+async def ensure_fleet_stream(js, stream: str = DEFAULT_STREAM, prefix: str = SUBJECT_PREFIX, max_age: float = 86_400.0):
+    """The stream ``<stream>-FLEET`` holding :func:`fleet_subject` (limits retention: every worker
+    reads all of it; a day of it is kept, enough to rebuild after a restart).  Returns its name."""
+    from nats.js.api import StreamConfig
+    from nats.js.errors import NotFoundError
+
+    name = f"{stream}-FLEET"
+    try:
+        await js.stream_info(name)
+    except NotFoundError:
+        try:
+            await js.add_stream(StreamConfig(name=name, subjects=[fleet_subject(prefix)], max_age=max_age))
+        except Exception as exc:
+            raise BusError(f"cannot create the stream {name!r}: {exc}") from None
+    return name
 
 
 def device_keys(batch: EventBatch) -> np.ndarray:

@@ -91,8 +91,9 @@ class Engine:
         anomaly_cooldown: float = 60.0,
     ) -> None:
         self.analytics = list(analytics) if analytics is not None else default_analytics()
-        # Beacon and exfil learn the same fleet prevalence from the same batches: one copy.
-        share_prevalence(self.analytics)
+        # Beacon, exfil and retry learn the same fleet prevalence from the same batches: one copy
+        # (the scale-out worker teaches it what other workers' partitions saw, too).
+        self.prevalence = share_prevalence(self.analytics)
         self.flow_model = flow_model
         self.ctx = ctx if ctx is not None else Context()
         self.anomaly_cooldown = anomaly_cooldown

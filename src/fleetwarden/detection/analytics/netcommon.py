@@ -281,16 +281,56 @@ class Prevalence:
         self._last_table: pa.Table | None = None  # the batch learned from last (see observe_batch)
 
     # learning ---------------------------------------------------------------------------
-    def observe_dns(self, batch: EventBatch) -> None:
-        """Learn address -> registered domain from the answers of DNS records."""
-        if len(batch) == 0 or "answers" not in batch.table.column_names:
+    # What a batch teaches is first taken out as plain data (:meth:`observation`), then learnt
+    # (:meth:`learn`): the scale-out worker sends the observations of its partitions to the other
+    # workers of the fleet, which learn them as if they had seen the batch (fleet-wide prevalence
+    # over sharded workers, docs/architecture.md).
+    def observation(self, batch: EventBatch) -> dict[str, list[list[str]]] | None:
+        """What a ``flow`` or ``dns`` batch teaches, as JSON-able data: the distinct answered
+        (source, destination) pairs of the connections the sources opened, or the distinct
+        (query, answers) pairs of DNS answers; None when it teaches nothing.
+
+        The flows counted are the connections the source opened (not replies the flow builder
+        flipped onto it: no packets from the originator, some from the responder) that were
+        answered (packets or bytes back): unanswered probes of a scan say nothing about which
+        services the fleet uses (and would fill the table with one-device keys)."""
+        if len(batch) == 0:
+            return None
+        if batch.kind == "dns":
+            if "answers" not in batch.table.column_names:
+                return None
+            query = str_col(batch, "query")
+            answers = str_col(batch, "answers")
+            has = (answers != "") & (query != "")
+            if not has.any():
+                return None
+            return {"names": [list(p) for p in dict.fromkeys(zip(query[has].tolist(), answers[has].tolist(), strict=True))]}
+        if batch.kind != "flow":
+            return None
+        rp = num_col(batch, "resp_pkts")
+        answered = ((rp > 0) | (num_col(batch, "resp_bytes") > 0)) & ~(
+            (num_col(batch, "orig_pkts") <= 0) & (rp > 0)
+        )
+        if not answered.any():
+            return None
+        src = str_col(batch, "id.orig_h")[answered]
+        dst = str_col(batch, "id.resp_h")[answered]
+        return {"pairs": [list(p) for p in dict.fromkeys(zip(src.tolist(), dst.tolist(), strict=True))]}
+
+    def learn(self, obs: dict[str, list[list[str]]] | None, ctx: Context) -> None:
+        """Learn an :meth:`observation` (this engine's or another worker's)."""
+        if not obs:
             return
-        query = str_col(batch, "query")
-        answers = str_col(batch, "answers")
-        has = answers != ""
-        if not has.any():
-            return
-        pairs = set(zip(query[has].tolist(), answers[has].tolist(), strict=True))
+        if "names" in obs:
+            self._learn_names(obs["names"])
+        if "pairs" in obs and obs["pairs"]:
+            pairs = obs["pairs"]
+            self.observe_flows(
+                np.array([p[0] for p in pairs], dtype=object), np.array([p[1] for p in pairs], dtype=object), ctx
+            )
+
+    def _learn_names(self, pairs: list[list[str]]) -> None:
+        """Learn address -> registered domain from (query, comma-separated answers) pairs."""
         for q, ans in pairs:
             if not q:
                 continue
@@ -303,32 +343,22 @@ class Prevalence:
         while len(self.names) > self.max_names:
             self.names.pop(next(iter(self.names)))
 
+    def observe_dns(self, batch: EventBatch) -> None:
+        """Learn address -> registered domain from the answers of DNS records."""
+        if batch.kind == "dns":
+            self.learn(self.observation(batch), Context())
+
     def observe_batch(self, batch: EventBatch, ctx: Context) -> None:
         """Learn from one ``flow`` or ``dns`` batch; a batch already learned from is skipped.
 
-        The flows counted are the connections the source opened (not replies the flow
-        builder flipped onto it: no packets from the originator, some from the responder)
-        that were answered (packets or bytes back).  Several analytics may hand the same
-        batch to one shared instance (see :func:`share_prevalence`): learning is idempotent,
-        so only the first call per batch does the work.
-        """
+        Several analytics may hand the same batch to one shared instance (see
+        :func:`share_prevalence`): learning is idempotent, so only the first call per batch does
+        the work."""
         table = batch.table
         if table is self._last_table or len(batch) == 0:
             return
         self._last_table = table
-        if batch.kind == "dns":
-            self.observe_dns(batch)
-            return
-        if batch.kind != "flow":
-            return
-        rp = num_col(batch, "resp_pkts")
-        answered = ((rp > 0) | (num_col(batch, "resp_bytes") > 0)) & ~(
-            (num_col(batch, "orig_pkts") <= 0) & (rp > 0)
-        )
-        if answered.any():
-            self.observe_flows(
-                str_col(batch, "id.orig_h")[answered], str_col(batch, "id.resp_h")[answered], ctx
-            )
+        self.learn(self.observation(batch), ctx)
 
     def observe_flows(self, src: np.ndarray, dst: np.ndarray, ctx: Context) -> None:
         """Count the (source, external destination) pairs of connections the sources opened.
