@@ -4,7 +4,11 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench install clean
+# Programs the tests start themselves (their own nats-server for the fault tests).  As root (CI),
+# missing ones are installed from Debian; elsewhere they are named and those tests skip.
+SYSTEM_PACKAGES := nats-server
+
+.PHONY: demo test lint bench install clean system-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +23,17 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/fleetwarden demo
 
-test: $(STAMP)
+system-deps:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do \
+	  command -v $$p >/dev/null 2>&1 || [ -x /usr/sbin/$$p ] || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing:$$missing"; (apt-get update -q && apt-get install -y -q $$missing) >/dev/null \
+	      || echo "could not install:$$missing (the tests that need it will say so)"; \
+	  else echo "missing:$$missing (tests that need it are skipped; as root, make test installs it)"; fi; \
+	fi
+
+test: $(STAMP) system-deps
 	$(BIN)/ruff check src tests bench
 	$(BIN)/python -m pytest -q
 
