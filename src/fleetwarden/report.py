@@ -19,7 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from fleetwarden.core.findings import Finding, Incident
-from fleetwarden.core.text import printable
+from fleetwarden.core.text import printable, redact
 
 __all__ = ["DEFAULT_LIMIT", "finding_line", "incident_table", "render_demo", "safe", "table_of", "ts_text"]
 
@@ -30,8 +30,9 @@ EVIDENCE_CHARS = 400
 
 
 def safe(value: Any, style: str = "", limit: int | None = None) -> Text:
-    """A table cell from an untrusted value: escaped, optionally cut, never parsed as markup."""
-    return Text("" if value is None else printable(value, limit), style=style)
+    """A table cell from an untrusted value: credentials masked, escaped, optionally cut, never
+    parsed as markup."""
+    return Text("" if value is None else printable(redact(str(value)), limit), style=style)
 
 
 def ts_text(ts: float) -> str:
@@ -82,7 +83,7 @@ def finding_line(f: Finding) -> Text:
         f" {printable(f.category):16s} ",
         printable(f.entity, 80),
         ": ",
-        printable(first, EVIDENCE_CHARS),
+        printable(redact(first), EVIDENCE_CHARS),
     )
 
 

@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from fleetwarden.core.text import redact
+
 CATEGORIES = (
     "scan",
     "c2-beacon",
@@ -75,8 +77,10 @@ class Finding:
         return severity_for(self.score)
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain values for JSON output; credentials in the evidence are masked."""
         d = asdict(self)
         d["severity"] = self.severity
+        d["evidence"] = [redact(str(e)) for e in self.evidence]
         return d
 
 
@@ -117,7 +121,7 @@ def incident_json(incident: Any) -> dict[str, Any]:
         "risk": incident.risk,
         "first_seen": _iso(incident.first_seen),
         "last_seen": _iso(incident.last_seen),
-        "evidence": list(incident.evidence or []),
+        "evidence": [redact(str(e)) for e in incident.evidence or []],
         "mitre": list(incident.mitre or []),
     }
 

@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from fleetwarden.core.errors import InputError
 from fleetwarden.core.findings import CATEGORIES, SEVERITIES, Finding, Incident
+from fleetwarden.core.text import redact
 from fleetwarden.store import audit
 from fleetwarden.store.models import (
     INCIDENT_STATUSES,
@@ -286,6 +287,7 @@ class Store:
         """
         now = time.time()
         summary = RecordSummary()
+        source = redact(source)  # a source named by a URL with a password never reaches a row
         with self._write() as s:
             for kind, records, first_ts, last_ts in batches or ():
                 b = IngestBatch(
@@ -646,7 +648,10 @@ def _audit(
 ) -> AuditEntry:
     last = s.execute(select(AuditEntry.seq, AuditEntry.hash).order_by(AuditEntry.seq.desc()).limit(1)).first()
     prev_seq, prev_hash = (0, audit.GENESIS) if last is None else (int(last[0]), str(last[1]))
-    e = audit.next_entry(prev_seq, prev_hash, time.time(), actor, action, subject, details)
+    # the log is append-only: a credential written here could never be removed
+    e = audit.next_entry(
+        prev_seq, prev_hash, time.time(), redact(actor), action, redact(subject), _redacted(details)
+    )
     row = AuditEntry(
         seq=e.seq,
         ts=e.ts,
@@ -660,6 +665,17 @@ def _audit(
     s.add(row)
     s.flush()
     return row
+
+
+def _redacted(value: Any) -> Any:
+    """``value`` with every string in it (keys too) passed through :func:`redact`."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, Mapping):
+        return {(redact(k) if isinstance(k, str) else k): _redacted(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redacted(v) for v in value]
+    return value
 
 
 def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
@@ -785,7 +801,7 @@ def _fingerprint(f: Finding) -> str:
         float(f.first_seen),
         float(f.last_seen),
         sorted(map(str, f.record_ids)),
-        [str(e) for e in f.evidence],
+        [redact(str(e)) for e in f.evidence],
     ]
     return hashlib.sha256(audit.canonical_json(key).encode()).hexdigest()
 
@@ -838,7 +854,7 @@ def _finding_row(
         severity=f.severity,
         first_seen=float(f.first_seen),
         last_seen=float(f.last_seen),
-        evidence=[str(e) for e in f.evidence],
+        evidence=[redact(str(e)) for e in f.evidence],
         mitre=[str(m) for m in f.mitre],
         record_ids=[str(r) for r in f.record_ids],
         attributes=audit.normalize_details(f.attributes),
@@ -868,7 +884,7 @@ def _save_incident(
         .order_by(IncidentRecord.id.desc())
         .limit(1)
     )
-    evidence = [str(e) for e in inc.evidence]
+    evidence = [redact(str(e)) for e in inc.evidence]
     mitre = [str(m) for m in inc.mitre]
     if row is None:
         # risk and severity go to the database as given: its CHECK constraints are the last word
