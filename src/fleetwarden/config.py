@@ -1,6 +1,6 @@
 """Settings: where FleetWarden keeps its state and which database it talks to.
 
-Precedence follows DESIGN.md's command-line contract: an explicit ``--db URL`` wins,
+Precedence follows the command-line contract (docs/architecture.md): an explicit ``--db URL`` wins,
 then ``FLEETWARDEN_DB``, then a SQLite file under ``FLEETWARDEN_HOME`` (default
 ``~/.local/share/fleetwarden``).  Everything else that is stateful (the CA, trained
 models) lives under :func:`home` as well, so one variable moves a whole installation.

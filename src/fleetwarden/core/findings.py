@@ -101,12 +101,12 @@ class Incident:
     findings: list[Finding] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``analyze --json`` shape (DESIGN.md's command-line contract)."""
+        """The ``analyze --json`` shape (the command-line contract, docs/architecture.md)."""
         return incident_json(self)
 
 
 def incident_json(incident: Any) -> dict[str, Any]:
-    """The ``analyze --json`` incident shape (DESIGN.md's command-line contract).
+    """The ``analyze --json`` incident shape (the command-line contract, docs/architecture.md).
 
     Takes an :class:`Incident` or anything with the same attributes, such as the stored
     ``fleetwarden.store.models.IncidentRecord`` (whose JSON lists may be None), so the

@@ -152,7 +152,7 @@ class IncidentRecord(Base):
     updated_at: Mapped[float] = mapped_column(Double)
 
     def to_contract(self) -> dict[str, Any]:
-        """The ``analyze --json`` incident shape (DESIGN.md)."""
+        """The ``analyze --json`` incident shape (the command-line contract, docs/architecture.md)."""
         return incident_json(self)
 
 
