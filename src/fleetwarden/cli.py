@@ -430,6 +430,14 @@ def watch(
     db: DbUrl = None,
     limit: Limit = 50,
     show_all: ShowAll = False,
+    device_level: Annotated[
+        str | None,
+        typer.Option(
+            "--device-level",
+            help="which topic level names the device of a record without device_id: an index (0, 2, -1) "
+            "or a pattern such as 'site/+/{device}/telemetry' (default: the level after .../events/)",
+        ),
+    ] = None,
 ) -> None:
     """Detect on a live MQTT event stream: findings print as they happen, incidents at the end."""
     from fleetwarden.app.watch import watch_mqtt
@@ -439,11 +447,13 @@ def watch(
 
     def work():
         if db is None:
-            return watch_mqtt(mqtt, topic, duration=duration, model=model, on_finding=show)
+            return watch_mqtt(mqtt, topic, duration=duration, model=model, on_finding=show, device_level=device_level)
         from fleetwarden.app.stores import store_at
 
         with store_at(db) as store:
-            return watch_mqtt(mqtt, topic, duration=duration, model=model, on_finding=show, store=store)
+            return watch_mqtt(
+                mqtt, topic, duration=duration, model=model, on_finding=show, store=store, device_level=device_level
+            )
 
     result = _run(work)
     _report_skips({f"mqtt {redact_url(mqtt)}": result.stats})

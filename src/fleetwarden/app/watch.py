@@ -76,10 +76,13 @@ def watch_mqtt(
     model: Any = None,
     on_finding: Callable[[Finding], None] | None = None,
     store: Any = None,
+    device_level: int | str | None = None,
 ) -> LiveWatchResult:
     """Subscribe to ``topic`` on the broker at ``url`` and :func:`watch` what arrives, until
     ``duration`` seconds pass or Ctrl-C (which ends the stream cleanly: pending findings are
-    flushed and incidents correlated).  The inventory comes from ``store`` when ``ctx`` is None."""
+    flushed and incidents correlated).  The inventory comes from ``store`` when ``ctx`` is None.
+    ``device_level`` says which topic level names the device of a record without ``device_id``
+    (see :class:`~fleetwarden.sources.mqtt.MqttEventSource`)."""
     import signal
     import threading
 
@@ -91,7 +94,7 @@ def watch_mqtt(
     if ctx is None and store is not None:
         ctx = context_from_store(store)
     stats = ReadStats()
-    source = MqttEventSource(url, topic, stats=stats)
+    source = MqttEventSource(url, topic, stats=stats, device_level=device_level)
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGINT, lambda *_: source.stop())

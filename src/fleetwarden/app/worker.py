@@ -53,8 +53,9 @@ those devices' state together), so a restart must own the same set; a checkpoint
 sets of this stream's partitions is refused by name.  Other fleet-level state is per worker: the
 command analytic's cohort and site profiles and operator sessions, the flood analytic's count of
 local devices hitting one victim, and the time span a beacon's coverage is measured over.
-Checkpoints are pickles of the engine: as trusted as the database (to be replaced by an explicit
-state format).
+Checkpoints hold the engine in the explicit state format of :mod:`fleetwarden.detection.checkpoint`
+(never a pickle): whoever can write the checkpoint table can make a worker detect badly, not run
+code.
 """
 
 from __future__ import annotations
@@ -64,7 +65,6 @@ import contextlib
 import heapq
 import json
 import math
-import pickle
 import struct
 import time
 from collections import OrderedDict, deque
@@ -91,6 +91,7 @@ from fleetwarden.core.context import Context
 from fleetwarden.core.errors import InputError
 from fleetwarden.core.events import KINDS, EventBatch, time_windows
 from fleetwarden.core.findings import Finding
+from fleetwarden.detection.checkpoint import decode_engine, encode_engine
 from fleetwarden.sources import ReadStats, SourceError
 
 __all__ = [
@@ -117,26 +118,23 @@ LATENESS = 60.0
 # fetched until the others catch up: the buffer stays about one fetch deep per partition.
 LOOKAHEAD = 600.0
 CHECKPOINT_FORMAT = "fleetwarden-worker-checkpoint"
-CHECKPOINT_VERSION = 2
+CHECKPOINT_VERSION = 3  # 3: the engine state in the explicit state format (2: a pickle)
 _HEADER = struct.Struct(">4sI")  # magic, header length
 _MAGIC = b"FWCP"
 
 
 def dump_engine(engine: Any) -> bytes:
-    """The engine's detection state, without its context (inventory) and flow model: those come
-    from the store and ``--model`` when the worker starts, not from the checkpoint."""
-    model, ctx = engine.flow_model, engine.ctx
-    engine.flow_model, engine.ctx = None, None
-    try:
-        return pickle.dumps(engine, protocol=5)
-    finally:
-        engine.flow_model, engine.ctx = model, ctx
+    """The engine's detection state in the explicit state format
+    (:mod:`fleetwarden.detection.checkpoint`), without its context (inventory) and flow model:
+    those come from the store and ``--model`` when the worker starts, not from the checkpoint."""
+    return encode_engine(engine)
 
 
-def load_engine(blob: bytes, ctx: Context, flow_model: Any = None) -> Any:
-    engine = pickle.loads(blob)
-    engine.ctx, engine.flow_model = ctx, flow_model
-    return engine
+def load_engine(blob: bytes, ctx: Context | None, flow_model: Any = None) -> Any:
+    """An engine from :func:`dump_engine`'s bytes.  Nothing read is unpickled or executed: a blob
+    that is not a FleetWarden engine state (a pickle, another version, a class off the
+    allow-list, a damaged one) is refused with an :class:`~fleetwarden.core.errors.InputError`."""
+    return decode_engine(blob, ctx, flow_model)
 
 
 def write_checkpoint(header: dict[str, Any], state: bytes) -> bytes:
@@ -180,7 +178,9 @@ class PartitionState:
     released: dict[int, set[int]] = field(default_factory=dict)
     # from a checkpoint: lines of messages after ``done`` already in the restored state
     skip: dict[int, set[int]] = field(default_factory=dict)
-    to_ack: list = field(default_factory=list)  # finished messages, acknowledged at the next checkpoint
+    # every delivered message not acknowledged yet: seq -> [its latest delivery, when we last told
+    # the server we still hold it]; those up to ``done`` are acknowledged at the next checkpoint
+    unacked: OrderedDict[int, list] = field(default_factory=OrderedDict)
     mark: float = -math.inf  # newest event time fetched
     caught_up: bool = False  # the last fetch came back short: nothing more waited on the server
     events: int = 0  # events of this partition in the engine
@@ -201,8 +201,10 @@ class PartitionState:
             self.open.popitem(last=False)
             self.released.pop(seq, None)
             self.done = seq
-            if msg is not None:
-                self.to_ack.append(msg)
+
+    def hold(self, seq: int, msg: Any) -> None:
+        """Remember a delivery until it is acknowledged (a redelivery replaces the older one)."""
+        self.unacked[seq] = [msg, time.monotonic()]
 
 
 @dataclass
@@ -584,6 +586,8 @@ class Worker:
         the connection is re-established) fetches nothing this time; nats-py reconnects."""
         slowest = min((ps.mark for ps in self.parts if not ps.caught_up), default=math.inf)
         wanted = [ps for ps in self.parts if ps.caught_up or ps.mark <= slowest + LOOKAHEAD]
+        await self._keep_held()
+        timeout = min(timeout, self.ack_wait / 4)  # back in time to keep holding what we hold
         fetched = await asyncio.gather(*(self._fetch(ps, timeout) for ps in wanted))
         handled = 0
         for ps, msgs in zip(wanted, fetched, strict=True):
@@ -678,11 +682,10 @@ class Worker:
             seq = m.metadata.sequence.stream
             if seq <= ps.fetched:  # redelivered: already buffered or in the engine's state
                 self.result.redelivered_skipped += 1
-                if seq <= ps.done:
-                    ps.to_ack.append(m)  # in the checkpointed state: acknowledge it again
             else:
                 fresh.append(m)
                 ps.fetched = seq
+            ps.hold(seq, m)
         if not fresh:
             return
         payloads = [m.data.strip() for m in fresh]
@@ -767,7 +770,7 @@ class Worker:
         progress = sum(ps.done for ps in self.parts)
         if self._saved == (progress, int(self.engine.events)):
             if ack:
-                await self._ack()  # redeliveries of checkpointed messages
+                await self._ack()  # acknowledgements that failed before
             return False
         header = {
             "format": CHECKPOINT_FORMAT,
@@ -797,14 +800,28 @@ class Worker:
         server is restarting) is tried again at the next checkpoint, and if it is redelivered in
         the meantime it is recognised and skipped."""
         for ps in self.parts:
-            left = []
-            for m in ps.to_ack:
+            for seq in [s for s in ps.unacked if s <= ps.done]:
                 try:
-                    await m.ack()
+                    await ps.unacked[seq][0].ack()
+                    del ps.unacked[seq]
                 except Exception as exc:
                     self._trouble(f"ack on p{ps.index}", exc)
-                    left.append(m)
-            ps.to_ack = left
+                    break
+
+    async def _keep_held(self) -> None:
+        """Tell the server we still hold the messages fetched but not yet acknowledged (buffered for
+        the event-time merge, or waiting for the next checkpoint) before ``ack_wait`` runs out, so
+        it does not deliver them again while we work."""
+        due = time.monotonic() - self.ack_wait / 3
+        for ps in self.parts:
+            for entry in ps.unacked.values():
+                if entry[1] < due:
+                    try:
+                        await entry[0].in_progress()
+                    except Exception as exc:
+                        self._trouble(f"progress on p{ps.index}", exc)
+                        return
+                    entry[1] = time.monotonic()
 
     async def _measure_lag(self) -> None:
         """Messages waiting on the server per partition (undelivered), plus events buffered here."""

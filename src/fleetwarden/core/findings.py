@@ -71,6 +71,15 @@ class Finding:
         if self.category not in CATEGORIES:
             raise ValueError(f"unknown finding category {self.category!r}")
         self.score = float(min(1.0, max(0.0, self.score)))
+        # Everything here may quote attacker-controlled input (a user name, a command line, a
+        # device id): a credential in it is masked once, here, for every output and row after.
+        self.entity = redact(self.entity)
+        self.ip = redact(self.ip) if self.ip else self.ip
+        self.mac = redact(self.mac) if self.mac else self.mac
+        self.device_id = redact(self.device_id) if self.device_id else self.device_id
+        self.evidence = [redact(str(e)) for e in self.evidence]
+        self.record_ids = [redact(str(r)) for r in self.record_ids]
+        self.attributes = _redacted(self.attributes)
 
     @property
     def severity(self) -> str:
@@ -124,6 +133,17 @@ def incident_json(incident: Any) -> dict[str, Any]:
         "evidence": [redact(str(e)) for e in incident.evidence or []],
         "mitre": list(incident.mitre or []),
     }
+
+
+def _redacted(value: Any) -> Any:
+    """``value`` with every string in it (keys too) passed through :func:`redact`."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {(redact(k) if isinstance(k, str) else k): _redacted(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_redacted(v) for v in value)
+    return value
 
 
 def _iso(ts: float) -> str:

@@ -16,21 +16,29 @@ jsonl          :mod:`fleetwarden.sources.jsonl` (any event kind, one object a li
 Bad input raises :class:`SourceError` naming the file, the place (line, packet, byte
 offset) and what was wrong.  With ``skip_bad=True`` a reader skips the bad record, counts
 it in the :class:`ReadStats` it was given, and goes on; records already yielded are never
-taken back.
+taken back.  A record holding a string longer than its field allows (the ``max_len`` of
+:mod:`fleetwarden.core.events`) is such a bad record: every reader passes its typed columns
+through :func:`drop_overlong` before they become batches.  A file lacking a required field
+altogether (a CSV or Zeek header without ``id.orig_h``) is refused with one line naming it;
+absent optional fields are nulls.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fleetwarden.core.errors import InputError
-from fleetwarden.core.events import EventBatch
+import numpy as np
+import pyarrow as pa
 
-__all__ = ["FORMATS", "ReadStats", "SourceError", "detect_format", "read_events"]
+from fleetwarden.core.errors import InputError
+from fleetwarden.core.events import EventBatch, overlong, schema_for
+from fleetwarden.core.text import one_line, redact, truncate
+
+__all__ = ["FORMATS", "ReadStats", "SourceError", "detect_format", "drop_overlong", "read_events"]
 
 FORMATS = ("pcap", "pcapng", "zeek-tsv", "zeek-json", "iot23-csv", "jsonl")
 DEFAULT_BATCH = 65_536
@@ -44,15 +52,26 @@ _PCAP_MAGICS = {
 _PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
 
 
+# An error message quotes the input (a topic, a bad value, an unknown key): bounded, so a
+# megabyte of hostile text is not copied into every report of it.
+_PLACE_CHARS = 300
+_WHAT_CHARS = 500
+
+
 class SourceError(InputError):
-    """Input that cannot be read: names the file, where in it, and what was wrong."""
+    """Input that cannot be read: names the file, where in it, and what was wrong.
+
+    The message quotes attacker-controlled text (a topic, a value, an unknown key) and ends up
+    on terminals, in logs and in stored run summaries, so it is made safe here, once: one line,
+    bounded in length, credentials masked (:func:`~fleetwarden.core.text.redact`) and control
+    characters escaped (:func:`~fleetwarden.core.text.one_line`)."""
 
     def __init__(self, path: str | Path, where: str | None, what: str) -> None:
-        self.path = str(path)
+        self.path = _safe(str(path), _PLACE_CHARS)
         self.where = where
-        self.what = what
+        self.what = _safe(what, _WHAT_CHARS)
         place = f"{self.path}: {where}" if where else self.path
-        super().__init__(f"{place}: {what}")
+        super().__init__(f"{place}: {self.what}")
 
 
 @dataclass
@@ -69,6 +88,29 @@ class ReadStats:
         self.skipped += count
         if len(self.problems) < self.max_problems:
             self.problems.append(str(error))
+
+
+def _safe(text: str, limit: int) -> str:
+    # cut before masking (a megabyte is not scanned), with room so a credential at the cut is masked
+    return truncate(one_line(redact(truncate(text, 4 * limit))), limit)
+
+
+def drop_overlong(
+    kind: str, columns: Mapping[str, pa.Array], length: int, places: np.ndarray
+) -> tuple[dict[str, pa.Array], int, np.ndarray, list[tuple[int, str]]]:
+    """Take the records holding an over-long string (:func:`fleetwarden.core.events.overlong`) out
+    of a reader's typed columns: ``(columns, length, places)`` of the rest plus ``(place, problem)``
+    for each record taken out, for the reader to refuse (SourceError) or skip and count like any
+    other bad record.  ``places`` holds each row's place in the input (line number, packet index)."""
+    rows, problems = overlong(kind, columns)
+    if not len(rows):
+        return dict(columns), length, places, []
+    keep = np.ones(length, dtype=bool)
+    keep[rows] = False
+    mask = pa.array(keep)
+    kept = {name: arr.filter(mask) for name, arr in columns.items()}
+    bad = [(int(p), what) for p, what in zip(places[rows].tolist(), problems, strict=True)]
+    return kept, int(keep.sum()), places[keep], bad
 
 
 def _head(path: Path, n: int = 4096) -> bytes:
@@ -100,22 +142,43 @@ def detect_format(path: str | Path) -> str:
         return "zeek-tsv"
     first = text.splitlines()[0].strip() if text.strip() else ""
     if first.startswith("{"):
+        from fleetwarden.sources.zeek import zeek_kind
+
         try:
             obj = json.loads(first)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             obj = None
         if isinstance(obj, dict) and ("kind" in obj or "event" in obj):
             return "jsonl"
-        if isinstance(obj, dict) and ("id.orig_h" in obj or "query" in obj):
+        if isinstance(obj, dict) and zeek_kind(None, list(obj)) is not None:
             return "zeek-json"
         return "jsonl"
-    if "id.orig_h" in first and ("," in first or "|" in first):
+    if _flow_header(first):
         return "iot23-csv"
     raise SourceError(
         path,
         None,
         "unrecognised format: expected pcap/pcapng, a Zeek log (TSV or JSON), an IoT-23 CSV or JSON lines",
     )
+
+
+def _flow_header(line: str) -> bool:
+    """A CSV header row of Zeek conn fields (IoT-23 style), even one lacking a required field, so
+    that its reader can name what is missing instead of the file being called unrecognised."""
+    sep = "," if "," in line else "|" if "|" in line else None
+    if sep is None:
+        return False
+    names = {n.strip().strip('"') for n in line.split(sep)}
+    if "id.orig_h" in names:
+        return True
+    from fleetwarden.sources.zeek import zeek_kind
+
+    return zeek_kind(None, sorted(names)) == "flow" or len(names & _CONN_NAMES) >= 3
+
+
+# Field names of a conn record that no other kind's header is made of: ts and the label and
+# device columns are shared with everything, so they do not count.
+_CONN_NAMES = frozenset(schema_for("flow").names) - {"ts", "label", "detailed_label", "device_id"}
 
 
 def read_events(

@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fleetwarden.core.events import KINDS, EventBatch, required_fields, schema_for
-from fleetwarden.sources import DEFAULT_BATCH, ReadStats, SourceError
+from fleetwarden.sources import DEFAULT_BATCH, ReadStats, SourceError, drop_overlong
 from fleetwarden.sources.zeek import (
     FAST_PATH_ERRORS,
     BlockReader,
@@ -43,6 +43,7 @@ from fleetwarden.sources.zeek import (
     decode_json_lines,
     fast_json,
     read_json,
+    zeek_kind,
 )
 
 __all__ = ["encode_lines", "read", "write_jsonl"]
@@ -102,7 +103,7 @@ def _looks_like_zeek(data: bytes) -> bool:
                 isinstance(obj, dict)
                 and "kind" not in obj
                 and "event" not in obj
-                and ("id.orig_h" in obj or "query" in obj)
+                and zeek_kind(None, list(obj)) is not None
             )
     return False
 
@@ -127,6 +128,7 @@ def _block(
     errors: list[tuple[int, str]] = []
     if groups is None:
         groups, errors = _slow_block(data, first_line)
+    groups = _within_limits(groups, errors)
     stop = min(errors)[0] if errors and not skip_bad else None
     for kind, (cols, n, lines) in groups.items():
         if stop is not None:
@@ -143,6 +145,17 @@ def _block(
         raise SourceError(path, f"line {stop}", min(errors)[1])
     for line, what in errors:
         stats.skip(SourceError(path, f"line {line}", what))
+
+
+def _within_limits(groups: dict[str, _Rows], errors: list[tuple[int, str]]) -> dict[str, _Rows]:
+    """``groups`` without the rows holding an over-long string; those join ``errors`` (in place)."""
+    out: dict[str, _Rows] = {}
+    for kind, (cols, n, lines) in groups.items():
+        cols, n, lines, bad = drop_overlong(kind, cols, n, lines)
+        errors += bad
+        out[kind] = (cols, n, lines)
+    errors.sort()
+    return out
 
 
 def _fast_block(data: bytes, first_line: int, n_lines: int) -> dict[str, _Rows] | None:
@@ -248,8 +261,8 @@ def decode_events(
     """Decode JSON events held in memory (live transports: MQTT payloads, HTTP bodies).
 
     ``data`` is JSON lines (a single object is one line).  Returns, per kind, the batch and
-    the line number of each of its rows, plus ``(line, problem)`` for every bad line; good
-    lines are never lost because of a bad one.
+    the line number of each of its rows, plus ``(line, problem)`` for every bad line (a record
+    holding an over-long string among them); good lines are never lost because of a bad one.
     """
     n_lines = count_lines(data)
     try:
@@ -259,6 +272,7 @@ def decode_events(
         groups = None
     if groups is None:
         groups, errors = _slow_block(data, first_line)
+    groups = _within_limits(groups, errors)
     out = {
         kind: (EventBatch.from_columns(kind, cols, n), lines)
         for kind, (cols, n, lines) in groups.items()

@@ -3,8 +3,12 @@
 Devices and gateways publish FleetWarden events as JSON (the JSON-lines format of
 :mod:`fleetwarden.sources.jsonl`: one object with ``kind`` per line; a payload may hold
 one object or many lines) to ``fleetwarden/events/<device_id>`` (any ``…/events/<device_id>``).
-When a record has no ``device_id`` the last topic level supplies it, so a device need not
-repeat its name.
+When a record has no ``device_id`` the topic supplies it, so a device need not repeat its
+name.  Which topic level names the device is the source's ``device_level``: by default the
+level after ``events`` (the layout above); an index (``2``: the third level, ``-1``: the last)
+or a pattern marking the level with ``{device}`` (``site/+/{device}/telemetry``: other levels
+literal, ``+`` or a final ``#``) serves any other layout.  A topic pattern given as the
+subscription itself may carry ``{device}`` (it subscribes with ``+`` there).
 
 :class:`MqttEventSource` subscribes (paho-mqtt), gathers payloads for ``flush_interval``
 seconds and decodes them together into columnar batches: one Python call per flush, not
@@ -34,7 +38,7 @@ import numpy as np
 from fleetwarden.core.events import EventBatch
 from fleetwarden.sources import ReadStats, SourceError
 
-__all__ = ["DEFAULT_TOPIC", "MqttEventSource", "parse_mqtt_url", "publish_batches"]
+__all__ = ["DEFAULT_TOPIC", "MqttEventSource", "parse_mqtt_url", "publish_batches", "topic_device"]
 
 DEFAULT_TOPIC = "fleetwarden/events/#"
 TOPIC_PREFIX = "fleetwarden/events"
@@ -95,7 +99,11 @@ class MqttEventSource:
     """Subscribe to JSON events and yield :class:`EventBatch` objects as they arrive.
 
     ``batches(duration)`` yields every ``flush_interval`` seconds (when something came),
-    until ``duration`` seconds passed or :meth:`stop` was called.
+    until ``duration`` seconds passed or :meth:`stop` was called.  ``device_level`` says which
+    topic level names the device of records without a ``device_id`` (see the module doc; None:
+    ``…/events/<device_id>``, or the ``{device}`` level of ``topic`` when it has one).  Records
+    the decoder refuses (bad JSON, an unknown kind, an over-long value) are counted in
+    ``stats`` and skipped: a live stream never stops for one bad message.
     """
 
     def __init__(
@@ -107,9 +115,13 @@ class MqttEventSource:
         flush_interval: float = 0.1,
         stats: ReadStats | None = None,
         client_id: str = "",
+        device_level: int | str | None = None,
     ) -> None:
         self.target = parse_mqtt_url(url)
-        self.topic = topic
+        if device_level is None and "{device}" in topic:
+            device_level = topic
+        self.device_of = topic_device(device_level)
+        self.topic = topic.replace("{device}", "+")
         self.qos = qos
         self.flush_interval = flush_interval
         self.stats = stats if stats is not None else ReadStats()
@@ -197,7 +209,7 @@ class MqttEventSource:
             if not payload:
                 self.stats.skip(SourceError(f"mqtt:{topic}", None, "empty payload"))
                 continue
-            payload = _with_device(payload.replace(b"\r\n", b"\n"), _topic_device(topic))
+            payload = _with_device(payload.replace(b"\r\n", b"\n"), self.device_of(topic))
             starts.append(line)
             topics.append(topic)
             chunks.append(payload)
@@ -246,6 +258,53 @@ def _topic_device(topic: str) -> str | None:
     if len(parts) >= 2 and parts[-2] == "events" and parts[-1]:
         return parts[-1]
     return None
+
+
+def topic_device(device_level: int | str | None) -> Callable[[str], str | None]:
+    """The function that reads the device id off a topic, for a ``device_level`` of
+    :class:`MqttEventSource`: None (``…/events/<device_id>``), an index of the level (an int, or
+    a string holding one: ``2``, ``-1``), or a pattern with one ``{device}`` level (other levels
+    literal, ``+``, or a final ``#``).  A topic that does not fit names no device (None).
+    Raises ValueError for a pattern that cannot name one."""
+    if device_level is None:
+        return _topic_device
+    if isinstance(device_level, str) and device_level.strip().lstrip("+-").isdigit():
+        device_level = int(device_level)
+    if isinstance(device_level, int):
+        index = device_level
+
+        def by_index(topic: str) -> str | None:
+            parts = topic.split("/")
+            return (parts[index] or None) if -len(parts) <= index < len(parts) else None
+
+        return by_index
+    levels = device_level.split("/")
+    marked = [i for i, lv in enumerate(levels) if lv == "{device}"]
+    if not marked and levels.count("+") == 1:
+        marked = [levels.index("+")]  # the one wildcard level is the device's
+    problem = None
+    if any("{device}" in lv and lv != "{device}" for lv in levels):
+        problem = "{device} must be a whole level"
+    elif len(marked) != 1:
+        problem = "mark exactly one level with {device}"
+    elif "#" in levels[:-1] or any("#" in lv and lv != "#" for lv in levels):
+        problem = "# may only be the last level"
+    if problem:
+        raise ValueError(f"bad device_level topic pattern {device_level!r}: {problem}")
+    at = marked[0]
+    rest = "#" in levels
+    fixed = [(i, lv) for i, lv in enumerate(levels) if lv not in ("+", "#", "{device}")]
+    n = len(levels) - rest
+
+    def by_pattern(topic: str) -> str | None:
+        parts = topic.split("/")
+        if len(parts) < n or (not rest and len(parts) != n):
+            return None
+        if any(parts[i] != lv for i, lv in fixed):
+            return None
+        return parts[at] or None
+
+    return by_pattern
 
 
 def publish_batches(

@@ -51,7 +51,7 @@ import numpy as np
 import pyarrow as pa
 
 from fleetwarden.core.events import EventBatch
-from fleetwarden.sources import ReadStats, SourceError
+from fleetwarden.sources import ReadStats, SourceError, drop_overlong
 
 __all__ = ["SUPPORTED_LINKTYPES", "read", "read_arp", "read_packets"]
 
@@ -1483,8 +1483,9 @@ def _parse_dns(msg: bytes) -> _DnsMessage | None:
 _UNPARSED = object()
 
 
-def _dns_records(d: Decoded, flows: Flows) -> dict[str, list]:
-    """Decode DNS messages (dpkt.dns) and pair queries with responses like Zeek's dns.log."""
+def _dns_records(d: Decoded, flows: Flows) -> tuple[dict[str, list], list[int]]:
+    """Decode DNS messages (dpkt.dns) and pair queries with responses like Zeek's dns.log; with
+    each record, the packet (index) its last part came from, to name it when it is refused."""
     cap = d.cap
     udp_tcp = d.flowable & ((d.proto == 6) | (d.proto == 17)) & (d.plen > 0)
     ports = DNS_PORT[d.sport & 0xFFFF] | DNS_PORT[d.dport & 0xFFFF]
@@ -1496,8 +1497,9 @@ def _dns_records(d: Decoded, flows: Flows) -> dict[str, list]:
             "qtype_name", "rcode_name", "answers", "rejected",
         )
     }  # fmt: skip
+    packets: list[int] = []
     if not len(rows):
-        return cols
+        return cols, packets
     fidx = flows.pkt_flow[rows]
     uids = flows.uid.take(pa.array(np.maximum(fidx, 0), mask=fidx < 0)).to_pylist() if len(flows.uid) else []
     src = _ip_list(d.src_hi[rows], d.src_lo[rows])
@@ -1536,8 +1538,10 @@ def _dns_records(d: Decoded, flows: Flows) -> dict[str, list]:
                 cols["rcode_name"][r] = _RCODES.get(msg.rcode, str(msg.rcode))
                 cols["answers"][r] = ",".join(answers) if answers else None
                 cols["rejected"][r] = msg.rcode == 5
+                packets[r] = int(rows[k])
                 continue
         r = len(cols["ts"])
+        packets.append(int(rows[k]))
         cols["ts"].append(tss[k])
         cols["uid"].append(uid)
         cols["id.orig_h"].append(client[0])
@@ -1557,7 +1561,7 @@ def _dns_records(d: Decoded, flows: Flows) -> dict[str, list]:
             cols["answers"].append(None)
             cols["rejected"].append(False)
             pending.setdefault(key, []).append(r)
-    return cols
+    return cols, packets
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1602,14 +1606,31 @@ def read(
             part = table.slice(s, batch_size)
             stats.records += part.num_rows
             yield EventBatch("flow", part)
-    dns = _dns_records(d, flows)
-    if dns["ts"]:
-        table = EventBatch.from_columns("dns", dns).table
-        table = table.take(pa.array(np.argsort(np.asarray(dns["ts"]), kind="stable")))
+    dns, packets = _dns_records(d, flows)
+    if not dns["ts"]:
+        return
+    table = EventBatch.from_columns("dns", dns).table
+    columns = dict(zip(table.column_names, table.columns, strict=True))
+    columns, n, kept, bad = drop_overlong("dns", columns, len(table), np.asarray(packets, dtype=np.int64))
+    stop = None
+    if bad:
+        if skip_bad:
+            for j, what in bad:
+                stats.skip(SourceError(path, cap.where(j), what))
+        else:  # the records of packets before the bad one are delivered, then the error
+            stop = min(bad)
+            keep = kept < stop[0]
+            columns = {k: v.filter(pa.array(keep)) for k, v in columns.items()}
+            n, kept = int(keep.sum()), kept[keep]
+        table = pa.Table.from_arrays([columns[f] for f in table.column_names], schema=table.schema)
+    if n:
+        table = table.take(pa.array(np.argsort(table.column("ts").to_numpy(), kind="stable")))
         for s in range(0, table.num_rows, batch_size):
             part = table.slice(s, batch_size)
             stats.records += part.num_rows
             yield EventBatch("dns", part)
+    if stop is not None:
+        raise SourceError(path, cap.where(stop[0]), stop[1])
 
 
 def read_arp(path: str | Path, *, skip_bad: bool = False, stats: ReadStats | None = None) -> pa.Table:

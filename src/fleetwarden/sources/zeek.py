@@ -46,7 +46,7 @@ import pyarrow.csv as pcsv
 import pyarrow.json as pjson
 
 from fleetwarden.core.events import EventBatch, required_fields, schema_for
-from fleetwarden.sources import DEFAULT_BATCH, ReadStats, SourceError
+from fleetwarden.sources import DEFAULT_BATCH, ReadStats, SourceError, drop_overlong
 
 __all__ = ["read", "read_json", "read_tsv", "write_tsv"]
 
@@ -228,7 +228,10 @@ def deliver(
     skip_bad: bool,
     stats: ReadStats,
 ) -> Iterator[EventBatch]:
-    """Hand a block's good rows to the batcher; raise at its first bad line unless skipping."""
+    """Hand a block's good rows to the batcher; raise at its first bad line unless skipping.
+
+    Rows holding an over-long string (:func:`~fleetwarden.sources.drop_overlong`) are bad lines too."""
+    parsed = _within_limits(parsed, kind)
     if parsed.errors and not skip_bad:
         line, what = min(parsed.errors)
         cols, n = parsed.take_before(line)
@@ -238,6 +241,14 @@ def deliver(
     for line, what in parsed.errors:
         stats.skip(SourceError(path, f"line {line}", what))
     yield from batcher.add(kind, parsed.columns, parsed.length)
+
+
+def _within_limits(parsed: Parsed, kind: str) -> Parsed:
+    """``parsed`` without its rows that hold an over-long string, those added to its bad lines."""
+    columns, length, lines, bad = drop_overlong(kind, parsed.columns, parsed.length, parsed.lines)
+    if not bad:
+        return parsed
+    return Parsed(columns, length, lines, sorted([*parsed.errors, *bad]), parsed.n_lines)
 
 
 # --------------------------------------------------------------------------- delimited text
@@ -531,16 +542,37 @@ def _converter(type_: pa.DataType, name: str, plan: Plan) -> Callable[[str], Any
 # --------------------------------------------------------------------------- Zeek TSV
 
 
-def _kind_for(path_name: str | None, names: list[str]) -> str | None:
+# Fields only a dns.log or only a conn.log has: they name the log even when a required field
+# (query, id.orig_h) is missing, so that the reader says which field instead of "unsupported".
+_DNS_ONLY = frozenset({"query", "qtype_name", "rcode_name", "answers", "qclass_name", "qtype", "rcode"})
+_CONN_ONLY = frozenset(
+    {
+        "conn_state",
+        "history",
+        "orig_bytes",
+        "resp_bytes",
+        "orig_pkts",
+        "resp_pkts",
+        "orig_ip_bytes",
+        "resp_ip_bytes",
+    }
+)
+
+
+def zeek_kind(path_name: str | None, names: list[str]) -> str | None:
+    """The event kind of a Zeek log from its ``#path`` or, without one, its field names: ``flow``
+    (conn), ``dns``, or None (a log FleetWarden does not read, such as http or files)."""
     if path_name:
         if path_name.startswith("conn"):
             return "flow"
         if path_name.startswith("dns"):
             return "dns"
     flat = {p for n in names for p in n.split()}
-    if "query" in flat:
+    if flat & _DNS_ONLY:
         return "dns"
     if {"id.orig_h", "id.resp_h"} <= flat and ("proto" in flat or "conn_state" in flat):
+        return "flow"
+    if flat & _CONN_ONLY:
         return "flow"
     return None
 
@@ -583,7 +615,7 @@ class _Header:
     def _fields(self, names: list[str], line_no: int) -> None:
         if self.problem and self.problem.startswith("unsupported #separator"):
             return
-        kind = _kind_for(self.path_name, names)
+        kind = zeek_kind(self.path_name, names)
         if kind is None:
             what = f"#path {self.path_name!r}" if self.path_name else "these #fields"
             self.plan = None
@@ -830,9 +862,9 @@ def _conform_json(col: pa.ChunkedArray, name: str, want: pa.DataType) -> pa.Arra
 
 def _zeek_json_kind(obj: dict[str, Any]) -> str | None:
     path_name = obj.get("_path")
-    if isinstance(path_name, str) and _kind_for(path_name, []) is not None:
-        return _kind_for(path_name, [])
-    return _kind_for(None, list(obj))
+    if isinstance(path_name, str) and zeek_kind(path_name, []) is not None:
+        return zeek_kind(path_name, [])
+    return zeek_kind(None, list(obj))
 
 
 def convert_json_record(obj: dict[str, Any], kind: str, strict: bool) -> dict[str, Any]:
@@ -865,9 +897,14 @@ def _json_value(name: str, value: Any, type_: pa.DataType) -> Any:
         return _json_ts(value)
     if pa.types.is_string(type_):
         if isinstance(value, str):
+            if not value.isascii():
+                _check_unicode(name, value)
             return value
         if name == "answers" and isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return ",".join(value)
+            joined = ",".join(value)
+            if not joined.isascii():
+                _check_unicode(name, joined)
+            return joined
         raise RecordError(f"field {name!r}: expected a string, got {_jtype(value)}")
     if pa.types.is_boolean(type_):
         if isinstance(value, bool):
@@ -885,6 +922,16 @@ def _json_value(name: str, value: Any, type_: pa.DataType) -> Any:
             return float(value)
         raise RecordError(f"field {name!r}: expected a number, got {_jtype(value)}")
     raise RecordError(f"field {name!r}: unsupported type {type_}")  # pragma: no cover
+
+
+def _check_unicode(name: str, value: str) -> None:
+    """JSON's ``\\ud800`` escapes decode to lone surrogates, which no UTF-8 column can hold."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise RecordError(
+            f"field {name!r}: not valid Unicode (lone surrogate {value[exc.start]!r} at character {exc.start + 1})"
+        ) from None
 
 
 def _json_ts(value: Any) -> float:
@@ -1040,7 +1087,10 @@ def _slow_zeek_json(
                 raise RecordError(obj)
             kind = _zeek_json_kind(obj)
             if kind is None:
-                raise RecordError("not a Zeek conn or dns record (no id.orig_h/id.resp_h or query field)")
+                raise RecordError(
+                    "not a Zeek conn or dns record (no id.orig_h/id.resp_h or query field), "
+                    "nor a FleetWarden event (no 'kind' field)"
+                )
             record = convert_json_record(obj, kind, strict=False)
         except RecordError as exc:
             errors.append((line_no, str(exc)))

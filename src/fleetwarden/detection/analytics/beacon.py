@@ -265,7 +265,8 @@ class BeaconDetector:
                 self._first_seen[src_ip] = t
         if not hot:
             return []
-        sub = sub.filter(pc.is_in(key_col, value_set=pa.array(list(hot))))
+        # typed: when every hot key is null (no responder ports in the input) the set is not a null array
+        sub = sub.filter(pc.is_in(key_col, value_set=pa.array(list(hot), type=pa.string())))
         ts = sub.np("ts")
         src = str_col(sub, "id.orig_h")
         dst = str_col(sub, "id.resp_h")

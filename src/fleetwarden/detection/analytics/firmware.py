@@ -43,6 +43,7 @@ import pyarrow as pa
 from fleetwarden.core.context import Context, DeviceInfo
 from fleetwarden.core.events import EventBatch
 from fleetwarden.core.findings import Finding
+from fleetwarden.core.text import redact
 from fleetwarden.detection.analytics.auth import lru_get, noisy_or
 
 __all__ = ["ANALYTICS", "FirmwareIntegrity", "version_key"]
@@ -137,7 +138,7 @@ class FirmwareIntegrity:
         catalogued = bool(catalogue and sha and sha in catalogue.get(version, ()))
         reasons: list[tuple[float, str]] = []
         mitre = ["T1542", "T1601"]
-        short = sha[:12] if sha else "no hash"
+        short = redact(sha)[:12] if sha else "no hash"
 
         if sig == "invalid":
             reasons.append((0.85, f"image {short} of version {version} reports an invalid signature"))
@@ -170,7 +171,7 @@ class FirmwareIntegrity:
         hash_changed = st.version is not None and version == st.version and sha and st.sha256 != sha
         if hash_changed and st.sha256 and not catalogued:
             reasons.append(
-                (0.85, f"image hash changed {st.sha256[:12]} -> {short} while the version stayed {version}")
+                (0.85, f"image hash changed {redact(st.sha256)[:12]} -> {short} while the version stayed {version}")
             )
         if baseline and version and version_key(version) < version_key(baseline):
             w = 0.45 if (catalogued and sig == "valid") else 0.7

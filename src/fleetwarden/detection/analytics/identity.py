@@ -55,6 +55,7 @@ import pyarrow.compute as pc
 from fleetwarden.core.context import Context
 from fleetwarden.core.events import EventBatch
 from fleetwarden.core.findings import Finding
+from fleetwarden.core.text import redact
 from fleetwarden.detection.analytics.auth import fmt_duration, lru_get, noisy_or
 
 __all__ = ["ANALYTICS", "AttestationPolicy", "ClonedIdentity", "UnknownDevice"]
@@ -189,8 +190,8 @@ class ClonedIdentity:
         out = [
             (
                 w,
-                f"enrolment of {dev} from {ip} with key {key[:12]}, not its registered key "
-                f"{registered[:12]} (registered address {info.ip or 'unknown'}), {live}",  # type: ignore[union-attr]
+                f"enrolment of {dev} from {ip} with key {redact(key)[:12]}, not its registered key "
+                f"{redact(registered)[:12]} (registered address {info.ip or 'unknown'}), {live}",  # type: ignore[union-attr]
                 "inventory-key:" + key,
             )
         ]
@@ -215,8 +216,8 @@ class ClonedIdentity:
                 reasons.append(
                     (
                         0.9 if alternating else 0.5,
-                        f"{'alternating' if alternating else 'two'} keys for one identity: {key[:12]} and "
-                        f"{sorted(others)[0][:12]} within {fmt_duration(ts - last_other)} "
+                        f"{'alternating' if alternating else 'two'} keys for one identity: {redact(key)[:12]} and "
+                        f"{redact(sorted(others)[0])[:12]} within {fmt_duration(ts - last_other)} "
                         f"(overlap window {fmt_duration(self.overlap_s)})",
                         ("key-alternating:" if alternating else "key:") + "|".join(sorted(others | {key})),
                     )

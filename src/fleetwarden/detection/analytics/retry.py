@@ -293,6 +293,8 @@ class C2RetryDetector:
             ).to_numpy(zero_copy_only=False)
             answered &= np.asarray(followed, dtype=bool)
         cand = unanswered | answered
+        # a pair is keyed by its port: flows without one (the input had no id.resp_p) cannot be retries
+        cand &= ~np.asarray(pc.is_null(batch["id.resp_p"]).to_numpy(zero_copy_only=False), dtype=bool)
         if not cand.any():
             return []
         # Addresses are classified (inside / outside / multicast) only for the pairs that reach

@@ -305,7 +305,7 @@ class ScanDetector:
             return None
         w.reported = counted
         span = max(w.last_ts - w.first_ts, 0.0)
-        sample = ", ".join(sorted(w.items, key=lambda s: (s.split("/")[0], int(s.split("/")[1])))[:8])
+        sample = ", ".join(sorted(w.items, key=lambda s: (s.rsplit("/", 1)[0], int(s.rsplit("/", 1)[1])))[:8])
         evidence = [
             f"vertical scan: probed {distinct} distinct ports of {dst} in {span:.0f} s "
             f"(threshold {self.threshold_ports} per {self.window:.0f} s, {self.min_ports_low} if all fail); "
@@ -505,7 +505,8 @@ class BruteForceDetector:
                 hot.append(k)
         if not hot:
             return None
-        return pc.is_in(key_col, value_set=pa.array(hot)).to_numpy(zero_copy_only=False)
+        # typed: when every hot key is null (no responder ports in the input) the set is not a null array
+        return pc.is_in(key_col, value_set=pa.array(hot, type=pa.string())).to_numpy(zero_copy_only=False)
 
     def _check(self, key: tuple, ctx: Context) -> Finding | None:
         st = self._state[key]
