@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from fleetwarden.core.text import redact
+from fleetwarden.core.text import redact, redact_all
 
 CATEGORIES = (
     "scan",
@@ -79,7 +79,7 @@ class Finding:
         self.device_id = redact(self.device_id) if self.device_id else self.device_id
         self.evidence = [redact(str(e)) for e in self.evidence]
         self.record_ids = [redact(str(r)) for r in self.record_ids]
-        self.attributes = _redacted(self.attributes)
+        self.attributes = redact_all(self.attributes)
 
     @property
     def severity(self) -> str:
@@ -133,17 +133,6 @@ def incident_json(incident: Any) -> dict[str, Any]:
         "evidence": [redact(str(e)) for e in incident.evidence or []],
         "mitre": list(incident.mitre or []),
     }
-
-
-def _redacted(value: Any) -> Any:
-    """``value`` with every string in it (keys too) passed through :func:`redact`."""
-    if isinstance(value, str):
-        return redact(value)
-    if isinstance(value, dict):
-        return {(redact(k) if isinstance(k, str) else k): _redacted(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(_redacted(v) for v in value)
-    return value
 
 
 def _iso(ts: float) -> str:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from urllib.parse import quote, urlsplit, urlunsplit
 
-__all__ = ["MASK", "one_line", "printable", "redact", "redact_url", "truncate"]
+__all__ = ["MASK", "one_line", "printable", "redact", "redact_all", "redact_url", "truncate"]
 
 MASK = "***"
 _SECRET_KEYS = r"(?:password|passwd|pwd|pass|secret|token|api[_-]?key|access[_-]?key|auth|authorization)"
@@ -72,6 +72,18 @@ def redact(text: str) -> str:
     text = _URL_USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
     text = _BEARER.sub(lambda m: f"{m['key']}{MASK}", text)
     return _SECRET_PAIR.sub(lambda m: f"{m['key']}{MASK}", text)
+
+
+def redact_all(value: object) -> object:
+    """``value`` with every string in it (dictionary keys too, in lists and tuples) passed through
+    :func:`redact`: structured details such as a finding's attributes or an audit entry's."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {(redact(k) if isinstance(k, str) else k): redact_all(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(redact_all(v) for v in value)
+    return value
 
 
 def printable(text: object, limit: int | None = None) -> str:

@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from fleetwarden.core.errors import InputError
 from fleetwarden.core.findings import CATEGORIES, SEVERITIES, Finding, Incident
-from fleetwarden.core.text import redact
+from fleetwarden.core.text import redact, redact_all
 from fleetwarden.store import audit
 from fleetwarden.store.models import (
     INCIDENT_STATUSES,
@@ -650,7 +650,7 @@ def _audit(
     prev_seq, prev_hash = (0, audit.GENESIS) if last is None else (int(last[0]), str(last[1]))
     # the log is append-only: a credential written here could never be removed
     e = audit.next_entry(
-        prev_seq, prev_hash, time.time(), redact(actor), action, redact(subject), _redacted(details)
+        prev_seq, prev_hash, time.time(), redact(actor), action, redact(subject), redact_all(details)
     )
     row = AuditEntry(
         seq=e.seq,
@@ -665,17 +665,6 @@ def _audit(
     s.add(row)
     s.flush()
     return row
-
-
-def _redacted(value: Any) -> Any:
-    """``value`` with every string in it (keys too) passed through :func:`redact`."""
-    if isinstance(value, str):
-        return redact(value)
-    if isinstance(value, Mapping):
-        return {(redact(k) if isinstance(k, str) else k): _redacted(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_redacted(v) for v in value]
-    return value
 
 
 def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
