@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests.test_hostile_input import HOSTILE, HUGE, _terminal, assert_terminal_safe
 
+from fleetwarden.core.errors import InputError
 from fleetwarden.core.events import max_lengths
 from fleetwarden.sources import ReadStats
 from fleetwarden.sources.jsonl import decode_events
@@ -128,7 +129,7 @@ def test_topic_device_layouts() -> None:
     assert topic_device("site/{device}/#")("site/plc-7/a/b") == "plc-7"
     assert topic_device("site/+/telemetry")("site/plc-7/telemetry") == "plc-7"  # the one wildcard
     for bad in ("site/a/b", "site/x{device}/t", "site/#/{device}", "{device}/{device}"):
-        with pytest.raises(ValueError, match="bad device_level"):
+        with pytest.raises(InputError, match="bad device_level"):
             topic_device(bad)
 
 

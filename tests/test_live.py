@@ -10,6 +10,7 @@ import uuid
 import pytest
 
 from fleetwarden.app.watch import watch
+from fleetwarden.core.errors import InputError
 from fleetwarden.core.events import EventBatch
 from fleetwarden.sources import ReadStats, SourceError
 from fleetwarden.sources.mqtt import MqttEventSource, parse_mqtt_url, publish_batches
@@ -28,7 +29,7 @@ def test_parse_mqtt_url():
     assert parse_mqtt_url("mqtt://10.0.0.1").port == 1883
     t = parse_mqtt_url("mqtts://user:pw@broker.example:9999")
     assert (t.host, t.port, t.tls, t.username) == ("broker.example", 9999, True, "user")
-    with pytest.raises(ValueError, match="bad MQTT URL"):
+    with pytest.raises(InputError, match="bad MQTT URL"):
         parse_mqtt_url("http://x")
 
 

@@ -11,6 +11,7 @@ import pyarrow.compute as pc
 import pytest
 from geoip2fast import GeoIP2Fast
 
+from fleetwarden.core.errors import InputError
 from fleetwarden.core.events import KINDS, required_fields, schema_for
 from fleetwarden.core.findings import CATEGORIES
 from fleetwarden.simulate import DEVICE_CLASSES, SCENARIOS, simulate_fleet
@@ -152,15 +153,15 @@ def test_iter_batches_streams_everything_in_time_order(fleet):
 
 
 def test_bad_arguments_are_refused():
-    with pytest.raises(ValueError, match="unknown scenario"):
+    with pytest.raises(InputError, match="unknown scenario"):
         simulate_fleet(devices=40, hours=2, scenarios=["nope"])
-    with pytest.raises(ValueError, match="at least"):
+    with pytest.raises(InputError, match="at least"):
         simulate_fleet(devices=5, hours=2)
     # every scenario plays out within the shortest duration allowed, and a shorter one is refused
     # by name instead of failing inside a scenario
     for name in SCENARIOS:
         assert simulate_fleet(devices=24, hours=0.5, seed=3, scenarios=[name]).truth(name)
-    with pytest.raises(ValueError, match="scenarios need at least 0.5"):
+    with pytest.raises(InputError, match="scenarios need at least 0.5"):
         simulate_fleet(devices=24, hours=0.25)
 
 

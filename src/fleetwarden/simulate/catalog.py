@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fleetwarden.core.errors import InputError
+
 __all__ = [
     "CLASS_INFO",
     "COUNTRY_NETS",
@@ -734,7 +736,7 @@ def _daily_window(start_h: float, hours: float) -> str:
 def build_inventory(devices: int, rng: np.random.Generator, start: float) -> DeviceTable:
     """Place ``devices`` devices on the sites by each site's class mix (every site gets a gateway)."""
     if devices < MIN_DEVICES:
-        raise ValueError(f"devices must be at least {MIN_DEVICES} (got {devices})")
+        raise InputError(f"devices must be at least {MIN_DEVICES} (got {devices})")
     site_w = np.array([s.weight for s in SITES])
     per_site = _allocate(devices, site_w, np.full(len(SITES), 2))
     rows: list[tuple[int, int]] = []  # (site, class)

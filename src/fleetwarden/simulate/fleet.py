@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fleetwarden.core.errors import InputError
 from fleetwarden.core.events import KINDS, EventBatch, time_windows
 from fleetwarden.simulate.behaviour import NormalBehaviour
 from fleetwarden.simulate.catalog import build_firmware_catalog, build_inventory
@@ -77,12 +78,12 @@ def simulate_fleet(
     :data:`MIN_SCENARIO_HOURS`) or an unknown scenario name.
     """
     if hours <= 0:
-        raise ValueError(f"hours must be positive (got {hours})")
+        raise InputError(f"hours must be positive (got {hours})")
     start = DEFAULT_START if start is None else float(start)
     end = start + hours * 3600.0
     names = list(SCENARIOS) if scenarios is None else list(scenarios)
     if names and hours < MIN_SCENARIO_HOURS:
-        raise ValueError(
+        raise InputError(
             f"attack scenarios need at least {MIN_SCENARIO_HOURS:g} simulated hours (got {hours:g})"
         )
     fleet = build_inventory(int(devices), np.random.default_rng([seed, 1]), start)

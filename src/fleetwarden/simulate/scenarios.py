@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fleetwarden.core.errors import InputError
 from fleetwarden.core.findings import CATEGORIES
 from fleetwarden.simulate import records as R
 from fleetwarden.simulate.behaviour import (
@@ -130,7 +131,7 @@ class Ctx:
         cand = np.flatnonzero(np.isin(f.cls, [DEVICE_CLASSES.index(c) for c in classes]))
         cand = np.array([i for i in cand if i not in self.used], dtype=int)
         if len(cand) < k:
-            raise ValueError(f"no unused device of class {'/'.join(classes)} left for the scenario")
+            raise InputError(f"no unused device of class {'/'.join(classes)} left for the scenario")
         chosen = self.rng.choice(cand, size=k, replace=False)
         self.used.update(int(i) for i in chosen)
         return chosen
@@ -654,7 +655,7 @@ def benign_rollout(c: Ctx) -> ScenarioTruth:
             groups.setdefault((int(f.vendor[i]), str(f.model[i])), []).append(int(i))
     eligible = sorted(k for k, v in groups.items() if len(v) >= 2)
     if not eligible:
-        raise ValueError("no vendor/model with two unused cloud-connected devices for the rollout")
+        raise InputError("no vendor/model with two unused cloud-connected devices for the rollout")
     sizes = np.array([len(groups[k]) for k in eligible], dtype=float)
     vi, model = eligible[int(rng.choice(len(eligible), p=sizes / sizes.sum()))]
     members = np.array(groups[(vi, model)])
@@ -849,7 +850,7 @@ def inject(
     """Inject the named scenarios, spreading their start times over the simulated window."""
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
-        raise ValueError(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(SCENARIOS)}")
+        raise InputError(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(SCENARIOS)}")
     span = nb.end - nb.start
     used: set[int] = set()
     truths = []

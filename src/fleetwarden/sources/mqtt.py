@@ -35,7 +35,9 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from fleetwarden.core.errors import InputError
 from fleetwarden.core.events import EventBatch
+from fleetwarden.core.text import redact_url
 from fleetwarden.sources import ReadStats, SourceError
 
 __all__ = ["DEFAULT_TOPIC", "MqttEventSource", "parse_mqtt_url", "publish_batches", "topic_device"]
@@ -57,7 +59,7 @@ def parse_mqtt_url(url: str) -> MqttTarget:
     """``mqtt://[user[:pass]@]host[:port]`` (1883) or ``mqtts://…`` (8883, TLS)."""
     parsed = urlparse(url)
     if parsed.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not parsed.hostname:
-        raise ValueError(f"bad MQTT URL {url!r}: expected mqtt://host[:port] or mqtts://host[:port]")
+        raise InputError(f"bad MQTT URL {redact_url(url)!r}: expected mqtt://host[:port] or mqtts://host[:port]")
     tls = parsed.scheme in ("mqtts", "ssl")
     return MqttTarget(
         host=parsed.hostname,
@@ -290,7 +292,7 @@ def topic_device(device_level: int | str | None) -> Callable[[str], str | None]:
     elif "#" in levels[:-1] or any("#" in lv and lv != "#" for lv in levels):
         problem = "# may only be the last level"
     if problem:
-        raise ValueError(f"bad device_level topic pattern {device_level!r}: {problem}")
+        raise InputError(f"bad device_level topic pattern {device_level!r}: {problem}")
     at = marked[0]
     rest = "#" in levels
     fixed = [(i, lv) for i, lv in enumerate(levels) if lv not in ("+", "#", "{device}")]
