@@ -62,18 +62,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import json
 import math
-import struct
 import time
-from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from fleetwarden.app.fleetshare import FleetShare
+from fleetwarden.app.partitions import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    EventBuffer,
+    PartitionState,
+    read_checkpoint,
+    write_checkpoint,
+)
 from fleetwarden.app.session import DetectionSession
 from fleetwarden.bus.jetstream import (
     DEFAULT_MAX_BYTES,
@@ -89,7 +95,7 @@ from fleetwarden.bus.jetstream import (
 )
 from fleetwarden.core.context import Context
 from fleetwarden.core.errors import InputError
-from fleetwarden.core.events import KINDS, EventBatch, time_windows
+from fleetwarden.core.events import KINDS, time_windows
 from fleetwarden.core.findings import Finding
 from fleetwarden.detection.checkpoint import decode_engine, encode_engine
 from fleetwarden.sources import ReadStats, SourceError
@@ -117,10 +123,6 @@ LATENESS = 60.0
 # A partition this far ahead (event-time seconds) of the slowest one with a backlog is not
 # fetched until the others catch up: the buffer stays about one fetch deep per partition.
 LOOKAHEAD = 600.0
-CHECKPOINT_FORMAT = "fleetwarden-worker-checkpoint"
-CHECKPOINT_VERSION = 3  # 3: the engine state in the explicit state format (2: a pickle)
-_HEADER = struct.Struct(">4sI")  # magic, header length
-_MAGIC = b"FWCP"
 
 
 def dump_engine(engine: Any) -> bytes:
@@ -135,76 +137,6 @@ def load_engine(blob: bytes, ctx: Context | None, flow_model: Any = None) -> Any
     that is not a FleetWarden engine state (a pickle, another version, a class off the
     allow-list, a damaged one) is refused with an :class:`~fleetwarden.core.errors.InputError`."""
     return decode_engine(blob, ctx, flow_model)
-
-
-def write_checkpoint(header: dict[str, Any], state: bytes) -> bytes:
-    head = json.dumps(header, sort_keys=True).encode()
-    return _HEADER.pack(_MAGIC, len(head)) + head + state
-
-
-def read_checkpoint(blob: bytes) -> tuple[dict[str, Any], bytes]:
-    """(header, engine state) of a stored checkpoint; :class:`InputError` when it is not one."""
-    if len(blob) < _HEADER.size:
-        raise InputError("checkpoint is truncated")
-    magic, n = _HEADER.unpack_from(blob)
-    if magic != _MAGIC or _HEADER.size + n > len(blob):
-        raise InputError("not a FleetWarden worker checkpoint (or a truncated one)")
-    try:
-        header = json.loads(blob[_HEADER.size : _HEADER.size + n])
-    except (ValueError, UnicodeDecodeError):
-        raise InputError("checkpoint header is not valid JSON") from None
-    if not isinstance(header, dict) or header.get("format") != CHECKPOINT_FORMAT:
-        raise InputError("not a FleetWarden worker checkpoint")
-    if header.get("version") != CHECKPOINT_VERSION:
-        raise InputError(
-            f"checkpoint format version {header.get('version')!r}; this worker reads {CHECKPOINT_VERSION}"
-        )
-    return header, blob[_HEADER.size + n :]
-
-
-@dataclass
-class PartitionState:
-    """One owned partition: its consumer and how far its events got."""
-
-    index: int
-    durable: str
-    subject: str
-    sub: Any = None
-    done: int = 0  # every event of every message up to this stream sequence is in the engine
-    fetched: int = 0  # newest stream sequence fetched
-    # messages fetched and not yet wholly in the engine: seq -> [events still buffered, message]
-    open: OrderedDict[int, list] = field(default_factory=OrderedDict)
-    # lines of open messages already in the engine (what a checkpoint must remember)
-    released: dict[int, set[int]] = field(default_factory=dict)
-    # from a checkpoint: lines of messages after ``done`` already in the restored state
-    skip: dict[int, set[int]] = field(default_factory=dict)
-    # every delivered message not acknowledged yet: seq -> [its latest delivery, when we last told
-    # the server we still hold it]; those up to ``done`` are acknowledged at the next checkpoint
-    unacked: OrderedDict[int, list] = field(default_factory=OrderedDict)
-    mark: float = -math.inf  # newest event time fetched
-    caught_up: bool = False  # the last fetch came back short: nothing more waited on the server
-    events: int = 0  # events of this partition in the engine
-    resumed: bool = False
-
-    def position(self) -> dict[str, Any]:
-        return {
-            "done": self.done,
-            "partial": {str(s): sorted(lines) for s, lines in self.released.items() if lines},
-        }
-
-    def advance(self) -> None:
-        """Move ``done`` over the finished messages at the head of the open ones."""
-        while self.open:
-            seq, (left, msg) = next(iter(self.open.items()))
-            if left > 0:
-                break
-            self.open.popitem(last=False)
-            self.released.pop(seq, None)
-            self.done = seq
-
-    def hold(self, seq: int, msg: Any) -> None:
-        """Remember a delivery until it is acknowledged (a redelivery replaces the older one)."""
-        self.unacked[seq] = [msg, time.monotonic()]
 
 
 @dataclass
@@ -222,141 +154,6 @@ class WorkerResult:
     buffered: int = 0  # events fetched, waiting for the watermark (last measure)
     bus_errors: int = 0  # fetches, acks or queries that failed (server restart, reconnect) and were retried
     stats: ReadStats = field(default_factory=ReadStats)
-
-
-class _Buffer:
-    """Decoded events waiting for the watermark, per kind, each row tagged (partition, seq, line)."""
-
-    def __init__(self) -> None:
-        self.parts: dict[str, list[tuple[EventBatch, np.ndarray, np.ndarray, np.ndarray]]] = {}
-        self.size = 0
-
-    def add(self, batch: EventBatch, part: int, seq: np.ndarray, line: np.ndarray) -> None:
-        self.parts.setdefault(batch.kind, []).append(
-            (batch, np.full(len(batch), part, dtype=np.int32), seq, line)
-        )
-        self.size += len(batch)
-
-    def peek(self, lo: float, hi: float) -> dict[str, EventBatch]:
-        """The buffered rows with ``lo <= ts < hi`` per kind, in time order, left in the buffer."""
-        out: dict[str, EventBatch] = {}
-        for kind in KINDS:
-            chunks = self.parts.get(kind)
-            if not chunks:
-                continue
-            batch = EventBatch.concat([c[0] for c in chunks]) if len(chunks) > 1 else chunks[0][0]
-            ts = batch.np("ts")
-            sel = (ts >= lo) & (ts < hi)
-            if sel.any():
-                out[kind] = batch.filter(sel).sort_by_time()
-        return out
-
-    def take(self, until: float) -> tuple[dict[str, EventBatch], list[np.ndarray]]:
-        """The buffered rows with ``ts < until`` (per kind, in time order) and their tags
-        (partition, seq, line arrays over all kinds); the rest stays buffered."""
-        ready: dict[str, EventBatch] = {}
-        tags: list[list[np.ndarray]] = [[], [], []]
-        for kind in KINDS:
-            chunks = self.parts.get(kind)
-            if not chunks:
-                continue
-            batch = EventBatch.concat([c[0] for c in chunks]) if len(chunks) > 1 else chunks[0][0]
-            part, seq, line = (np.concatenate([c[k] for c in chunks]) for k in (1, 2, 3))
-            ts = batch.np("ts")
-            order = np.argsort(ts, kind="stable")
-            cut = len(order) if until == math.inf else int(np.searchsorted(ts[order], until, side="left"))
-            if cut:
-                taken = order[:cut]
-                ready[kind] = EventBatch(kind, batch.table.take(taken))
-                for k, arr in enumerate((part, seq, line)):
-                    tags[k].append(arr[taken])
-            rest = order[cut:]
-            if len(rest):
-                self.parts[kind] = [(EventBatch(kind, batch.table.take(rest)), part[rest], seq[rest], line[rest])]
-            else:
-                del self.parts[kind]
-            self.size -= cut
-        return ready, [np.concatenate(t) if t else np.zeros(0, dtype=np.int64) for t in tags]
-
-
-class _Fleet:
-    """What the other workers of this stream share: which partitions each owns, how far its event
-    time goes (``through``), and what its batches taught the fleet-wide statistics (destination
-    prevalence: :meth:`~fleetwarden.detection.analytics.netcommon.Prevalence.observation`), keyed by
-    (window, kind).  A worker learns every peer observation of a (window, kind) just before it
-    processes its own batch of that (window, kind), as one engine over the whole fleet would have
-    learnt it, and processes a window only once every peer has announced it: workers move through
-    event time together.  A peer that is missing when the worker starts (after ``peer_wait`` s) or
-    that falls silent (``peer_timeout`` s) is not waited for, and the worker says so."""
-
-    def __init__(self, me: str, owned: Sequence[int], partitions: int, peer_wait: float, peer_timeout: float) -> None:
-        self.me = me
-        self.needed = set(range(partitions)) - set(owned)
-        self.peer_wait = peer_wait
-        self.peer_timeout = peer_timeout
-        self.inbox: deque[bytes] = deque()
-        self.peers: dict[str, dict[str, Any]] = {}
-        self.pending: list[tuple[int, int, int, dict]] = []  # heap of (window, kind, arrival, observation)
-        self.applied: tuple[int, int] = (-(2**62), -1)  # newest (window, kind) learnt
-        self.announced = -math.inf  # event time up to which our own observations went out
-        self.last_publish = -math.inf
-        self.last_through = -math.inf
-        self.started = time.monotonic()
-        self.warned: set[str] = set()
-        self._arrivals = 0
-
-    async def on_message(self, msg: Any) -> None:
-        self.inbox.append(msg.data)
-
-    def drain(self) -> None:
-        """Take in what the peers published since the last poll."""
-        while self.inbox:
-            try:
-                m = json.loads(self.inbox.popleft())
-                key, owned, through = str(m["w"]), {int(p) for p in m["owned"]}, float(m["through"])
-            except (ValueError, KeyError, TypeError):
-                continue  # not ours to understand; never fatal
-            if key == self.me:
-                continue
-            peer = self.peers.setdefault(key, {"owned": owned, "through": -math.inf})
-            peer.update(owned=owned, through=max(peer["through"], through), seen=time.monotonic())
-            for w, k, obs in m.get("obs", ()):
-                if (int(w), int(k)) > self.applied and isinstance(obs, dict):
-                    self._arrivals += 1
-                    heapq.heappush(self.pending, (int(w), int(k), self._arrivals, obs))
-
-    def limit(self, say: Callable[[str], None] | None) -> float:
-        """Event time every needed peer has announced (+inf when no peer is needed)."""
-        if not self.needed:
-            return math.inf
-        now = time.monotonic()
-        live = {k: p for k, p in self.peers.items() if now - p.get("seen", now) <= self.peer_timeout}
-        covered = set().union(*(p["owned"] for p in live.values())) if live else set()
-        missing = self.needed - covered
-        if missing and now - self.started < self.peer_wait:
-            return -math.inf  # give the other workers a moment to show up
-        for key in set(self.peers) - set(live):
-            self._warn(say, f"peer {key} silent for over {self.peer_timeout:.0f} s: not waiting for it")
-        if missing:
-            self._warn(
-                say,
-                f"no worker announces partition(s) {sorted(missing)}: fleet-wide statistics leave them out",
-            )
-        throughs = [p["through"] for p in live.values() if p["owned"] & self.needed]
-        return min(throughs) if throughs else math.inf
-
-    def due(self, key: tuple[int, int]) -> Iterator[dict]:
-        """Peer observations of (window, kind) up to ``key``, oldest first."""
-        while self.pending and (self.pending[0][0], self.pending[0][1]) <= key:
-            w, k, _n, obs = heapq.heappop(self.pending)
-            yield obs
-        self.applied = max(self.applied, key)
-
-    def _warn(self, say: Callable[[str], None] | None, text: str) -> None:
-        if text not in self.warned:
-            self.warned.add(text)
-            if say is not None:
-                say(text)
 
 
 class Worker:
@@ -430,10 +227,10 @@ class Worker:
         self.parts: list[PartitionState] = []
         self.resumed = False
         self._saved: tuple[int, int] | None = None  # (progress, events) of the last checkpoint
-        self._buffer = _Buffer()
+        self._buffer = EventBuffer()
         # shared fleet-wide statistics, when other workers own the other partitions
         self._fleet = (
-            _Fleet(self.key, owned, partitions, peer_wait, peer_timeout) if len(owned) < partitions else None
+            FleetShare(self.key, owned, partitions, peer_wait, peer_timeout) if len(owned) < partitions else None
         )
         self._metrics = _Metrics(metrics_port) if metrics_port is not None else None
         self._nc = None
