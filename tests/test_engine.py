@@ -89,10 +89,14 @@ def test_model_alerts_become_one_anomaly_per_device():
     assert [f.entity for f in found] == ["10.0.0.2"]
     f = found[0]
     assert f.category == "anomaly" and f.attributes["alerts"] == 25
-    assert "orig_bytes 900000 vs baseline 1200 (25)" in f.evidence[0]
+    # the first line says what happened, to what, how much and over what time; the destination is
+    # named to block; the model's own reasons come last
+    assert f.evidence[0].startswith("25 unusual flows over 48 s: 25 to 52.1.2.3 tcp/0 (21,973 KB)")
+    assert f.attributes["block"] == ["52.1.2.3 tcp/0"]
+    assert "orig_bytes 900000 vs baseline 1200" in f.evidence[-1]
     assert len(f.record_ids) == 25
     # the flows score 0.9, but a model outlier that no behaviour analytic names is a medium lead
-    assert "highest score 0.90" in f.evidence[0] and f.score == MODEL_ONLY_CONFIDENCE
+    assert "highest score 0.90" in f.evidence[-1] and f.score == MODEL_ONLY_CONFIDENCE
     assert [i.severity for i in correlate([f])] == ["medium"]
 
 

@@ -61,6 +61,7 @@ ENGINE_KIND = "engine"
 TRANSIENT = {Engine: ("ctx", "flow_model"), Prevalence: ("_last_table",)}
 _STATE_MODULES = (
     "fleetwarden.detection.engine",
+    "fleetwarden.detection.flowstory",
     "fleetwarden.detection.state",
     "fleetwarden.detection.analytics.netcommon",
     *(f"fleetwarden.detection.analytics.{name}" for name in ANALYTIC_MODULES),

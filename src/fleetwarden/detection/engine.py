@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,7 +26,8 @@ from fleetwarden.core.context import Context
 from fleetwarden.core.events import EventBatch
 from fleetwarden.core.findings import Finding
 from fleetwarden.detection.analytics.base import Analytic
-from fleetwarden.detection.analytics.netcommon import cap_ids, make_finding, share_prevalence, sorted_by_time
+from fleetwarden.detection.analytics.netcommon import make_finding, share_prevalence, sorted_by_time
+from fleetwarden.detection.flowstory import FlowAlerts
 
 __all__ = ["ANALYTIC_MODULES", "MODEL_ONLY_CONFIDENCE", "Engine", "default_analytics"]
 
@@ -101,8 +101,9 @@ class Engine:
         for a in self.analytics:
             for kind in a.kinds:
                 self._by_kind.setdefault(kind, []).append(a)
-        # device ip -> pending model-alert aggregate (see _model_findings)
-        self._alerts: dict[str, dict[str, Any]] = {}
+        # the flow model's alerted flows per device, told as a story per cooldown (flowstory.py)
+        self._alerts = FlowAlerts()
+        self._emitted: dict[str, float] = {}
         self.events = 0
         self.findings = 0
 
@@ -133,76 +134,55 @@ class Engine:
         out: list[Finding] = []
         for a in self.analytics:
             out += a.flush(self.ctx)
-        out += [f for ip in list(self._alerts) if (f := self._emit_alerts(ip)) is not None]
+        out += [f for ip in sorted(self._alerts.devices) if (f := self._emit_alerts(ip)) is not None]
         self.findings += len(out)
         return out
 
-    # flow model alerts -> anomaly findings ----------------------------------------------
+    # flow model alerts -> findings that tell what the flows were about ---------------------
     def _model_findings(self, batch: EventBatch) -> list[Finding]:
         scores, alerts, reasons = self.flow_model.score_batch(batch)
         alerts = np.asarray(alerts).astype(bool)
         if not alerts.any():
             return []
-        scores = np.asarray(scores, dtype=float)
-        idx = np.flatnonzero(alerts)
-        src = batch.np("id.orig_h", fill="")
-        ts = batch.np("ts")
-        uid = batch.np("uid", fill="")
-        mac = batch.np("orig_l2_addr", fill="")
+        cols = {
+            "src": batch.np("id.orig_h", fill=""),
+            "dst": batch.np("id.resp_h", fill=""),
+            "ts": batch.np("ts"),
+            "proto": batch.np("proto", fill=""),
+            "port": batch.np("id.resp_p", fill=0),
+            "state": batch.np("conn_state", fill=""),
+            "out_bytes": np.nan_to_num(batch.np("orig_bytes", fill=0).astype(float)),
+            "in_bytes": np.nan_to_num(batch.np("resp_bytes", fill=0).astype(float)),
+            "uid": batch.np("uid", fill=""),
+            "mac": batch.np("orig_l2_addr", fill=""),
+        }
+        touched = self._alerts.add(cols, np.flatnonzero(alerts), np.asarray(scores, dtype=float), list(reasons))
         out = []
-        for i in idx:
-            agg = self._alerts.get(src[i])
-            if agg is None:
-                agg = self._alerts[src[i]] = {
-                    "n": 0,
-                    "max": 0.0,
-                    "first": float(ts[i]),
-                    "last": float(ts[i]),
-                    "reasons": Counter(),
-                    "uids": [],
-                    "emitted": -np.inf,
-                    "mac": None,
-                }
-            agg["n"] += 1
-            agg["max"] = max(agg["max"], float(scores[i]))
-            agg["last"] = max(agg["last"], float(ts[i]))
-            r = reasons[i]
-            for part in r if isinstance(r, (list, tuple)) else str(r or "").split(";"):
-                if part and part.strip():
-                    agg["reasons"][part.strip()] += 1
-            if uid[i] and len(agg["uids"]) < 50:
-                agg["uids"].append(uid[i])
-            agg["mac"] = mac[i] or agg["mac"]
-        for ip in {src[i] for i in idx}:
-            agg = self._alerts[ip]
-            # First alert of a device goes out at once; later ones are batched per cooldown.
-            if agg["last"] - agg["emitted"] >= self.anomaly_cooldown:
+        for ip in sorted(touched):
+            # A device's first alert goes out at once; later ones are told per cooldown.
+            if self._alerts.last(ip) - self._emitted.get(ip, -np.inf) >= self.anomaly_cooldown:
                 f = self._emit_alerts(ip)
                 if f is not None:
                     out.append(f)
         return out
 
     def _emit_alerts(self, ip: str) -> Finding | None:
-        agg = self._alerts.get(ip)
-        if agg is None or agg["n"] == 0:
+        story = self._alerts.story(ip, self.ctx)
+        if story is None:
             return None
-        top = ", ".join(f"{r} ({n})" for r, n in agg["reasons"].most_common(3)) or "no reasons given"
-        f = make_finding(
+        self._emitted[ip] = story.last
+        return make_finding(
             self.ctx,
             ip,
-            "anomaly",
+            story.category,
             "flowmodel",
-            min(agg["max"], MODEL_ONLY_CONFIDENCE),
-            agg["first"],
-            agg["last"],
-            [
-                f"{agg['n']} flows above the flow model's calibrated alert threshold, highest score "
-                f"{agg['max']:.2f}; top reasons: {top}"
-            ],
-            [],
-            cap_ids(agg["uids"]),
-            mac=agg["mac"],
-            alerts=agg["n"],
+            min(story.top_score, MODEL_ONLY_CONFIDENCE),
+            story.first,
+            story.last,
+            story.evidence,
+            story.mitre,
+            story.uids,
+            mac=story.mac,
+            alerts=story.flows,
+            block=story.block,
         )
-        agg.update(n=0, max=0.0, reasons=Counter(), uids=[], emitted=agg["last"], first=agg["last"])
-        return f
