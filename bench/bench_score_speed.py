@@ -26,6 +26,7 @@ import pyarrow.csv as pacsv  # noqa: E402
 from fleetwarden.app import modeling  # noqa: E402
 from fleetwarden.app.models import load_flow_model  # noqa: E402
 from fleetwarden.core.events import EventBatch  # noqa: E402
+from fleetwarden.detection import flowmodel  # noqa: E402
 from fleetwarden.detection.features import FlowFeaturizer  # noqa: E402
 from fleetwarden.sources import read_events  # noqa: E402
 from fleetwarden.sources.zeek import write_tsv  # noqa: E402
@@ -101,7 +102,8 @@ def main() -> None:
                 t = clock()
                 codes = model.binner_.transform(X)
                 keys = fz.last_keys if model.device_counts_ else None
-                s, contrib, _, _ = model._combine(codes, "all", keys)
+                e, contrib, _, _ = model._combine(codes, "all", keys, fz.last_age)
+                s = flowmodel._squash(e)
                 t_model += clock() - t
                 t = clock()
                 reasons = model.explain(X, codes, contrib, s > model.threshold_)

@@ -45,6 +45,10 @@ class FlowFile:
     detailed: np.ndarray | None
     stats: ReadStats = field(default_factory=ReadStats)
     rows_read: int = 0  # flows in the file (``X`` may hold a sample of them)
+    # per row, what replaying the flow model's device rule needs (see ``FlowModel.fit``): device age,
+    # timestamp, (device, port) and (device, destination) keys; and the sample's stride
+    stream: dict[str, np.ndarray] = field(default_factory=dict)
+    stride: int = 1
 
 
 def flow_batches(path: str | Path, skip_bad: bool, stats: ReadStats) -> Iterator[EventBatch]:
@@ -63,7 +67,12 @@ def read_flow_file(path: str | Path, skip_bad: bool, with_labels: bool, max_rows
     sample = RowSample(max_rows)
     for batch in flow_batches(path, skip_bad, stats):
         X = featurizer.transform(batch)
-        sample.add(X, featurizer.last_keys, *(labels_of(batch) if with_labels else ()))
+        fz = featurizer
+        # the featurizer's targets are in (device, ts) order: back to row order
+        dev_port, dev_dst = np.empty_like(fz.last_targets[0]), np.empty_like(fz.last_targets[1])
+        dev_port[fz.last_order], dev_dst[fz.last_order] = fz.last_targets
+        extra = labels_of(batch) if with_labels else ()
+        sample.add(X, fz.last_keys, fz.last_age, fz.last_ts, dev_port, dev_dst, *extra)
     if not sample.seen:
         raise SourceError(path, None, "no flow records in this file")
     cols = sample.columns()
@@ -71,10 +80,12 @@ def read_flow_file(path: str | Path, skip_bad: bool, with_labels: bool, max_rows
         path,
         cols[0],
         cols[1],
-        cols[2] if with_labels else None,
-        cols[3] if with_labels else None,
+        cols[6] if with_labels else None,
+        cols[7] if with_labels else None,
         stats,
     )
+    data.stream = {"keys": cols[1], "age": cols[2], "ts": cols[3], "dev_port": cols[4], "dev_dst": cols[5]}
+    data.stride = sample.stride
     data.rows_read = sample.seen
     return data
 
@@ -103,9 +114,11 @@ def train(
     keys = np.concatenate([f.keys for f in files])
     y = np.concatenate([f.label for f in files])
     groups = np.concatenate([np.full(len(f.X), i) for i, f in enumerate(files)])
+    stream = {k: np.concatenate([f.stream[k] for f in files]) for k in files[0].stream}
+    stream["weight"] = np.concatenate([np.full(len(f.X), float(f.stride)) for f in files])
     labelled = bool((y >= 0).any())
     model = FlowModel(target_fpr=target_fpr)
-    model.fit(X, y if labelled else None, groups=groups, keys=keys)
+    model.fit(X, y if labelled else None, groups=groups, keys=keys, stream=stream)
     label_counts: dict[str, int] = {}
     if labelled:
         det = np.concatenate([f.detailed for f in files])

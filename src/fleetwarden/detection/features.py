@@ -31,7 +31,8 @@ batches and a live stream give the same features.  The matrix is column-major (e
 feature one contiguous column, which is how it is written and binned), and the device
 keys of the last batch stay in ``last_keys`` (its timestamps in ``last_ts``, its (device, ts)
 order in ``last_order``, its (device, port) and (device, destination) keys in that order in
-``last_targets``) for the scorer.
+``last_targets``, each flow's device age, the seconds since the device's first flow in the
+stream, in ``last_age``) for the scorer.
 
 Blind spots: pair context forgets a pair after an hour without attempts (sparse beacons,
 e.g. Torii's 16 C&C flows a day, look new every time); UDP "no reply" is not counted as a
@@ -60,10 +61,18 @@ from fleetwarden.detection.state import (
     stable_hash_encoded,
 )
 
-__all__ = ["CATEGORIES", "FEATURES", "FlowFeaturizer", "device_keys"]
+__all__ = ["CATEGORIES", "FEATURES", "UNBOUNDED", "FlowFeaturizer", "device_keys"]
 
 CONN_STATES = ("S0", "S1", "SF", "REJ", "S2", "S3", "RSTO", "RSTR", "RSTOS0", "RSTRH", "SH", "SHR", "OTH")
-FAILED_STATES = ("S0", "REJ", "RSTO", "RSTOS0", "RSTR", "SH", "OTH")
+# A FAILED flow is a TCP connection attempt that was never accepted: the originator's SYN got no
+# SYN-ACK (no answer, or refused).  Zeek states whose definition says so; with a ``history`` the
+# attempt must show the originator's SYN ("S") and no responder SYN-ACK ("h"): a capture that
+# starts mid-connection gives states like SH with history "F", which are no attempt at all.
+# Connections that were established and then reset (RSTR, RSTO) or partial ones (OTH) are not
+# failures: a cloud server closing a finished TLS session is ordinary.  UDP and ICMP have no
+# handshake, so "no reply" there is a kind of traffic (multicast, NTP to a silent server), not a
+# failed attempt.
+FAILED_STATES = ("S0", "REJ", "RSTOS0", "SH")
 SERVICES = ("", "dns", "http", "ssl", "dhcp", "ntp", "ssh", "irc", "ftp", "smtp", "telnet", "mqtt")
 PORT_CLASSES = ("well-known", "registered", "ephemeral", "plaintext-mgmt", "none")
 # Destination ports of the services IoT devices, their apps and their clouds commonly use (IANA
@@ -176,6 +185,32 @@ LOG_FEATURES = frozenset(
     }
 )
 
+# Features that measure an amount with no natural maximum (sizes, durations, rates, counts): how far
+# beyond everything benign a value lies is itself evidence (a flood's rate is a hundred times any
+# benign rate, not just "above the top quantile").  The novelty model gives them bins beyond the
+# benign maximum (:class:`fleetwarden.detection.models.QuantileBinner`).  Fractions, flags, gaps and
+# means of inter-arrival times (where larger is calmer) are not listed.
+UNBOUNDED: tuple[str, ...] = (
+    "duration",
+    "orig_bytes",
+    "resp_bytes",
+    "orig_pkts",
+    "resp_pkts",
+    "orig_ip_bytes",
+    "resp_ip_bytes",
+    "flows_per_s_10s",
+    "flows_per_s_60s",
+    "flows_per_s_600s",
+    "new_dst_60s",
+    "new_dst_600s",
+    "new_port_60s",
+    "out_bytes_mean_600s",
+    "in_bytes_mean_600s",
+    "iat_cv_600s",
+    "pair_flows_600s",
+    "pair_tcp_failed_600s",
+)
+
 _S = {name: i for i, name in enumerate(STATS)}
 _NO_GAP = 1e6
 # damped statistics each time scale's features read (the state keeps them all)
@@ -238,7 +273,8 @@ def _scope(enc: pa.DictionaryArray) -> np.ndarray:
 
 
 def _history_flags(col: pa.ChunkedArray) -> np.ndarray:
-    """(n, 6) history features computed once per distinct history string."""
+    """(n, 7) history features computed once per distinct history string: length, handshake, data each
+    way, reset, SYN only, and whether the originator's SYN went unacknowledged (an "S", no "h")."""
     enc = pc.fill_null(col, "").combine_chunks().dictionary_encode()
     flags = []
     for h in enc.dictionary.to_pylist():
@@ -250,9 +286,10 @@ def _history_flags(col: pa.ChunkedArray) -> np.ndarray:
                 "d" in h,
                 "R" in h or "r" in h,
                 h in ("S", "Ss"),
+                "S" in h and "h" not in h,
             )
         )
-    table = np.asarray(flags, dtype=np.float64).reshape(-1, 6)
+    table = np.asarray(flags, dtype=np.float64).reshape(-1, 7)
     return table[enc.indices.to_numpy(zero_copy_only=False)]
 
 
@@ -297,6 +334,7 @@ class FlowFeaturizer:
         self.last_ts = np.zeros(0)
         self.last_order = np.zeros(0, dtype=np.intp)
         self.last_targets: tuple[np.ndarray, ...] = ()
+        self.last_age = np.zeros(0)
 
     def transform(self, batch: EventBatch) -> np.ndarray:
         n = len(batch)
@@ -307,6 +345,7 @@ class FlowFeaturizer:
             self.last_ts = np.zeros(0)
             self.last_order = np.zeros(0, dtype=np.intp)
             self.last_targets = ()
+            self.last_age = np.zeros(0)
             return out
         col = {name: i for i, name in enumerate(FEATURES)}
         ts = batch["ts"].fill_null(0.0).to_numpy() if batch["ts"].null_count else batch["ts"].to_numpy()
@@ -333,7 +372,11 @@ class FlowFeaturizer:
         out[:, col["proto"]] = proto
         cs = _codes(batch["conn_state"], CONN_STATES)
         out[:, col["conn_state"]] = cs
-        failed = np.isin(cs, [CONN_STATES.index(s) for s in FAILED_STATES]).astype(np.float64)
+        hist = _history_flags(batch["history"])
+        attempt = (hist[:, 6] == 1) | (hist[:, 0] == 0)  # SYN never acknowledged, or no history given
+        failed = ((proto == 0) & attempt & np.isin(cs, [CONN_STATES.index(s) for s in FAILED_STATES])).astype(
+            np.float64
+        )
         out[:, col["failed"]] = failed
         svc = _codes(batch["service"], SERVICES, lower=True)
         out[:, col["service"]] = svc
@@ -346,7 +389,6 @@ class FlowFeaturizer:
         out[:, col["uncommon_port"]] = (~listed & (proto != 2)).astype(np.float32)
         resp_enc = encode_strings(batch["id.resp_h"])  # scope and hash both work on the distinct addresses
         out[:, col["dst_scope"]] = _scope(resp_enc)
-        hist = _history_flags(batch["history"])
         for j, name in enumerate(
             ("hist_len", "hist_handshake", "hist_orig_data", "hist_resp_data", "hist_reset", "hist_syn_only")
         ):
@@ -383,6 +425,13 @@ class FlowFeaturizer:
         sk = {"touched": g_rows, "local": group}
         new_dst = first_dst & ~self.state.seen_before(r_s, dst_h, "dst", **sk)
         new_port = first_port & ~self.state.seen_before(r_s, port_h, "port", **sk)
+
+        # device age: seconds since the device's first flow in the stream (the windows of its context
+        # cover its whole life until then)
+        first_t = np.fmin(np.where(known, prior["first_ts"], np.nan), t_s[grp_start])
+        age = np.empty(n)
+        age[order] = np.maximum(t_s - first_t[group], 0.0)
+        self.last_age = age
 
         iat = np.empty(n)
         iat[1:] = t_s[1:] - t_s[:-1]
@@ -447,7 +496,7 @@ class FlowFeaturizer:
         ctx["iat_cv_600s"] = np.sqrt(var) / np.maximum(m, 1e-3)
         ctx["new_dst"] = new_dst
         ctx["new_port"] = new_port
-        ctx.update(self._pair_context(_mix(_mix(key_s, dst_h), port_h), t_s, failed[order] * (p_s == 0)))
+        ctx.update(self._pair_context(_mix(_mix(key_s, dst_h), port_h), t_s, failed[order]))
         inv = np.empty(n, dtype=np.int64)
         inv[order] = np.arange(n)
         for name, v in ctx.items():
