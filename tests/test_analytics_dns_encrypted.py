@@ -63,6 +63,16 @@ def lookups(rows: list[tuple]) -> EventBatch:
     )
 
 
+def feed(det, ctx, *batches) -> list:
+    """Batches through the detector, then the end of the input.  Flows and lookups are judged one by
+    one in event time once both kinds are in up to their time (a lookup at the same time may teach
+    a flow's address): a flow batch alone is judged when the next batch or the end comes."""
+    out = []
+    for b in batches:
+        out += det.update(b, ctx)
+    return out + det.flush(ctx)
+
+
 def check(f, entity=DEVICE):
     assert f.category == "policy-violation" and f.detector == "encrypted-dns"
     assert f.entity == entity
@@ -91,39 +101,42 @@ def test_resolver_table_matches_any_spelling_and_only_resolvers():
 # flows --------------------------------------------------------------------------------------
 def test_doh_and_dot_reported_once_per_device_and_resolver():
     det, ctx = EncryptedDnsDetector(), Context()
-    found = det.update(flows([conn(10, "1.1.1.1"), conn(20, "1.0.0.1"), conn(30, "9.9.9.9", 853)]), ctx)
-    by_service = {f.attributes["resolver_service"]: f for f in found}
-    assert set(by_service) == {"Cloudflare", "Quad9"}  # 1.1.1.1 and 1.0.0.1: one Cloudflare finding
-    cf, q9 = by_service["Cloudflare"], by_service["Quad9"]
+    first = flows([conn(10, "1.1.1.1"), conn(20, "1.0.0.1"), conn(30, "9.9.9.9", 853)])
+    # more of the same, later: nothing new to say; another device using the same resolver is its own
+    # finding
+    again = flows([conn(100 + i, "1.1.1.1") for i in range(20)] + [conn(200, "9.9.9.9", 853)])
+    other = flows([conn(300, "1.1.1.1", src="192.168.1.21")])
+    found = feed(det, ctx, first, again, other)
+    assert [(f.entity, f.attributes["resolver_service"]) for f in found] == [
+        (DEVICE, "Cloudflare"),  # 1.1.1.1 and 1.0.0.1: one Cloudflare finding, at the first flow
+        (DEVICE, "Quad9"),
+        ("192.168.1.21", "Cloudflare"),
+    ]
+    cf, q9 = found[0], found[1]
     for f in (cf, q9):
         check(f)
         assert f.severity == "medium" and f.score == pytest.approx(0.55)
     assert cf.evidence[0] == (
-        "TLS to 1.1.1.1, 1.0.0.1 tcp/443, public DNS-over-HTTPS resolvers (Cloudflare): "
+        "TLS to 1.1.1.1 tcp/443, a public DNS-over-HTTPS resolver (Cloudflare): "
         "name lookups bypass the fleet's DNS monitoring"
     )
-    assert cf.attributes["resolver"] == "1.1.1.1" and cf.attributes["connections"] == 2
+    assert cf.attributes["resolver"] == "1.1.1.1" and cf.attributes["connections"] == 1
     assert q9.evidence[0].startswith("tcp/853 DNS-over-TLS to 9.9.9.9 (Quad9)")
-    # more of the same, later: nothing new to say
-    again = [conn(100 + i, "1.1.1.1") for i in range(20)] + [conn(200, "9.9.9.9", 853)]
-    assert det.update(flows(again), ctx) == []
-    # another device using the same resolver is its own finding
-    other = det.update(flows([conn(300, "1.1.1.1", src="192.168.1.21")]), ctx)
-    assert [f.entity for f in other] == ["192.168.1.21"]
 
 
 def test_dot_to_unlisted_public_address_but_not_to_a_local_resolver():
-    found = EncryptedDnsDetector().update(
-        flows([conn(1, "51.15.124.208", 853), conn(2, "10.0.0.53", 853), conn(3, "192.168.1.1", 853)]),
+    found = feed(
+        EncryptedDnsDetector(),
         Context(),
+        flows([conn(1, "51.15.124.208", 853), conn(2, "10.0.0.53", 853), conn(3, "192.168.1.1", 853)]),
     )
     assert len(found) == 1
     check(found[0])
     assert found[0].attributes["resolver"] == "51.15.124.208"
     assert "tcp/853 DNS-over-TLS to 51.15.124.208 (not a listed resolver" in found[0].evidence[0]
-    quic = EncryptedDnsDetector().update(flows([conn(1, "94.140.14.14", 853, proto="udp")]), Context())
+    quic = feed(EncryptedDnsDetector(), Context(), flows([conn(1, "94.140.14.14", 853, proto="udp")]))
     assert quic and quic[0].evidence[0].startswith("udp/853 DNS-over-QUIC to 94.140.14.14 (AdGuard DNS)")
-    h3 = EncryptedDnsDetector().update(flows([conn(1, "8.8.8.8", 443, proto="udp")]), Context())
+    h3 = feed(EncryptedDnsDetector(), Context(), flows([conn(1, "8.8.8.8", 443, proto="udp")]))
     assert h3 and h3[0].evidence[0].startswith("QUIC (HTTP/3) to 8.8.8.8 udp/443")
 
 
@@ -135,14 +148,14 @@ def test_plain_dns_ordinary_https_and_resolvers_as_clients_are_not_reported():
         conn(4, "1.1.1.2", 443, src="1.1.1.1"),  # a resolver as the client is not a device
         conn(5, "8.8.8.8", 443, proto="icmp"),
     ]
-    assert EncryptedDnsDetector().update(flows(rows), Context()) == []
+    assert feed(EncryptedDnsDetector(), Context(), flows(rows)) == []
 
 
 def test_fleet_resolvers_are_allowed():
     ctx = Context()
     ctx.expected_resolvers = {"8.8.8.8", "2606:4700:4700:0:0:0:0:1111"}  # spelled unlike the flows
     rows = [conn(1, "8.8.8.8"), conn(2, "2606:4700:4700::1111"), conn(3, "9.9.9.9")]
-    found = EncryptedDnsDetector().update(flows(rows), ctx)
+    found = feed(EncryptedDnsDetector(), ctx, flows(rows))
     assert [f.attributes["resolver"] for f in found] == ["9.9.9.9"]
     assert any("the fleet's resolvers are" in e for e in found[0].evidence)
 
@@ -150,58 +163,69 @@ def test_fleet_resolvers_are_allowed():
 def test_unanswered_attempts_are_weaker_than_use():
     det, ctx = EncryptedDnsDetector(), Context()
     blocked = [conn(i, "1.1.1.1", ob=0, rb=0, rp=0, state="S0") for i in range(3)]
-    (f,) = det.update(flows(blocked), ctx)
+    # then it got through: reported again, higher
+    (f, f2) = feed(det, ctx, flows(blocked), flows([conn(10, "1.1.1.1")]))
     assert f.score == pytest.approx(0.45) and f.severity == "medium"
     assert "none answered" in f.evidence[1]
-    (f2,) = det.update(flows([conn(10, "1.1.1.1")]), ctx)  # it got through: reported again, higher
     assert f2.score > f.score and "none answered" not in " ".join(f2.evidence)
 
 
 def test_bulk_over_doh_escalates_once():
     det, ctx = EncryptedDnsDetector(), Context()
-    (first,) = det.update(flows([conn(0, "8.8.8.8", ob=2_000, rb=5_000, dur=60)]), ctx)
-    assert first.severity == "medium" and not first.attributes["bulk"]
-    # a tunnel: 400 kB up and 800 kB down in 30 s sessions over the next 20 minutes
+    # a tunnel: 400 kB up and 800 kB down in 30 s sessions over the next 20 minutes; then more,
+    # which says nothing new
     tunnel = [conn(60 + 30 * i, "8.8.8.8", ob=10_000, rb=20_000, dur=30) for i in range(40)]
-    (bulk,) = det.update(flows(tunnel), ctx)
+    more = [conn(3000, "8.8.8.8", ob=10**6)]
+    (first, bulk) = feed(det, ctx, flows([conn(0, "8.8.8.8", ob=2_000, rb=5_000, dur=60)]), flows(tunnel), flows(more))
+    assert first.severity == "medium" and not first.attributes["bulk"]
     check(bulk)
     assert bulk.attributes["bulk"] and bulk.score == pytest.approx(0.7) and bulk.severity == "high"
-    assert any(e.startswith("bulk: up to 1207000 bytes and 41 connections") for e in bulk.evidence)
-    assert det.update(flows([conn(3000, "8.8.8.8", ob=10**6)]), ctx) == []  # said already
+    # reported at the session that takes the hour past a megabyte
+    assert any(e.startswith("bulk: up to 1027000 bytes and 35 connections") for e in bulk.evidence)
 
 
 def test_many_connections_in_an_hour_is_bulk_but_the_same_spread_out_is_not():
     burst = [conn(i * 9.0, "1.1.1.1", ob=200, rb=300) for i in range(380)]  # one every 9 s for an hour
-    (f,) = EncryptedDnsDetector().update(flows(burst), Context())
-    assert f.attributes["bulk"] and "380 connections" in " ".join(f.evidence)
+    (use, f) = feed(EncryptedDnsDetector(), Context(), flows(burst))
+    assert not use.attributes["bulk"]  # at the first session; bulk at the 360th within the hour
+    assert f.attributes["bulk"] and "360 connections" in " ".join(f.evidence)
     spread = [conn(i * 40.0, "1.1.1.1", ob=200, rb=300) for i in range(380)]  # ~90 an hour
-    (g,) = EncryptedDnsDetector().update(flows(spread), Context())
+    (g,) = feed(EncryptedDnsDetector(), Context(), flows(spread))
     assert not g.attributes["bulk"] and g.severity == "medium"
 
 
 # DNS lookups of DoH endpoints ---------------------------------------------------------------
 def test_lookup_of_an_endpoint_then_use_of_it():
     det, ctx = EncryptedDnsDetector(), Context()
-    (f,) = det.update(lookups([(5.0, DEVICE, "dns.google", "8.8.8.8,8.8.4.4")]), ctx)
+    # looked up an endpoint, and then used it
+    (f, g) = feed(det, ctx, lookups([(5.0, DEVICE, "dns.google", "8.8.8.8,8.8.4.4")]), flows([conn(6, "8.8.8.8")]))
     check(f)
     assert f.score == pytest.approx(0.45)
     assert "looked up dns.google, a DNS-over-HTTPS/TLS endpoint of Google Public DNS" in f.evidence[0]
     assert f.attributes["addresses"] == ["8.8.8.8", "8.8.4.4"]
-    (g,) = det.update(flows([conn(6, "8.8.8.8")]), ctx)  # and then used it
     assert g.score == pytest.approx(0.6)
     assert g.evidence[0].startswith("TLS to 8.8.8.8 tcp/443") and any("looked up" in e for e in g.evidence)
+    # the same flow and lookup the other way round in one window (flows come first): the same story
+    det2 = EncryptedDnsDetector()
+    same = feed(det2, ctx, flows([conn(6, "8.8.8.8")]), lookups([(5.0, DEVICE, "dns.google", "8.8.8.8,8.8.4.4")]))
+    assert [(x.score, x.evidence) for x in same] == [(x.score, x.evidence) for x in (f, g)]
     # ordinary names, and an endpoint the fleet uses, are not reported
     ctx.expected_resolvers = {"dns.quad9.net"}
     quiet = [(7.0, DEVICE, "time.google.com", "216.239.35.0"), (8.0, DEVICE, "dns.quad9.net", "9.9.9.9")]
-    assert det.update(lookups(quiet), ctx) == []
+    assert feed(EncryptedDnsDetector(), ctx, lookups(quiet)) == []
 
 
 def test_endpoint_addresses_learned_from_answers():
     # Apple's DoH endpoint is not in the address table: its answered address is learned, so a later
     # flow of another device to it is found (an address nobody looked up stays unknown).
     det, ctx = EncryptedDnsDetector(), Context()
-    det.update(lookups([(1.0, "192.168.1.30", "doh.dns.apple.com", "17.253.7.201")]), ctx)
-    found = det.update(flows([conn(2, "17.253.7.201"), conn(3, "17.253.7.202")]), ctx)
+    found = feed(
+        det,
+        ctx,
+        lookups([(1.0, "192.168.1.30", "doh.dns.apple.com", "17.253.7.201")]),
+        flows([conn(2, "17.253.7.201"), conn(3, "17.253.7.202")]),
+    )
+    found = [f for f in found if f.entity == DEVICE]  # the looker-up's intent is its own finding
     assert [(f.entity, f.attributes["resolver"]) for f in found] == [(DEVICE, "17.253.7.201")]
     assert "(Apple iCloud Private Relay)" in found[0].evidence[0]
 
@@ -211,6 +235,7 @@ def test_engine_dispatches_flows_and_lookups_to_it():
     engine = Engine()
     found = engine.process(lookups([(1.0, DEVICE, "cloudflare-dns.com", "104.16.248.249")]))
     found += engine.process(flows([conn(2, "9.9.9.9", 853)]))
+    found += engine.flush()
     assert sorted(f.attributes["resolver_service"] for f in found if f.detector == "encrypted-dns") == [
         "Cloudflare",
         "Quad9",
@@ -237,7 +262,7 @@ def _encrypted_dns_findings(path: Path) -> list:
     for batch in read_events(path):
         if batch.kind in det.kinds:
             out += det.update(batch, ctx)
-    return out
+    return out + det.flush(ctx)
 
 
 def _captures(folder: Path) -> list[Path]:
@@ -278,11 +303,8 @@ def test_simulated_fleet_raises_none_and_an_injected_doh_device_is_named():
     # one device of that fleet then resolves over DoH: named by its inventory id
     device = fleet.inventory[0]
     t = fleet.end + 60
-    doh = [
-        f
-        for f in engine.process(flows([conn(t, "1.1.1.1", src=device["ip"])]))
-        if f.detector == "encrypted-dns"
-    ]
+    later = engine.process(flows([conn(t, "1.1.1.1", src=device["ip"])])) + engine.flush()
+    doh = [f for f in later if f.detector == "encrypted-dns"]
     assert [f.entity for f in doh] == [device["device_id"]]
 
 
@@ -303,13 +325,13 @@ def test_plaintext_resolver_check_is_unchanged():
     )
     (f,) = DnsDetector().update(batch, ctx)
     assert f.category == "policy-violation" and f.attributes["resolver"] == "8.8.8.8"
-    assert EncryptedDnsDetector().update(batch, ctx) == []
+    assert feed(EncryptedDnsDetector(), ctx, batch) == []
 
 
 def test_state_is_bounded_and_forgetting_does_not_repeat_a_report():
     det, ctx = EncryptedDnsDetector(max_keys=4), Context()
     devices = [f"192.168.2.{i}" for i in range(1, 11)]
-    first = det.update(flows([conn(i, "1.1.1.1", src=d) for i, d in enumerate(devices)]), ctx)
+    first = feed(det, ctx, flows([conn(i, "1.1.1.1", src=d) for i, d in enumerate(devices)]))
     assert len(first) == 10 and len(det._keys) <= 4
     # the devices whose state was forgotten are still not reported again for the same evidence
-    assert det.update(flows([conn(100 + i, "1.1.1.1", src=d) for i, d in enumerate(devices)]), ctx) == []
+    assert feed(det, ctx, flows([conn(100 + i, "1.1.1.1", src=d) for i, d in enumerate(devices)])) == []

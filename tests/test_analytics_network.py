@@ -79,7 +79,14 @@ def test_vertical_scan_and_backscatter_ignored():
         flow(50 + p * 0.01, "10.0.0.9", "10.0.0.1", p, state="REJ", history="Sr", rp=1) for p in range(1, 31)
     ]
     found = det.update(flows(rows), ctx)
-    assert [f.attributes["scan_type"] for f in found] == ["vertical scan"]
+    # judged probe by probe: a low-confidence finding at six refused ports, then the threshold
+    # and each doubling (the same in one batch as one probe at a time)
+    assert [(f.attributes["scan_type"], f.attributes["distinct_ports"]) for f in found] == [
+        ("vertical scan", 6),
+        ("vertical scan", 15),
+        ("vertical scan", 30),
+    ]
+    assert found[0].severity == "low" and found[-1].score > found[1].score
     # Lone RSTs from one host to many ports of a victim (reflection backscatter) are not probes.
     rst = [
         flow(50 + i * 0.01, "198.51.100.9", "10.0.0.1", 40000 + i, state="RSTOS0", history="R")
@@ -170,7 +177,9 @@ def test_inbound_reflection_names_victim():
         for i in range(400)
     ]
     found = FloodDetector().update(flows(rows), Context())
-    assert len(found) == 1
+    # judged flow by flow: reported when the 100th flow crosses the threshold, again each time
+    # the rate doubles (the same in one batch as in many)
+    assert [f.attributes["packets"] for f in found] == [100, 200, 400]
     f = found[0]
     check_finding(f, "ddos")
     assert f.entity == "10.10.10.10" and f.attributes["direction"] == "inbound"
@@ -180,7 +189,9 @@ def test_inbound_reflection_names_victim():
 def test_outbound_flood_names_attacker_but_port_sweep_does_not():
     flood = [flow(1 + i * 0.002, "10.0.0.3", "198.51.100.1", 80) for i in range(400)]
     found = FloodDetector().update(flows(flood), Context())
-    assert [f.entity for f in found] == ["10.0.0.3"] and found[0].attributes["direction"] == "outbound"
+    # at the 200th flow, again when the rate doubles
+    assert [(f.entity, f.attributes["packets"]) for f in found] == [("10.0.0.3", 200), ("10.0.0.3", 400)]
+    assert all(f.attributes["direction"] == "outbound" for f in found)
     sweep = [flow(1 + i * 0.002, "10.0.0.3", "198.51.100.1", 1 + i) for i in range(400)]
     assert FloodDetector().update(flows(sweep), Context()) == []
 
@@ -210,7 +221,9 @@ def test_dns_tunnel_versus_cdn_names():
     ]
     det, ctx = DnsDetector(), Context()
     found = det.update(dns(tunnel), ctx)
-    assert len(found) == 1
+    # reported when the 10th distinct name completes the evidence, again when the count doubles
+    # (whether the 30 queries come in one batch or one by one)
+    assert [f.attributes["unique_subdomains"] for f in found] == [10, 20]
     check_finding(found[0], "dns-tunnel")
     assert found[0].attributes["domain"] == "evil-example.com"
     benign = [
@@ -247,7 +260,9 @@ def test_exfil_against_device_baseline():
         flow(6 * 300 + 5 + i, "10.0.0.2", "52.216.8.9", 443, state="SF", ob=2_000_000, rb=10_000)
         for i in range(5)
     ]
-    found = det.update(flows(big), ctx)
+    # a window is judged whole, once it is over (a later flow, or the end of the input)
+    assert det.update(flows(big), ctx) == []
+    found = det.flush(ctx)
     assert len(found) == 1
     check_finding(found[0], "exfiltration")
     assert found[0].attributes["destination"] == "52.216.8.9"
@@ -540,23 +555,28 @@ def test_slow_exfiltration_on_a_simulated_fleet():
 def test_slow_exfil_drops_the_least_recently_active_destination_when_full():
     # A device observed for over an hour follows each new external destination; with room for
     # two, a third drops the one idle the longest (not the oldest followed: A was active again).
+    # Windows are judged whole once over: a flow of another device on the LAN closes each one.
     det, ctx = ExfilDetector(max_slow=2), Context()
     src = "10.0.0.7"
+
+    def closer(ts):
+        return flow(ts, "10.0.0.99", "10.0.0.1", 443, state="SF", ob=100, rb=100, rp=1)
+
     rows = [flow(0, src, "52.0.0.1", 443, state="SF", ob=100, rb=100, rp=1)]
-    rows += [flow(3700, src, "52.0.0.1", 443, state="SF", ob=100, rb=100, rp=1)]
+    rows += [flow(3700, src, "52.0.0.1", 443, state="SF", ob=100, rb=100, rp=1), closer(3999)]
     det.update(flows(rows), ctx)
     slow = det._devices[src].slow
     steps = [
         (4000, "52.1.0.1", {"52.1.0.1"}),  # A
-        (4010, "52.1.0.2", {"52.1.0.1", "52.1.0.2"}),  # B
-        (4020, "52.1.0.1", {"52.1.0.1", "52.1.0.2"}),  # A again: B is now the least recent
-        (4030, "52.1.0.3", {"52.1.0.1", "52.1.0.3"}),  # C drops B
-        (4040, "52.1.0.4", {"52.1.0.3", "52.1.0.4"}),  # D drops A (active at 4020 < 4030)
+        (4300, "52.1.0.2", {"52.1.0.1", "52.1.0.2"}),  # B
+        (4600, "52.1.0.1", {"52.1.0.1", "52.1.0.2"}),  # A again: B is now the least recent
+        (4900, "52.1.0.3", {"52.1.0.1", "52.1.0.3"}),  # C drops B
+        (5200, "52.1.0.4", {"52.1.0.3", "52.1.0.4"}),  # D drops A (active at 4600 < 4900)
     ]
     for ts, dst, expected in steps:
-        det.update(flows([flow(ts, src, dst, 443, state="SF", ob=1000, rb=100, rp=1)]), ctx)
+        det.update(flows([flow(ts, src, dst, 443, state="SF", ob=1000, rb=100, rp=1), closer(ts + 299)]), ctx)
         assert set(slow) - {"52.0.0.1"} == expected
-    assert slow["52.1.0.3"].out == 1000 and slow["52.1.0.3"].last == 4030
+    assert slow["52.1.0.3"].out == 1000 and slow["52.1.0.3"].last == 4900
 
 
 def test_exfil_teaches_a_country_again_to_a_cohort_assigned_later():
@@ -566,18 +586,19 @@ def test_exfil_teaches_a_country_again_to_a_cohort_assigned_later():
 
     det, ctx = ExfilDetector(), Context()
     src = "10.0.0.7"
-    det.update(flows([flow(0, src, "8.8.8.8", 443, state="SF", ob=100, rb=100, rp=1)]), ctx)
+    lan = flow(300, "10.0.0.99", "10.0.0.1", 443, state="SF", ob=100, rb=100, rp=1)  # closes the window
+    det.update(flows([flow(0, src, "8.8.8.8", 443, state="SF", ob=100, rb=100, rp=1), lan]), ctx)
     assert det._devices[src].countries == {"US"} and not det._cohort_countries
     ctx.add_device(DeviceInfo("cam-7", ip=src, device_class="camera", vendor="acme"))
-    det.update(flows([flow(10, src, "8.8.4.4", 443, state="SF", ob=100, rb=100, rp=1)]), ctx)
+    det.update(flows([flow(310, src, "8.8.4.4", 443, state="SF", ob=100, rb=100, rp=1)]), ctx)
+    det.flush(ctx)
     assert det._cohort_countries == {"vendor:acme": {"US"}, "class:camera|acme": {"US"}}
 
 
-def test_flood_lazy_windows_rebuild_exactly_in_small_batches():
+def test_flood_findings_are_the_same_in_100_ms_batches_as_in_one():
     # A victim first answers, then stops answering a growing crowd, among answered background
-    # destinations, streamed in 100 ms batches: its window is kept as cheap counts until a hit
-    # is possible, then rebuilt from the kept rows.  Rebuilding every window after each batch
-    # (the eager path) must give the same findings.
+    # destinations.  Streamed in 100 ms batches (a window's rows kept across batches while it is
+    # open) the findings are those of one batch, to the uids they cite.
     rng = np.random.default_rng(3)
     rows = []
     for i in range(3000):
@@ -593,17 +614,16 @@ def test_flood_lazy_windows_rebuild_exactly_in_small_batches():
     edges = np.searchsorted(ts, np.arange(ts[0], ts[-1] + 0.1, 0.1))
     edges = np.append(edges, len(ts))
 
-    def run(det):
-        out = []
-        for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+    def run(cuts):
+        det, out = FloodDetector(), []
+        for lo, hi in zip(cuts[:-1], cuts[1:], strict=True):
             if hi > lo:
                 out += det.update(batch.slice(int(lo), int(hi - lo)), Context())
+        out += det.flush(Context())
         return [(f.entity, f.first_seen, f.last_seen, f.score, f.evidence, list(f.record_ids)) for f in out]
 
-    eager = FloodDetector()
-    eager.max_cold_batches = 1
-    lazy = run(FloodDetector())
-    assert lazy and lazy == run(eager)
-    assert lazy[0][0] == "10.9.9.9"
+    small = run(edges)
+    assert small and small == run(np.array([0, len(ts)]))
+    assert small[0][0] == "10.9.9.9"
     victim = [r["uid"] for r in rows if r["id.resp_h"] == "10.9.9.9" and r["ts"] >= 20]
-    assert lazy[0][5] == victim[: len(lazy[0][5])] and len(lazy[0][5]) == 50
+    assert small[0][5] == victim[: len(small[0][5])] and len(small[0][5]) == 50

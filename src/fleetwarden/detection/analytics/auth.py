@@ -40,8 +40,12 @@ Two analytics read ``auth`` events (one login attempt each: who, from where, res
     *Reference.* MITRE ATT&CK T1078 (Valid Accounts), T1133 (External Remote Services);
     the "impossible travel" rule as used by Microsoft Entra ID Protection and Okta.
 
-Findings of an episode are emitted when the episode closes (quiet for its gap in event
-time, or open longer than ``max_open``), or at :meth:`flush`.
+Attempts are judged one by one in time order, whatever the batches: a failure joins its
+burst (a gap over ``window`` or a burst open ``max_open`` starts a new one), a success is
+judged against the history the logins before it left.  Findings of an episode are emitted
+when the episode closes (quiet for its gap in event time, or open longer than ``max_open``:
+decided at the next attempt of its key, or at the end of a batch that event time has passed
+the gap), or at :meth:`flush`.
 
 This module also holds the small helpers the other control-plane analytics share
 (bounded LRU maps, episodes, local hours, maintenance windows, noisy-OR).
@@ -57,13 +61,12 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
 
 from fleetwarden.core.context import Context, DeviceInfo
 from fleetwarden.core.events import EventBatch
 from fleetwarden.core.findings import Finding
-from fleetwarden.detection.analytics.netcommon import str_col
+from fleetwarden.detection.analytics.netcommon import sorted_by_time, str_col
 from fleetwarden.detection.enrich import country_code
 
 __all__ = [
@@ -308,78 +311,63 @@ class BruteForce:
 
     # -- streaming ------------------------------------------------------------------
     def update(self, batch: EventBatch, ctx: Context) -> list[Finding]:
+        """Login attempts one by one in time order: a failure joins its (target, source) burst
+        (a gap over ``window`` or a burst open ``max_open`` starts a new one), a success may
+        follow a qualified burst; bursts and sprays quiet for their window are reported."""
         if len(batch) == 0:
             return []
-        ts = batch.np("ts")
-        success = batch.np("success")
-        target = _target_keys(batch)
-        src = str_col(batch, "src_ip")
-        user = str_col(batch, "user")
-        device = str_col(batch, "device_id")
+        batch = sorted_by_time(batch)
+        ts = batch.np("ts").tolist()
+        success = batch.np("success").tolist()
+        target = _target_keys(batch).tolist()
+        src = str_col(batch, "src_ip").tolist()
+        user = str_col(batch, "user").tolist()
+        device = str_col(batch, "device_id").tolist()
         out: list[Finding] = []
-        fail_idx = np.flatnonzero(~success)
-        if len(fail_idx):
-            out += self._bursts(ts, target, src, user, device, fail_idx, ctx)
-            out += self._spray(ts, src, user, fail_idx)
-        # a success inside an open qualified burst: the guessing probably worked
-        for i in np.flatnonzero(success):
-            st = self.bursts_.get((target[i], src[i]))
-            if (
-                st is not None
-                and st.peak >= self.threshold
-                and st.success_at is None
-                and ts[i] - st.last <= self.window
-            ):
-                st.success_at = float(ts[i])
-        now = float(ts.max())
-        out += self._close(now, ctx, final=False)
+        for i, t in enumerate(ts):
+            t = float(t)
+            if success[i]:
+                # a success inside an open qualified burst: the guessing probably worked
+                st = self.bursts_.get((target[i], src[i]))
+                if (
+                    st is not None
+                    and st.peak >= self.threshold
+                    and st.success_at is None
+                    and 0 <= t - st.last <= self.window
+                ):
+                    st.success_at = t
+                continue
+            out += self._failure((target[i], src[i]), t, user[i], device[i], ctx)
+            out += self._spray(t, src[i], user[i])
+        out += self._close(float(ts[-1]), ctx, final=False)
         return out
 
     def flush(self, ctx: Context) -> list[Finding]:
         return self._close(math.inf, ctx, final=True)
 
     # -- internals ------------------------------------------------------------------
-    def _bursts(self, ts, target, src, user, device, fail_idx, ctx) -> list[Finding]:
+    def _failure(self, key: tuple[str, str], t: float, user: str, device: str, ctx: Context) -> list[Finding]:
         out: list[Finding] = []
-        keys = pa.array(target[fail_idx] + "\x1f" + src[fail_idx], type=pa.string())
-        enc = pc.dictionary_encode(keys)
-        codes = np.asarray(enc.indices.to_numpy(), dtype=np.int64)
-        order = np.argsort(codes, kind="stable")  # stable: keeps time order inside a key
-        bounds = np.flatnonzero(np.diff(codes[order])) + 1
-        for grp in np.split(order, bounds):
-            rows = fail_idx[grp]
-            key = (target[rows[0]], src[rows[0]])
-            t = ts[rows]
-            st = self.bursts_.get(key)
-            if st is not None and (t[0] - st.last > self.window or t[0] - st.first > self.max_open):
-                out += self._emit_burst(key, st, ctx)
-                del self.bursts_[key]
-                st = None
-            if st is None:
-                st = lru_get(
-                    self.bursts_,
-                    key,
-                    lambda: _BurstState(recent=deque(maxlen=4 * self.threshold)),
-                    self.max_keys,
-                )
-                st.first = float(t[0])
-            else:
-                self.bursts_.move_to_end(key)
-            if len(st.recent) + len(t) < self.threshold:  # cannot reach the threshold: skip the maths
-                peak = len([x for x in st.recent if t[-1] - x <= self.window]) + len(t)
-            else:
-                carry = np.fromiter(st.recent, dtype=float, count=len(st.recent))
-                allt = np.concatenate([carry, t])
-                left = np.searchsorted(allt, allt - self.window, side="left")
-                peak = int((np.arange(len(allt)) - left + 1)[len(carry) :].max())
-            st.peak = max(st.peak, peak)
-            st.failures += len(t)
-            st.last = float(t[-1])
-            st.recent.extend(t.tolist())
-            st.device_id = device[rows[0]] or st.device_id
-            for u in set(user[rows].tolist()):
-                if len(st.users) < 64:
-                    st.users.add(u)
+        st = self.bursts_.get(key)
+        if st is not None and (t - st.last > self.window or t - st.first > self.max_open):
+            out += self._emit_burst(key, st, ctx)
+            del self.bursts_[key]
+            st = None
+        if st is None:
+            st = lru_get(
+                self.bursts_, key, lambda: _BurstState(recent=deque(maxlen=4 * self.threshold)), self.max_keys
+            )
+            st.first = t
+        else:
+            self.bursts_.move_to_end(key)
+        st.recent.append(t)
+        peak = sum(1 for x in st.recent if t - x <= self.window)
+        st.peak = max(st.peak, peak)
+        st.failures += 1
+        st.last = t
+        st.device_id = device or st.device_id
+        if len(st.users) < 64:
+            st.users.add(user)
         return out
 
     def _emit_burst(self, key: tuple[str, str], st: _BurstState, ctx: Context) -> list[Finding]:
@@ -420,24 +408,26 @@ class BruteForce:
             )
         ]
 
-    def _spray(self, ts, src, user, fail_idx) -> list[Finding]:
-        for i in fail_idx:
-            s = src[i]
-            if not s:
-                continue
-            accounts = lru_get(self.spray_, s, OrderedDict, self.max_keys)
-            accounts[user[i]] = float(ts[i])
-            accounts.move_to_end(user[i])
-            if len(accounts) > 4 * self.spray_accounts:
-                accounts.popitem(last=False)
-            recent = [u for u, t in accounts.items() if ts[i] - t <= self.spray_window]
-            if len(recent) >= self.spray_accounts:
-                ep = lru_get(
-                    self.spray_open_, s, lambda t=float(ts[i]): {"first": t, "accounts": set()}, self.max_keys
-                )
-                ep["last"] = float(ts[i])
-                ep["accounts"].update(recent[: 4 * self.spray_accounts])
-        return []
+    def _spray(self, t: float, s: str, user: str) -> list[Finding]:
+        if not s:
+            return []
+        out: list[Finding] = []
+        accounts = lru_get(self.spray_, s, OrderedDict, self.max_keys)
+        accounts[user] = t
+        accounts.move_to_end(user)
+        if len(accounts) > 4 * self.spray_accounts:
+            accounts.popitem(last=False)
+        recent = [u for u, x in accounts.items() if t - x <= self.spray_window]
+        if len(recent) >= self.spray_accounts:
+            ep = self.spray_open_.get(s)
+            if ep is not None and (t - ep["last"] > self.spray_window or t - ep["first"] > self.max_open):
+                # the spraying episode ended (quiet for its window, or open too long): a new one
+                del self.spray_open_[s]
+                out.append(self._spray_finding(s, ep))
+            ep = lru_get(self.spray_open_, s, lambda: {"first": t, "accounts": set()}, self.max_keys)
+            ep["last"] = t
+            ep["accounts"].update(recent[: 4 * self.spray_accounts])
+        return out
 
     def _close(self, now: float, ctx: Context, final: bool) -> list[Finding]:
         out: list[Finding] = []
@@ -453,26 +443,27 @@ class BruteForce:
             ep = self.spray_open_[s]
             if final or now - ep["last"] > self.spray_window or now - ep["first"] > self.max_open:
                 del self.spray_open_[s]
-                n = len(ep["accounts"])
-                out.append(
-                    Finding(
-                        entity=s,
-                        category="brute-force",
-                        detector=self.name,
-                        score=min(0.9, 0.6 + 0.1 * math.log2(n / self.spray_accounts)),
-                        first_seen=ep["first"],
-                        last_seen=ep["last"],
-                        evidence=[
-                            f"password spraying: failed logins to {n} distinct accounts from {s} within "
-                            f"{fmt_duration(self.spray_window)} vs threshold {self.spray_accounts}",
-                            f"accounts: {', '.join(sorted(ep['accounts'])[:8])}",
-                        ],
-                        mitre=["T1110", "T1110.003"],
-                        ip=s,
-                        attributes={"accounts": n},
-                    )
-                )
+                out.append(self._spray_finding(s, ep))
         return out
+
+    def _spray_finding(self, s: str, ep: dict[str, Any]) -> Finding:
+        n = len(ep["accounts"])
+        return Finding(
+            entity=s,
+            category="brute-force",
+            detector=self.name,
+            score=min(0.9, 0.6 + 0.1 * math.log2(n / self.spray_accounts)),
+            first_seen=ep["first"],
+            last_seen=ep["last"],
+            evidence=[
+                f"password spraying: failed logins to {n} distinct accounts from {s} within "
+                f"{fmt_duration(self.spray_window)} vs threshold {self.spray_accounts}",
+                f"accounts: {', '.join(sorted(ep['accounts'])[:8])}",
+            ],
+            mitre=["T1110", "T1110.003"],
+            ip=s,
+            attributes={"accounts": n},
+        )
 
 
 # ---------------------------------------------------------------------------------------

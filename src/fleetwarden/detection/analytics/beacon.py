@@ -3,8 +3,14 @@
 Contract
     :class:`BeaconDetector` consumes ``flow`` batches and keeps, per (source, destination,
     protocol, port), the start times and outbound sizes of the last ``max_history``
-    connections.  When a pair reaches ``min_connections`` and again each time its count
-    doubles (and at :meth:`flush`), it scores the pair in the way RITA does:
+    connections (a pair is counted from its first connection and followed in full from its
+    third: the first two give their times, not their sizes).  At the connection that brings a
+    pair to ``min_connections``, and again at each doubling, the pair as it stands then is due;
+    it is scored once the fleet context up to that connection is complete (every flow and DNS
+    answer up to its time learnt, prevalence asked as of that time: within a window the engine
+    hands over flows before the window's DNS records), and at :meth:`flush` with its final
+    figures.  Whatever the batches, the same connections are scored alike.  It scores the pair
+    in the way RITA does:
 
     * interval skew: Bowley's quartile skew of the gaps (a beacon's gaps are symmetric),
       scored ``1 - |skew|``;
@@ -68,6 +74,7 @@ Reference
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -107,6 +114,22 @@ class _Pair:
     reported_score: float = 0.0
     mac: str | None = None
     first: float = 0.0  # first connection of the pair (before it was tracked in full)
+
+
+@dataclass
+class _Judgment:
+    """A pair due for scoring at time ``at``, as it stood then (scored once the fleet context up
+    to ``at`` is complete: see :meth:`BeaconDetector._release`)."""
+
+    at: float = 0.0
+    key: tuple = ()
+    pair: _Pair | None = None
+    ts: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    size: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    total: int = 0
+    uids: list = field(default_factory=list)
+    mac: str | None = None
+    observed: float = 0.0  # how long the input had been watched at ``at``
 
 
 def _bowley(x: np.ndarray) -> float:
@@ -214,13 +237,16 @@ class BeaconDetector:
         self.track_after = 3
         self._t0 = np.inf
         self._now = -np.inf
+        self._pending: list[_Judgment] = []  # due pairs waiting for their fleet context, by time
 
     def update(self, batch: EventBatch, ctx: Context) -> list[Finding]:
+        if len(batch) == 0:
+            return []
         if batch.kind == "dns":
             # DNS answers name the destinations: cloud addresses rotate, their domain stays.
             self.prevalence.observe_batch(batch, ctx)
-            return []
-        if batch.kind != "flow" or len(batch) == 0:
+            return self._release(ctx)
+        if batch.kind != "flow":
             return []
         batch = sorted_by_time(batch)
         dst = str_col(batch, "id.resp_h")
@@ -233,25 +259,36 @@ class BeaconDetector:
         if not self.internal:
             # Hubs, brokers and gateways on the LAN are polled by design: not C2 candidates.
             keep &= ~address_mask(dst, lambda ip: is_local(ctx, ip))
-        if not keep.any():
-            return []
-        sub = batch.filter(keep)
-        # Cheap per-pair counters first: only pairs with a few connections get timestamps
-        # kept, so one-off connections (most of them) cost a vectorised counter update.
+        if keep.any():
+            self._track(batch.filter(keep))
+        return self._release(ctx)
+
+    def _track(self, sub: EventBatch) -> None:
+        """Count every pair's connections (vectorised counters) and follow in full, connection by
+        connection, the pairs from their ``track_after``-th one; a pair is due for scoring at the
+        connection that brings it to ``min_connections`` and at each doubling."""
+        # (a flow without a responder port, or an address, is keyed with 0 or "" in its place)
         key_col = pc.binary_join_element_wise(
-            sub["id.orig_h"], sub["id.resp_h"], sub["proto"], pc.cast(sub["id.resp_p"], pa.string()), "|"
-        )
-        counts = (
-            pa.table({"k": key_col, "ts": sub["ts"]})
-            .group_by("k", use_threads=False)
-            .aggregate([("ts", "count"), ("ts", "min"), ("ts", "max")])
-        )
-        hot = self._count_pairs(
-            counts.column("k"),
-            counts.column("ts_count").to_numpy(),
-            counts.column("ts_min").to_numpy(),
-            counts.column("ts_max").to_numpy(),
-        )
+            pc.fill_null(sub["id.orig_h"], ""),
+            pc.fill_null(sub["id.resp_h"], ""),
+            pc.fill_null(sub["proto"], ""),
+            pc.cast(pc.fill_null(sub["id.resp_p"], 0), pa.string()),
+            "|",
+        ).combine_chunks()
+        enc = pc.dictionary_encode(key_col)
+        code = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        names = enc.dictionary
+        ts = sub.np("ts")
+        n_keys = len(names)
+        n = np.bincount(code, minlength=n_keys)
+        t_min = np.full(n_keys, np.inf)
+        np.minimum.at(t_min, code, ts)
+        t_max = np.full(n_keys, -np.inf)
+        np.maximum.at(t_max, code, ts)
+        prior_n, prior_first, prior_last = self._counts.lookup(names)
+        total, first = self._counts.add(names, n, t_min, t_max)
+        if len(self._counts) > 4 * self.max_pairs:  # a safety valve far above any real load
+            self._counts.keep(self._counts.n >= self.track_after)
         # When each source was first seen: destinations of its first hour are its baseline.
         firsts = (
             pa.table({"s": sub["id.orig_h"], "ts": sub["ts"]})
@@ -263,64 +300,124 @@ class BeaconDetector:
         ):
             if src_ip not in self._first_seen and len(self._first_seen) < 4 * self.max_pairs:
                 self._first_seen[src_ip] = t
-        if not hot:
-            return []
-        # typed: when every hot key is null (no responder ports in the input) the set is not a null array
-        sub = sub.filter(pc.is_in(key_col, value_set=pa.array(list(hot), type=pa.string())))
-        ts = sub.np("ts")
-        src = str_col(sub, "id.orig_h")
-        dst = str_col(sub, "id.resp_h")
-        proto = str_col(sub, "proto")
-        dport = num_col(sub, "id.resp_p").astype(np.int64)
+        # The running count of each connection: connections before the batch, then its rank.
+        order = np.lexsort((np.arange(len(code)), code))
+        c = code[order]
+        starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
+        rank = np.arange(len(c)) - np.repeat(starts, np.diff(np.r_[starts, len(c)]))
+        running = (total - n)[c] + rank + 1
+        tracked = running >= self.track_after
+        if not tracked.any():
+            return
+        # rows of this batch counted before their pair was tracked, per pair (times for the history)
+        untracked_of: dict[int, list[int]] = {}
+        early = ~tracked & np.isin(c, c[tracked])
+        for k, r in zip(c[early].tolist(), order[early].tolist(), strict=True):
+            untracked_of.setdefault(k, []).append(r)
+        rows = order[tracked]
+        t0 = float(ts[rows].min())
+        self._t0 = min(self._t0, t0)
+        self._now = max(self._now, float(ts[rows].max()))
         size = num_col(sub, "orig_bytes").astype(np.int64)
         uid = str_col(sub, "uid")
         mac = str_col(sub, "orig_l2_addr")
-        self._t0 = min(self._t0, float(ts[0]))
-        self._now = max(self._now, float(ts[-1]))
-        due: list[tuple] = []
-        for i in range(len(sub)):
-            key = (src[i], dst[i], proto[i], int(dport[i]))
+        c_tr = c[tracked]
+        bounds = np.flatnonzero(np.r_[True, c_tr[1:] != c_tr[:-1]])
+        ends = np.r_[bounds[1:], len(c_tr)]
+        name_list = names.to_pylist()
+        # the tracked connections as lists, pair after pair (slices, no per-pair fancy indexing)
+        t_all, sz_all = ts[rows], size[rows]
+        t_list, sz_list = t_all.tolist(), sz_all.tolist()
+        u_list, m_list = uid[rows].tolist(), mac[rows].tolist()
+        due: list[_Judgment] = []
+        for a, b, k in zip(bounds.tolist(), ends.tolist(), c_tr[bounds].tolist(), strict=True):
+            s, d, proto, port = name_list[k].rsplit("|", 3)
+            key = (s, d, proto, int(port))
             p = self._pairs.get(key)
             if p is None:
-                first = hot.get(f"{key[0]}|{key[1]}|{key[2]}|{key[3]}")
                 p = self._pairs[key] = _Pair(
                     ts=deque(maxlen=self.max_history),
                     size=deque(maxlen=self.max_history),
-                    first=float(ts[i]) if first is None else first,
+                    first=float(first[k]),
                 )
-            p.ts.append(float(ts[i]))
-            p.size.append(int(size[i]))
-            if uid[i]:
-                p.uids.append(uid[i])
-            p.mac = mac[i] or p.mac
-            p.total += 1
-            if p.total >= self.min_connections and (p.reported_at == 0 or p.total >= 2 * p.reported_at):
-                due.append(key)
-        findings = []
-        for key in dict.fromkeys(due):
-            p = self._pairs[key]
-            p.reported_at = p.total
-            f = self._score(key, p, ctx)
-            if f is not None:
-                findings.append(f)
+                # The connections before its ``track_after``-th were only counted: their times (the
+                # counter's first and last, then this batch's) start the history; their sizes are
+                # not known, so sizes start with the tracked connections.
+                early = [float(prior_first[k])] if prior_n[k] >= 1 else []
+                if prior_n[k] >= 2:
+                    early.append(float(prior_last[k]))
+                early += ts[untracked_of.get(k, [])].tolist()
+                p.ts.extend(early[-(self.track_after - 1) :] if self.track_after > 1 else [])
+            n_new = b - a
+            need = self.min_connections if p.reported_at == 0 else 2 * p.reported_at
+            if p.total + n_new >= need:  # due at one of these connections (or more)
+                t, sz = t_all[a:b], sz_all[a:b]
+                u, m = uid[rows[a:b]], mac[rows[a:b]]
+                totals = p.total + np.arange(1, n_new + 1)
+                j = 0
+                while j < n_new:
+                    need = self.min_connections if p.reported_at == 0 else 2 * p.reported_at
+                    hit = np.flatnonzero(totals[j:] >= need)
+                    if not len(hit):
+                        break
+                    j += int(hit[0])
+                    p.reported_at = int(totals[j])
+                    due.append(self._snapshot(key, p, t, sz, u, m, j))
+                    j += 1
+            p.ts.extend(t_list[a:b])
+            p.size.extend(sz_list[a:b])
+            p.uids.extend(x for x in u_list[a:b] if x)
+            for x in reversed(m_list[a:b]):
+                if x:
+                    p.mac = x
+                    break
+            p.total += n_new
+        if due:
+            due.sort(key=lambda jd: jd.at)
+            if self._pending and self._pending[-1].at > due[0].at:
+                self._pending = sorted(self._pending + due, key=lambda jd: jd.at)
+            else:
+                self._pending += due
         if len(self._pairs) > self.max_pairs:
             self._evict()
-        return findings
 
-    def _count_pairs(
-        self, keys: pa.ChunkedArray, n: np.ndarray, first: np.ndarray, last: np.ndarray
-    ) -> dict[str, float]:
-        """Add a batch's connections per pair key (distinct ``keys``, their counts, first and last times)
-        to the counters; return the pairs now at ``track_after`` connections or more, with their first
-        connection time.  Beyond ``4 * max_pairs`` counters, those below ``track_after`` are dropped."""
-        total, first = self._counts.add(keys, n, first.astype(np.float64), last.astype(np.float64))
-        if len(self._counts) > 4 * self.max_pairs:
-            self._counts.keep(self._counts.n >= self.track_after)
-        is_hot = np.flatnonzero(total >= self.track_after)
-        if not len(is_hot):
-            return {}
-        names = keys.take(pa.array(is_hot)).to_pylist()
-        return dict(zip(names, first[is_hot].tolist(), strict=True))
+    def _snapshot(self, key: tuple, p: _Pair, t, sz, u, m, j: int) -> _Judgment:  # noqa: ANN001
+        """The pair as it stands at its ``j``-th new connection."""
+        h = self.max_history
+        ts = np.concatenate([np.fromiter(p.ts, dtype=float, count=len(p.ts)), t[: j + 1]])[-h:]
+        size = np.concatenate(
+            [np.fromiter(p.size, dtype=float, count=len(p.size)), sz[: j + 1].astype(float)]
+        )[-h:]
+        uids = (list(p.uids) + [x for x in u[: j + 1].tolist() if x])[-50:]
+        macs = m[: j + 1][m[: j + 1] != ""]
+        return _Judgment(
+            at=float(t[j]),
+            key=key,
+            pair=p,
+            ts=ts,
+            size=size,
+            total=int(p.total + j + 1),
+            uids=uids,
+            mac=str(macs[-1]) if len(macs) else p.mac,
+            observed=float(t[j]) - self._t0,
+        )
+
+    def _release(self, ctx: Context) -> list[Finding]:
+        """Score the due pairs whose fleet context is complete: every flow and DNS record up to
+        their time has been learnt (or the fleet is too small there for prevalence to matter)."""
+        findings = []
+        prev = self.prevalence
+        k = 0
+        for jd in self._pending:
+            if not (prev.settled(jd.at) or prev.population_at(jd.at) < self.min_population):
+                break
+            k += 1
+            f = self._score(jd, ctx)
+            if f is not None:
+                findings.append(f)
+        if k:
+            del self._pending[:k]
+        return findings
 
     def _evict(self) -> None:
         cutoff = self._now - self.idle_timeout
@@ -332,9 +429,10 @@ class BeaconDetector:
             ]
             self._pairs = dict(keep)
 
-    def _score(self, key: tuple, p: _Pair, ctx: Context) -> Finding | None:
-        ts = np.asarray(p.ts)
-        s = beacon_score(ts, np.asarray(p.size), self._now - self._t0)
+    def _score(self, jd: _Judgment, ctx: Context) -> Finding | None:
+        key, p, at = jd.key, jd.pair, jd.at
+        ts = jd.ts
+        s = beacon_score(ts, jd.size, jd.observed)
         if s["score"] < self.threshold or s.get("span", 0) < self.min_span:
             return None
         if s["median_gap"] < self.min_gap:
@@ -349,6 +447,7 @@ class BeaconDetector:
             self.prevalence_ratio,
             self.cohort_min,
             self.cohort_ratio,
+            at=at,
         )
         if why is not None:
             # A destination many devices (or the device's own cohort) use at all is a fleet
@@ -360,11 +459,9 @@ class BeaconDetector:
         if is_local(ctx, dst):
             # Polling a hub or gateway on the LAN is how IoT devices work (internal=True only).
             confidence *= 0.7
-        population = len(self.prevalence.population)
-        baseline = (
-            population >= self.min_population
-            and p.first - self._first_seen.get(src, p.first) <= self.baseline_seconds
-        )
+        population = self.prevalence.population_at(at)
+        first_seen = self._first_seen.get(src, p.first)
+        baseline = population >= self.min_population and p.first - first_seen <= self.baseline_seconds
         if baseline:
             # In a fleet, a rare destination the device has used since it was first seen is
             # part of its baseline (a vendor cloud only this device's model uses): keep it as
@@ -390,7 +487,7 @@ class BeaconDetector:
             return None  # nothing new to say about this pair
         p.reported_score = confidence
         evidence = [
-            f"{p.total} connections to {dst} {proto}/{port} every {s['median_gap']:.1f} s "
+            f"{jd.total} connections to {dst} {proto}/{port} every {s['median_gap']:.1f} s "
             f"(median absolute deviation {s['gap_mad']:.2f} s) over {s['span']:.0f} s: "
             f"beacon score {s['score']:.2f} (threshold {self.threshold})",
             f"timing regularity {s['timing']:.2f}, size regularity {s['size']:.2f} "
@@ -404,14 +501,14 @@ class BeaconDetector:
                 "vendor heartbeat looks the same, so medium at most"
             )
         if population >= self.min_population:
-            n = max(1, self.prevalence.devices(dst))
+            n = max(1, self.prevalence.devices(dst, at))
             evidence.append(
                 f"rare destination: {n} of {population} devices of the fleet contact {dst}"
                 + (
                     f"; contacted since the device was first seen (baseline destination, weight "
                     f"{self.baseline_weight})"
                     if baseline
-                    else f"; first contacted {(p.first - self._first_seen.get(src, p.first)) / 3600:.1f} h "
+                    else f"; first contacted {(p.first - first_seen) / 3600:.1f} h "
                     "after the device was first seen"
                 )
             )
@@ -425,24 +522,44 @@ class BeaconDetector:
             float(ts[-1]),
             evidence,
             ["T1071", "T1573"] if port in (443, 8443) else ["T1071"],
-            list(p.uids),
-            mac=p.mac,
+            jd.uids,
+            mac=jd.mac,
             destination=dst,
             port=f"{proto}/{port}",
             beacon_score=round(s["score"], 3),
             median_gap=round(s["median_gap"], 3),
-            connections=p.total,
+            connections=jd.total,
         )
 
     def flush(self, ctx: Context) -> list[Finding]:
-        findings = []
+        self.prevalence.clock.finish()
+        findings = self._release(ctx)
         for key, p in self._pairs.items():
             if p.total >= self.min_connections and p.total != p.reported_at:
                 p.reported_at = p.total
-                f = self._score(key, p, ctx)
+                jd = _Judgment(
+                    at=float(p.ts[-1]),
+                    key=key,
+                    pair=p,
+                    ts=np.fromiter(p.ts, dtype=float, count=len(p.ts)),
+                    size=np.fromiter(p.size, dtype=float, count=len(p.size)),
+                    total=p.total,
+                    uids=list(p.uids),
+                    mac=p.mac,
+                    observed=self._now - self._t0,
+                )
+                # as of the end of the input: everything learnt counts
+                f = self._score_final(jd, ctx)
                 if f is not None:
                     findings.append(f)
         return findings
+
+    def _score_final(self, jd: _Judgment, ctx: Context) -> Finding | None:
+        at, jd.at = jd.at, math.inf
+        try:
+            return self._score(jd, ctx)
+        finally:
+            jd.at = at
 
 
 ANALYTICS = [BeaconDetector]

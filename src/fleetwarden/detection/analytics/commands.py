@@ -36,6 +36,12 @@ new source + write, or an account that never logged in writing from a foreign ne
 reported.  Anomalous commands of one device are grouped in an episode (``episode_gap``) and
 reported as one finding when it closes or on flush.
 
+Commands are judged one by one in time order once ``session_lead_s`` of event time has passed
+them (the engine hands logins over before the commands of the same window), against every
+login up to then: logins are kept until no command left to judge can fall in their session,
+and "the analytic sees the auth stream" means a login came by the command's time plus the
+lead, so the judgments do not depend on how the kinds were batched.
+
 *Blind spots.* An attacker who uses the usual operator account from the usual jump host in
 working hours (only the command content would show it, and arguments are not modelled); a
 device whose first ``warmup`` commands are already hostile with no warm cohort; a slow
@@ -162,6 +168,7 @@ class CommandBaseline:
         self.session_lead_s = session_lead_s
         self.max_pending = max_pending
         self.sessions_: OrderedDict[str, deque[float]] = OrderedDict()  # account -> recent logins
+        self.first_login_ = math.inf  # the first successful login seen
         self.pending_: deque[tuple] = deque()  # commands waiting session_lead_s for a late login
         self.now_ = -math.inf
         self.firmware = re.compile(firmware_pattern, re.IGNORECASE)
@@ -225,11 +232,19 @@ class CommandBaseline:
         ts = batch.np("ts")[ok].tolist()
         for u, t in zip(users, ts, strict=True):
             if u:
-                lru_get(self.sessions_, u, lambda: deque(maxlen=8), self.max_users).append(float(t))
+                # every login is kept until no command still to judge can fall in its session
+                # (commands are judged in time order: see _in_session), whatever the batches
+                lru_get(self.sessions_, u, lambda: deque(maxlen=4096), self.max_users).append(float(t))
+                self.first_login_ = min(self.first_login_, float(t))
 
     def _in_session(self, op: str, ts: float) -> bool:
         """A successful login of ``op`` up to ``session_s`` before or ``session_lead_s`` after ``ts``."""
-        return any(-self.session_lead_s <= ts - t <= self.session_s for t in self.sessions_.get(op, ()))
+        logins = self.sessions_.get(op)
+        if not logins:
+            return False
+        while logins and logins[0] < ts - self.session_s:
+            logins.popleft()  # too old for this command and every later one
+        return any(-self.session_lead_s <= ts - t <= self.session_s for t in logins)
 
     def _newer_release(self, ctx: Context, info: DeviceInfo | None) -> str | None:
         """The newest catalogued version of the device's model above its inventory version."""
@@ -273,7 +288,9 @@ class CommandBaseline:
                 w, how = 0.1 * novel, "known at the site"
             elif self._in_session(op, ts):
                 w, how = 0.1 * novel, f"logged in within {self.session_s / 3600:.0f} h"
-            elif self.sessions_:
+            elif self.first_login_ <= ts + self.session_lead_s:
+                # the analytic sees the auth stream (a login came by the time this command is
+                # judged): no session for this operator is evidence
                 w, how = 0.3 * f, "unknown at the site and no login session"
             else:
                 w, how = (0.3 * f, "unknown at the site") if ref is not None else (0.0, "")

@@ -19,8 +19,13 @@ Contract
       the context has it, otherwise learned: local resolvers used by at least
       ``min_fleet_clients`` other devices).
 
-    Findings come in the update that completes the evidence; a (client, domain) pair is
-    reported again when its distinct-subdomain count doubles.
+    Queries are judged one by one in time order: the sliding windows drop what is older than
+    ``window`` before a query is added, and a window full at ``max_subs`` forgets its oldest
+    name for the new one (so a long tunnel stays in view whatever the batches: a table that
+    stopped growing at ``max_subs`` and was then pruned to the window used to lose the
+    simulator's own tunnel when it came in one batch).  A finding comes at the query that
+    completes the evidence; a (client, domain) pair is reported again when its
+    distinct-subdomain count doubles, and afresh once its window has emptied (a new episode).
 
     :class:`EncryptedDnsDetector` consumes ``flow`` and ``dns`` batches and emits
     ``policy-violation`` findings (T1071.004, T1572) about a device that resolves names over
@@ -38,8 +43,11 @@ Contract
       flows to an endpoint outside the table are found too.
 
     Addresses or endpoint names in ``ctx.expected_resolvers`` (when the context has it) are the
-    fleet's own resolvers and are allowed.  Each (device, resolver service) is reported once, and
-    again only when the evidence grows: a lookup or unanswered attempts (score 0.45: intent, the
+    fleet's own resolvers and are allowed.  Candidate flows (tcp/udp 443 and 853) and endpoint
+    lookups wait until both kinds are in up to their time (a lookup teaches the addresses of the
+    flows after it, even one in the same window, which the engine hands over after the flows),
+    then are judged one by one in event time.  Each (device, resolver service) is reported at
+    the record that first raises its evidence, and again only when the evidence grows: a lookup or unanswered attempts (score 0.45: intent, the
     network may have blocked it), answered sessions (0.55, 0.6 when the device also looked the
     endpoint up: a channel that certainly bypasses monitoring, but browsers open it by default),
     bulk (0.7: at least ``bulk_bytes`` bytes or ``bulk_flows`` connections to that resolver
@@ -87,19 +95,21 @@ import numpy as np
 import pyarrow as pa
 
 from fleetwarden.core.context import Context
+from fleetwarden.core.events import FLOW as FLOW_SCHEMA
 from fleetwarden.core.events import EventBatch
 from fleetwarden.core.findings import Finding
 from fleetwarden.detection.analytics.netcommon import (
     FAILED_STATES,
     MAX_RECORD_IDS,
+    KindClock,
     address_mask,
-    distinct_map,
     is_group,
     is_local,
     is_private,
     make_finding,
     num_col,
     parse_address,
+    plain_table,
     sorted_by_time,
     str_col,
 )
@@ -119,6 +129,7 @@ __all__ = [
 DATA_QTYPES = frozenset({"TXT", "NULL", "CNAME", "MX", "KEY", "ANY", "PRIVATE", "SRV", "10", "16", "65399"})
 IGNORED_SUFFIXES = (".local", ".arpa", ".lan", ".home", ".localdomain", ".internal")
 
+
 @lru_cache(maxsize=131_072)
 def shannon_entropy(text: str) -> float:
     """Bits per character of ``text`` (0 for the empty string)."""
@@ -130,9 +141,14 @@ def shannon_entropy(text: str) -> float:
 
 @dataclass
 class _Domain:
-    subs: dict = field(default_factory=dict)  # subdomain -> last ts
+    """One (client, registered domain): its subdomains within the window, oldest first."""
+
+    subs: dict = field(default_factory=dict)  # subdomain -> last ts (oldest first)
+    sizes: dict = field(default_factory=dict)  # subdomain -> (length, entropy) of its data part
+    sum_len: float = 0.0  # of the subdomains in ``subs``
+    sum_ent: float = 0.0
     qtypes: Counter = field(default_factory=Counter)
-    first: float = math.inf
+    first: float = math.inf  # first query of the episode (the window last emptied before it)
     last: float = -math.inf
     queries: int = 0
     reported: int = 0
@@ -141,14 +157,21 @@ class _Domain:
 
 @dataclass
 class _Client:
-    nx: dict = field(default_factory=dict)  # registered domain -> last ts
+    nx: dict = field(default_factory=dict)  # registered domain -> last ts (oldest first)
     nx_reported: int = 0
     resolvers: set = field(default_factory=set)
     uids: list = field(default_factory=list)
 
 
 class DnsDetector:
-    """DNS tunnelling, DGA-like NXDOMAIN bursts and unexpected resolvers (see module docstring)."""
+    """DNS tunnelling, DGA-like NXDOMAIN bursts and unexpected resolvers (see module docstring).
+
+    Every record is judged as it comes, in time order: the sliding windows drop what is older
+    than ``window`` before a record is added, and a window full at ``max_subs`` (or
+    ``max_subs`` NXDOMAIN names) forgets its oldest entry, so findings do not depend on how the
+    records were batched.  An episode of a (client, domain) ends when its window empties: the
+    next one is reported afresh.
+    """
 
     name = "dns"
     kinds = ("dns",)
@@ -183,17 +206,16 @@ class DnsDetector:
         if batch.kind != "dns" or len(batch) == 0:
             return []
         batch = sorted_by_time(batch)
-        ts = batch.np("ts")
-        client = str_col(batch, "id.orig_h")
-        resolver = str_col(batch, "id.resp_h")
-        query = str_col(batch, "query")
-        qtype = str_col(batch, "qtype_name")
-        rcode = str_col(batch, "rcode_name")
-        uid = str_col(batch, "uid")
-        touched: set[tuple] = set()
-        nx_touched: set[str] = set()
+        ts = batch.np("ts").tolist()
+        client = str_col(batch, "id.orig_h").tolist()
+        resolver = str_col(batch, "id.resp_h").tolist()
+        query = str_col(batch, "query").tolist()
+        qtype = str_col(batch, "qtype_name").tolist()
+        rcode = str_col(batch, "rcode_name").tolist()
+        uid = str_col(batch, "uid").tolist()
         findings: list[Finding] = []
-        for i in range(len(batch)):
+        window = self.window
+        for i in range(len(ts)):
             q = query[i].strip(".").lower()
             if not q or "." not in q or q.endswith(IGNORED_SUFFIXES):
                 continue
@@ -203,58 +225,110 @@ class DnsDetector:
             cs = self._clients.get(c)
             if cs is None:
                 cs = self._clients[c] = _Client()
-            if resolver[i] and resolver[i] not in cs.resolvers and len(cs.resolvers) < 16:
-                cs.resolvers.add(resolver[i])
-                self._resolver_clients.setdefault(resolver[i], set()).add(c)
-                f = self._check_resolver(c, resolver[i], t, uid[i], ctx)
+            r = resolver[i]
+            if r and r not in cs.resolvers and len(cs.resolvers) < 16:
+                cs.resolvers.add(r)
+                self._resolver_clients.setdefault(r, set()).add(c)
+                f = self._check_resolver(c, r, t, uid[i], ctx)
                 if f:
                     findings.append(f)
             if rcode[i] == "NXDOMAIN":
-                if domain in cs.nx or len(cs.nx) < self.max_subs:
-                    cs.nx[domain] = t
-                if uid[i] and len(cs.uids) < MAX_RECORD_IDS:
-                    cs.uids.append(uid[i])
-                nx_touched.add(c)
+                f = self._add_nx(cs, c, domain, t, uid[i], ctx)
+                if f:
+                    findings.append(f)
             if not sub or sub.startswith("_") or (domain == UNREGISTERED and q.count(".") < 1):
                 continue
             key = (c, domain)
             d = self._domains.get(key)
             if d is None:
+                if len(self._domains) >= self.max_keys:
+                    self._forget_idle(t)
                 d = self._domains[key] = _Domain()
-            if sub in d.subs or len(d.subs) < self.max_subs:
-                d.subs[sub] = t
+            subs = d.subs
+            # Slide the window: subdomains last seen before it go (oldest first).
+            cutoff = t - window
+            while subs:
+                old = next(iter(subs))
+                if subs[old] >= cutoff:
+                    break
+                self._drop_sub(d, old)
+            if not subs:  # a new episode
+                d.reported = 0
+                d.first = t
+                d.queries = 0
+                d.qtypes = Counter()
+                d.uids = []
+            if sub in subs:
+                del subs[sub]  # to the young end
+            else:
+                if len(subs) >= self.max_subs:
+                    self._drop_sub(d, next(iter(subs)))  # full: forget the oldest
+                flat = sub.replace(".", "")
+                size = (len(flat), shannon_entropy(flat))
+                d.sizes[sub] = size
+                d.sum_len += size[0]
+                d.sum_ent += size[1]
+            subs[sub] = t
             d.qtypes[qtype[i] or "?"] += 1
             d.queries += 1
             d.first, d.last = min(d.first, t), max(d.last, t)
             if uid[i] and len(d.uids) < MAX_RECORD_IDS:
                 d.uids.append(uid[i])
-            touched.add(key)
-        for key in touched:
-            f = self._check_tunnel(key, ctx)
-            if f:
-                findings.append(f)
-        for c in nx_touched:
-            f = self._check_dga(c, ctx)
-            if f:
-                findings.append(f)
-        if len(self._domains) > self.max_keys:
-            now = float(ts[-1])
-            self._domains = {k: d for k, d in self._domains.items() if d.last >= now - self.window}
+            n = len(subs)
+            if n >= self.min_unique and (not d.reported or n >= 2 * d.reported):
+                f = self._check_tunnel(key, ctx)
+                if f:
+                    findings.append(f)
         return findings
+
+    @staticmethod
+    def _drop_sub(d: _Domain, sub: str) -> None:
+        del d.subs[sub]
+        length, ent = d.sizes.pop(sub)
+        d.sum_len -= length
+        d.sum_ent -= ent
+        if not d.subs:
+            d.sum_len = d.sum_ent = 0.0  # no rounding drift across episodes
+
+    def _forget_idle(self, now: float) -> None:
+        """Bound the table: forget keys idle for the window (their next query starts afresh anyway),
+        then, if still full, the oldest quarter (a safety valve far above any real load)."""
+        self._domains = {k: d for k, d in self._domains.items() if d.last >= now - self.window}
+        if len(self._domains) >= self.max_keys:
+            for k in list(self._domains)[: max(1, self.max_keys // 4)]:
+                del self._domains[k]
+
+    def _add_nx(
+        self, cs: _Client, client: str, domain: str, t: float, uid: str, ctx: Context
+    ) -> Finding | None:
+        nx = cs.nx
+        cutoff = t - self.window
+        while nx:
+            old = next(iter(nx))
+            if nx[old] >= cutoff:
+                break
+            del nx[old]
+        if not nx:
+            cs.nx_reported = 0
+            cs.uids = []
+        if domain in nx:
+            del nx[domain]
+        elif len(nx) >= self.max_subs:
+            del nx[next(iter(nx))]
+        nx[domain] = t
+        if uid and len(cs.uids) < MAX_RECORD_IDS:
+            cs.uids.append(uid)
+        n = len(nx)
+        if n < self.min_nx_domains or (cs.nx_reported and n < 2 * cs.nx_reported):
+            return None
+        return self._check_dga(client, ctx)
 
     def _check_tunnel(self, key: tuple, ctx: Context) -> Finding | None:
         d = self._domains[key]
-        cutoff = d.last - self.window
-        if min(d.subs.values()) < cutoff:
-            d.subs = {s: t for s, t in d.subs.items() if t >= cutoff}
         n = len(d.subs)
-        if n < self.min_unique or (d.reported and n < 2 * d.reported):
-            return None
-        subs = list(d.subs)
         # Entropy and length of the data-bearing part: dots are separators, not content.
-        flat = [s.replace(".", "") for s in subs]
-        mean_len = float(np.mean([len(s) for s in flat]))
-        mean_ent = float(np.mean([shannon_entropy(s) for s in flat]))
+        mean_len = d.sum_len / n
+        mean_ent = d.sum_ent / n
         data_q = sum(v for k, v in d.qtypes.items() if k.upper() in DATA_QTYPES)
         data_share = data_q / max(d.queries, 1)
         random_names = mean_len >= self.min_label_len and mean_ent >= self.min_entropy
@@ -264,7 +338,7 @@ class DnsDetector:
         d.reported = n
         client, domain = key
         span = max(d.last - d.first, 0.0)
-        encoded = sum(len(s) for s in flat)
+        encoded = int(round(d.sum_len))
         top_types = ", ".join(f"{k} {v}" for k, v in d.qtypes.most_common(3))
         score = (
             0.55 + 0.15 * random_names + 0.1 * data_types + 0.2 * min(1.0, math.log10(n / self.min_unique))
@@ -294,10 +368,7 @@ class DnsDetector:
     def _check_dga(self, client: str, ctx: Context) -> Finding | None:
         cs = self._clients[client]
         latest = max(cs.nx.values())
-        cs.nx = {k: t for k, t in cs.nx.items() if t >= latest - self.window}
         n = len(cs.nx)
-        if n < self.min_nx_domains or (cs.nx_reported and n < 2 * cs.nx_reported):
-            return None
         labels = [k.split(".")[0] for k in cs.nx]
         mean_ent = float(np.mean([shannon_entropy(s) for s in labels]))
         mean_len = float(np.mean([len(s) for s in labels]))
@@ -530,163 +601,223 @@ class EncryptedDnsDetector:
         self._keys: dict[tuple[str, str], _Resolver] = {}
         self._reported: dict[tuple[str, str], int] = {}
         self._learned: dict[str, str] = {}  # address answered for an endpoint name -> operator
+        self.clock = KindClock(self.kinds)
+        self._held: pa.Table | None = None  # candidate flows and endpoint lookups not yet judged
+        self._seq = 0
 
     def update(self, batch: EventBatch, ctx: Context) -> list[Finding]:
-        if len(batch) == 0:
+        """Candidate flows (tcp/udp 443 and 853) and lookups of DoH/DoT endpoints wait until both
+        kinds are complete up to their time (:class:`KindClock`), then go one by one in event
+        time: a lookup teaches the addresses of the flows after it, and the evidence level a
+        device reaches is reported at the record that raises it, however the kinds were batched."""
+        if len(batch) == 0 or batch.kind not in self.kinds:
             return []
         batch = sorted_by_time(batch)
-        expected = {_normal(str(r)) for r in (getattr(ctx, "expected_resolvers", None) or ())}
-        if batch.kind == "flow":
-            touched = self._observe_flows(batch, ctx, expected)
-        elif batch.kind == "dns":
-            touched = self._observe_lookups(batch, expected)
-        else:
-            return []
-        findings = [f for key in touched if (f := self._check(key, ctx, expected)) is not None]
-        if len(self._keys) > self.max_keys:
-            # Keep the most recently active half of the room; what was reported stays in ``_reported``.
-            keep = sorted(self._keys.items(), key=lambda kv: kv[1].last)[-(self.max_keys // 2 or 1) :]
-            self._keys = dict(keep)
-        while len(self._reported) > 4 * self.max_keys:
-            self._reported.pop(next(iter(self._reported)))
-        return findings
+        self.clock.note(batch.kind, float(np.nanmax(batch.np("ts"))))
+        part = self._candidates(batch) if batch.kind == "flow" else self._lookups(batch)
+        if part is not None and part.num_rows:
+            self._held = (
+                part
+                if self._held is None
+                else pa.concat_tables([self._held, part], promote_options="default")
+            )
+        return self._release(ctx, self.clock.through)
+
+    def flush(self, ctx: Context) -> list[Finding]:
+        self.clock.finish()
+        return self._release(ctx, math.inf)
 
     def _service_of(self, ip: str) -> str | None:
         return public_resolver(ip) or self._learned.get(ip)
 
-    def _observe_flows(self, batch: EventBatch, ctx: Context, expected: set[str]) -> set[tuple]:
-        dport = num_col(batch, "id.resp_p")
-        dot = dport == DOT_PORT
-        cand = np.flatnonzero((dport == HTTPS_PORT) | dot)
-        if len(cand) == 0:
-            return set()
-        # One table look-up per distinct address; most batches stop here (no resolver, no 853).
-        dst = str_col(batch, "id.resp_h")[cand]
-        service = distinct_map(dst, self._service_of)
-        listed = service != None  # noqa: E711 (elementwise over an object array)
-        # Port 853 of any public address is DoT/DoQ; port 443 counts only for resolver addresses.
-        sel = listed | dot[cand]
-        if not sel.any():
-            return set()
-        rows, dst, service, listed = cand[sel], dst[sel], service[sel], listed[sel]
-        src = str_col(batch, "id.orig_h")[rows]
-        proto = str_col(batch, "proto")[rows]
-        keep = (src != "") & ((proto == "tcp") | (proto == "udp"))
-        keep &= ~address_mask(
-            dst, lambda d: not d or is_group(d) or is_local(ctx, d) or _normal(d) in expected
-        )
-        keep &= ~address_mask(src, lambda s: public_resolver(s) is not None)  # resolvers as clients
-        if not keep.any():
-            return set()
-        rows, src, dst, proto = rows[keep], src[keep], dst[keep], proto[keep]
-        key = np.where(listed[keep], service[keep], dst).astype(str)
-        port = dport[rows].astype(np.int64)
-        ob = num_col(batch, "orig_bytes")[rows].astype(np.int64)
-        rb = num_col(batch, "resp_bytes")[rows].astype(np.int64)
-        rp = num_col(batch, "resp_pkts")[rows].astype(np.int64)
-        state = str_col(batch, "conn_state")[rows]
-        # Unanswered: nothing came back and the state says no exchange (a firewall dropping DoH).
-        answered = ~((rp <= 0) & (rb <= 0) & np.isin(state.astype(str), list(FAILED_STATES)))
-        ts = batch.np("ts")[rows]
-        dur = num_col(batch, "duration")[rows].astype(float)
-        end = ts + np.where(np.isfinite(dur) & (dur > 0), dur, 0.0)
-        table = pa.table(
-            {
-                "src": pa.array(src.astype(str)),
-                "key": pa.array(key),
-                "dst": pa.array(dst.astype(str)),
-                "chan": pa.array(np.char.add(np.char.add(proto.astype(str), "/"), port.astype(str))),
-                "hour": pa.array(np.floor(ts / 3600.0).astype(np.int64)),
-                "ts": pa.array(ts),
-                "end": pa.array(end),
-                "bytes": pa.array(np.maximum(ob, 0) + np.maximum(rb, 0)),
-                "ob": pa.array(np.maximum(ob, 0)),
-                "rb": pa.array(np.maximum(rb, 0)),
-                "answered": pa.array(answered.astype(np.int64)),
-                "uid": pa.array(str_col(batch, "uid")[rows].astype(str)),
-            }
-        )
-        g = table.group_by(["src", "key", "dst", "chan", "hour"], use_threads=False).aggregate(
-            [
-                ("ts", "min"),
-                ("end", "max"),
-                ("ts", "count"),
-                ("bytes", "sum"),
-                ("ob", "sum"),
-                ("rb", "sum"),
-                ("answered", "sum"),
-                ("uid", "list"),
-            ]
-        )
-        touched: set[tuple] = set()
-        for r in g.to_pylist():  # one row per (device, resolver, address, channel, hour): few
-            k = (r["src"], r["key"])
-            st = self._keys.get(k)
-            if st is None:
-                st = self._keys[k] = _Resolver()
-            st.first = min(st.first, r["ts_min"])
-            st.last = max(st.last, r["end_max"])
-            st.flows += r["ts_count"]
-            st.answered += r["answered_sum"]
-            st.sent += r["ob_sum"]
-            st.received += r["rb_sum"]
-            addrs = st.channels.setdefault(r["chan"], [])
-            if r["dst"] not in addrs and len(addrs) < 4:
-                addrs.append(r["dst"])
-            hour = st.hours.setdefault(r["hour"], [0, 0])
-            hour[0] += r["bytes_sum"]
-            hour[1] += r["ts_count"]
-            st.peak_bytes = max(st.peak_bytes, hour[0])
-            st.peak_flows = max(st.peak_flows, hour[1])
-            if len(st.hours) > 3:
-                for h in sorted(st.hours)[:-3]:
-                    del st.hours[h]
-            for u in r["uid_list"]:
-                if len(st.uids) >= MAX_RECORD_IDS:
-                    break
-                if u and u not in st.uids:
-                    st.uids.append(u)
-            touched.add(k)
-        return touched
+    _COLUMNS = ("ts", "id.orig_h", "id.resp_h", "id.resp_p", "proto", "duration", "orig_bytes", "resp_bytes",
+                "resp_pkts", "conn_state", "uid")  # fmt: skip
 
-    def _observe_lookups(self, batch: EventBatch, expected: set[str]) -> set[tuple]:
+    def _candidates(self, batch: EventBatch) -> pa.Table | None:
+        """The flows that may reach a resolver: tcp/udp to port 443 or 853 (whether an address is a
+        resolver's is decided when the flow is judged: a lookup before it may have taught it)."""
+        dport = num_col(batch, "id.resp_p")
+        proto = str_col(batch, "proto")
+        sel = ((dport == HTTPS_PORT) | (dport == DOT_PORT)) & ((proto == "tcp") | (proto == "udp"))
+        sel &= (str_col(batch, "id.orig_h") != "") & (str_col(batch, "id.resp_h") != "")
+        if not sel.any():
+            return None
+        part = plain_table(batch.table.select(list(self._COLUMNS)).filter(pa.array(sel)))
+        n = part.num_rows
+        seq = self._seq + np.arange(n, dtype=np.int64)
+        self._seq += n
+        return part.append_column("k", pa.array(np.zeros(n, dtype=np.int64))).append_column(
+            "i", pa.array(seq)
+        )
+
+    def _lookups(self, batch: EventBatch) -> pa.Table | None:
         query = str_col(batch, "query")
         hit = address_mask(query, lambda q: doh_endpoint(q) is not None)
         if not hit.any():
-            return set()
-        idx = np.flatnonzero(hit)
-        client = str_col(batch, "id.orig_h")
-        answers = str_col(batch, "answers")
-        uid = str_col(batch, "uid")
-        ts = batch.np("ts")
-        touched: set[tuple] = set()
-        for i in idx:  # lookups of DoH endpoints: a few per device
-            name = query[i].strip(".").lower()
-            op = doh_endpoint(name)
-            addrs = [a.strip() for a in answers[i].split(",") if parse_address(a.strip()) is not None]
-            for a in addrs:
-                if public_resolver(a) is None and not is_private(a):
-                    self._learned.pop(a, None)
-                    self._learned[a] = op
-            while len(self._learned) > self.max_learned:
-                self._learned.pop(next(iter(self._learned)))
-            c = client[i]
-            if not c or public_resolver(c) or name in expected or any(_normal(a) in expected for a in addrs):
-                continue
-            k = (c, op)
-            st = self._keys.get(k)
-            if st is None:
-                st = self._keys[k] = _Resolver()
-            t = float(ts[i])
-            st.first, st.last = min(st.first, t), max(st.last, t)
-            known = st.names.setdefault(name, [])
-            for a in addrs:
-                if a not in known and len(known) < 4:
-                    known.append(a)
-            if uid[i] and uid[i] not in st.uids and len(st.uids) < MAX_RECORD_IDS:
-                st.uids.append(uid[i])
-            touched.add(k)
-        return touched
+            return None
+        rows = np.flatnonzero(hit)
+        n = len(rows)
+        seq = self._seq + np.arange(n, dtype=np.int64)
+        self._seq += n
+        cols = {
+            c: pa.nulls(n, f.type)
+            for c, f in zip(self._COLUMNS, [FLOW_SCHEMA.field(c) for c in self._COLUMNS], strict=True)
+        }
+        cols["ts"] = pa.array(batch.np("ts")[rows], pa.float64())
+        cols["id.orig_h"] = pa.array(str_col(batch, "id.orig_h")[rows], pa.string())
+        cols["id.resp_h"] = pa.array(query[rows], pa.string())  # the name looked up
+        cols["uid"] = pa.array(str_col(batch, "uid")[rows], pa.string())
+        table = pa.table({**cols, "answers": pa.array(str_col(batch, "answers")[rows], pa.string())})
+        return table.append_column("k", pa.array(np.ones(n, dtype=np.int64))).append_column(
+            "i", pa.array(seq)
+        )
+
+    def _release(self, ctx: Context, until: float) -> list[Finding]:
+        if self._held is None or self._held.num_rows == 0:
+            return []
+        ts = self._held.column("ts").to_numpy()
+        ready = ts <= until
+        if not ready.any():
+            return []
+        rows = self._held.filter(pa.array(ready)) if not ready.all() else self._held
+        self._held = self._held.filter(pa.array(~ready)) if not ready.all() else None
+        expected = {_normal(str(r)) for r in (getattr(ctx, "expected_resolvers", None) or ())}
+        kind = rows.column("k").to_numpy()
+        dst = np.asarray(rows.column("id.resp_h").fill_null("").to_numpy(zero_copy_only=False), dtype=object)
+        src = np.asarray(rows.column("id.orig_h").fill_null("").to_numpy(zero_copy_only=False), dtype=object)
+        answers = (
+            rows.column("answers").fill_null("").to_pylist()
+            if "answers" in rows.column_names
+            else [""] * len(kind)
+        )
+        # Flows that cannot be a resolver's whatever a lookup teaches are dropped first (vectorised):
+        # not port 853, and neither a listed address nor one a lookup answered (before or now).
+        taught = set(self._learned)
+        for k_, ans in zip(kind.tolist(), answers, strict=True):
+            if k_ == 1:
+                taught.update(a.strip() for a in ans.split(","))
+        flows = kind == 0
+        port = rows.column("id.resp_p").fill_null(0).to_numpy()
+        dot = flows & (port == DOT_PORT)
+        maybe = flows & (dot | address_mask(dst, lambda d: public_resolver(d) is not None or d in taught))
+        if maybe.any():
+            m = np.flatnonzero(maybe)
+            maybe[m] &= ~address_mask(
+                dst[m], lambda d: is_group(d) or is_local(ctx, d) or _normal(d) in expected
+            )
+            maybe[m] &= ~address_mask(
+                src[m], lambda s: public_resolver(s) is not None
+            )  # resolvers as clients
+        keep = ~flows | maybe
+        if not keep.any():
+            return []
+        # the records that matter, one by one in event time (ties: flows before lookups, then arrival)
+        idx = np.flatnonzero(keep)
+        at, ks, seq = rows.column("ts").to_numpy()[idx], kind[idx], rows.column("i").to_numpy()[idx]
+        idx = idx[np.lexsort((seq, ks, at))]
+        rows = rows.take(pa.array(idx))
+        kind, dst, src = kind[idx], dst[idx], src[idx]
+        answers = [answers[i] for i in idx.tolist()]
+        proto = rows.column("proto").fill_null("").to_pylist()
+        dur = np.nan_to_num(
+            rows.column("duration").fill_null(0.0).to_numpy(zero_copy_only=False).astype(float)
+        )
+        ts = rows.column("ts").to_numpy()
+        cols = {
+            "ts": ts.tolist(),
+            "end": (ts + np.where(dur > 0, dur, 0.0)).tolist(),
+            "ob": np.maximum(rows.column("orig_bytes").fill_null(0).to_numpy(), 0).tolist(),
+            "rb": np.maximum(rows.column("resp_bytes").fill_null(0).to_numpy(), 0).tolist(),
+            "rp": rows.column("resp_pkts").fill_null(0).to_numpy().tolist(),
+            "state": rows.column("conn_state").fill_null("").to_pylist(),
+            "uid": rows.column("uid").fill_null("").to_pylist(),
+        }
+        port = rows.column("id.resp_p").fill_null(0).to_numpy().tolist()
+        findings: list[Finding] = []
+        for i in range(len(kind)):
+            if kind[i] == 1:
+                key = self._lookup(src[i], dst[i], answers[i], cols["ts"][i], cols["uid"][i], expected)
+            else:
+                key = self._flow(ctx, i, src[i], dst[i], f"{proto[i]}/{port[i]}", cols)
+            if key is not None:
+                f = self._check(key, ctx, expected)
+                if f is not None:
+                    findings.append(f)
+        if len(self._keys) > self.max_keys:
+            # Keep the most recently active half of the room; what was reported stays in ``_reported``.
+            keep_keys = sorted(self._keys.items(), key=lambda kv: kv[1].last)[-(self.max_keys // 2 or 1) :]
+            self._keys = dict(keep_keys)
+        while len(self._reported) > 4 * self.max_keys:
+            self._reported.pop(next(iter(self._reported)))
+        return findings
+
+    def _flow(self, ctx: Context, i: int, src: str, dst: str, chan: str, cols: dict) -> tuple | None:
+        """One candidate flow, judged against what is known of resolvers at its time."""
+        service = self._service_of(dst)
+        if service is None and not chan.endswith(f"/{DOT_PORT}"):
+            return None
+        key = (src, service if service is not None else dst)
+        st = self._keys.get(key)
+        if st is None:
+            st = self._keys[key] = _Resolver()
+        t, end = float(cols["ts"][i]), float(cols["end"][i])
+        ob, rb, rp = int(cols["ob"][i]), int(cols["rb"][i]), int(cols["rp"][i])
+        # Unanswered: nothing came back and the state says no exchange (a firewall dropping DoH).
+        answered = not (rp <= 0 and rb <= 0 and (cols["state"][i] or "") in FAILED_STATES)
+        st.first = min(st.first, t)
+        st.last = max(st.last, end)
+        st.flows += 1
+        st.answered += int(answered)
+        st.sent += ob
+        st.received += rb
+        addrs = st.channels.setdefault(chan, [])
+        if dst not in addrs and len(addrs) < 4:
+            addrs.append(dst)
+        hour = st.hours.setdefault(int(math.floor(t / 3600.0)), [0, 0])
+        hour[0] += ob + rb
+        hour[1] += 1
+        st.peak_bytes = max(st.peak_bytes, hour[0])
+        st.peak_flows = max(st.peak_flows, hour[1])
+        if len(st.hours) > 3:
+            for h in sorted(st.hours)[:-3]:
+                del st.hours[h]
+        u = cols["uid"][i]
+        if u and u not in st.uids and len(st.uids) < MAX_RECORD_IDS:
+            st.uids.append(u)
+        return key
+
+    def _lookup(
+        self, client: str, query: str, answers: str, t: float, uid: str, expected: set[str]
+    ) -> tuple | None:
+        """A lookup of a DoH/DoT endpoint: learn its addresses; the client's intent is evidence."""
+        name = query.strip(".").lower()
+        op = doh_endpoint(name)
+        addrs = [a.strip() for a in answers.split(",") if parse_address(a.strip()) is not None]
+        for a in addrs:
+            if public_resolver(a) is None and not is_private(a):
+                self._learned.pop(a, None)
+                self._learned[a] = op
+        while len(self._learned) > self.max_learned:
+            self._learned.pop(next(iter(self._learned)))
+        if (
+            not client
+            or public_resolver(client)
+            or name in expected
+            or any(_normal(a) in expected for a in addrs)
+        ):
+            return None
+        k = (client, op)
+        st = self._keys.get(k)
+        if st is None:
+            st = self._keys[k] = _Resolver()
+        st.first, st.last = min(st.first, t), max(st.last, t)
+        known = st.names.setdefault(name, [])
+        for a in addrs:
+            if a not in known and len(known) < 4:
+                known.append(a)
+        if uid and uid not in st.uids and len(st.uids) < MAX_RECORD_IDS:
+            st.uids.append(uid)
+        return k
 
     def _check(self, key: tuple[str, str], ctx: Context, expected: set[str]) -> Finding | None:
         st = self._keys[key]
@@ -751,9 +882,6 @@ class EncryptedDnsDetector:
             bytes_received=st.received,
             bulk=level == _BULK,
         )
-
-    def flush(self, ctx: Context) -> list[Finding]:
-        return []
 
 
 def _normal(resolver: str) -> str:

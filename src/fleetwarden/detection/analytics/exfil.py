@@ -5,9 +5,13 @@ Contract
     exponentially weighted mean of the bytes it sends per ``window`` seconds (its
     baseline) and the external destinations it has sent to in earlier windows (bounded,
     least recently used dropped first).  Within the current window it sums the bytes sent
-    to each external destination.  An ``exfiltration`` finding (T1048, T1041) is emitted in
-    the update where a destination that is new or rare for the device (seen in at most
-    ``rare_windows`` earlier windows) has received
+    to each external destination.  Windows (``[k * window, (k + 1) * window)`` of event time)
+    are judged whole: a window's flows wait until a later flow proves it over and the fleet
+    context up to its end is complete (the DNS answers of its time learnt; prevalence is asked
+    as of its last flow), so the findings do not depend on how the flows were batched.  When
+    its window is judged, an ``exfiltration`` finding (T1048, T1041) is emitted for a
+    destination that is new or rare for the device (seen in at most ``rare_windows`` earlier
+    windows) that has received
 
     * at least ``min_bytes`` and ``ratio`` times the device's baseline, once the device has
       a baseline (``min_history`` windows), or at least ``cold_bytes`` before that;
@@ -57,9 +61,11 @@ from fleetwarden.core.events import EventBatch
 from fleetwarden.core.findings import Finding
 from fleetwarden.detection.analytics.netcommon import (
     Prevalence,
+    TickGate,
     cohorts_of,
     is_group,
     is_local,
+    judgeable_until,
     make_finding,
     num_col,
     sorted_by_time,
@@ -170,19 +176,40 @@ class ExfilDetector:
         self.max_slow = max_slow
         self._devices: dict[str, _Device] = {}
         self.prevalence = Prevalence()
+        # Flows wait here until their window is over (and its DNS is in): each window is judged
+        # whole, so findings do not depend on how the flows were batched.
+        self._gate = TickGate(window)
+        self._at = -math.inf  # the time the window being judged is judged as of
+        self._cohort_key: tuple | None = None
+        self._cohort_memo: dict[str, tuple[str, ...]] = {}
         self._cohort_countries: dict[str, set[str]] = {}
 
     def update(self, batch: EventBatch, ctx: Context) -> list[Finding]:
-        if batch.kind == "dns":
-            self.prevalence.observe_batch(batch, ctx)
+        if len(batch) == 0 or batch.kind not in self.kinds:
             return []
-        if batch.kind != "flow" or len(batch) == 0:
-            return []
+        batch = sorted_by_time(batch)
+        # DNS answers and the answered connections the sources opened (shared with beacon and
+        # retry when an engine runs them): learnt as they come, asked as of the window judged.
+        self.prevalence.observe_batch(batch, ctx)
+        if batch.kind == "flow":
+            self._gate.push(batch)
+        return self._judge_ready(ctx, judgeable_until(self._gate, self.prevalence, 10))
+
+    def flush(self, ctx: Context) -> list[Finding]:
+        self.prevalence.clock.finish()
+        return self._judge_ready(ctx, math.inf)
+
+    def _judge_ready(self, ctx: Context, until: float) -> list[Finding]:
+        """Judge every whole window of flows that can be judged (see :func:`judgeable_until`)."""
+        findings: list[Finding] = []
+        for part in self._gate.pop(until):
+            findings += self._window(part, ctx)
+        return findings
+
+    def _window(self, batch: EventBatch, ctx: Context) -> list[Finding]:
+        """One whole window of flows (in time order), judged as of its last flow."""
         from fleetwarden.detection.analytics.novelty import country_of
 
-        batch = sorted_by_time(batch)
-        # The answered connections the sources opened (shared with beacon when an engine runs both).
-        self.prevalence.observe_batch(batch, ctx)
         ts = batch.np("ts")
         replied = (num_col(batch, "resp_pkts") > 0) | (num_col(batch, "resp_bytes") > 0)
         src = str_col(batch, "id.orig_h")
@@ -222,12 +249,35 @@ class ExfilDetector:
         d_list = d_names.tolist()
         external = [not (is_local(ctx, d) or is_group(d)) for d in d_list]
         s_list = s_names.tolist()
-        cohorts = [cohorts_of(ctx, s) for s in s_list]
+        # cohorts per source, remembered while the inventory stays the same
+        inventory = (id(ctx), id(ctx.devices), len(ctx.devices), len(ctx.ip_to_device))
+        if inventory != self._cohort_key:
+            self._cohort_key, self._cohort_memo = inventory, {}
+        memo = self._cohort_memo
+        cohorts = []
+        for s_ip in s_list:
+            cs = memo.get(s_ip)
+            if cs is None:
+                cs = memo[s_ip] = cohorts_of(ctx, s_ip)
+                if len(memo) > 4 * self.max_devices:
+                    memo.clear()
+            cohorts.append(cs)
         prev = self.prevalence
-        fleet = len(prev.population) >= 10
-        has_cohort = [
-            fleet and any(len(prev.cohort_population.get(c, ())) >= 3 for c in cs) for cs in cohorts
-        ]
+        at = self._at = float(ts[-1])
+        fleet = prev.population_at(at) >= 10
+        sizes: dict[str, bool] = {}
+        has_cohort = []
+        for cs in cohorts:
+            ok = False
+            if fleet:
+                for c in cs:
+                    big = sizes.get(c)
+                    if big is None:
+                        big = sizes[c] = prev.cohort_size(c, at) >= 3
+                    if big:
+                        ok = True
+                        break
+            has_cohort.append(ok)
         d_country: dict[int, str | None] = {}
         g_country = []
         for di in g_dst[order].tolist():
@@ -320,7 +370,7 @@ class ExfilDetector:
                 if t1 > acc_s.last:
                     acc_s.last = t1
                     heappush(dev.slow_heap, (t1, acc_s.seq, d_ip))
-                acc_s.flows += 1
+                acc_s.flows += hi - lo  # the flows of the group
                 room = 50 - len(acc_s.uids)
                 if room > 0:
                     if hi - lo == 1:
@@ -381,7 +431,10 @@ class ExfilDetector:
             return None
         if out < self.min_upload_ratio * max(back, 1):
             return None
-        if self.prevalence.devices(dst) > self.rare_devices or self.prevalence.fleet_service(src, dst, ctx):
+        at = self._at
+        if self.prevalence.devices(dst, at) > self.rare_devices or self.prevalence.fleet_service(
+            src, dst, ctx, at=at
+        ):
             return None  # the fleet's or the cohort's service (a camera's clip upload to its cloud)
         if dev.windows >= self.min_history:
             limit = max(self.min_bytes, self.ratio * dev.baseline)
@@ -441,8 +494,9 @@ class ExfilDetector:
             return None
         if acc.out < self.min_upload_ratio * max(acc.back, 1):
             return None
-        n_devices = self.prevalence.devices(dst)
-        if n_devices > self.rare_devices or self.prevalence.fleet_service(src, dst, ctx) is not None:
+        at = self._at
+        n_devices = self.prevalence.devices(dst, at)
+        if n_devices > self.rare_devices or self.prevalence.fleet_service(src, dst, ctx, at=at) is not None:
             return None  # a destination the fleet or the cohort uses: not a new drop site
         observed = dev.last_ts - dev.first_ts
         span = max(acc.last - acc.first, self.window)
@@ -461,7 +515,7 @@ class ExfilDetector:
         if acc.out < limit:
             return None
         acc.reported = acc.out
-        prevalence = len(self.prevalence.population)
+        prevalence = self.prevalence.population_at(at)
         score = 0.5 + 0.25 * min(1.0, math.log10(acc.out / limit + 1) / math.log10(11))
         score += 0.15 if acc.new_country else 0.0
         evidence = [
@@ -487,9 +541,6 @@ class ExfilDetector:
             country=country,
             slow=True,
         )
-
-    def flush(self, ctx: Context) -> list[Finding]:
-        return []
 
 
 ANALYTICS = [ExfilDetector]

@@ -3,7 +3,9 @@
 :class:`FirmwareIntegrity` (category ``firmware-tamper``, MITRE T1542, T1601)
 
 *Contract.* Reads ``firmware_report`` events (device id, version, image SHA-256, signature
-status) and raises one finding per device and distinct suspicious image, with every reason:
+status) and raises one finding per device and distinct suspicious image, with every reason,
+at the first report of it (reports are judged one by one in time order; a report repeating
+the device's previous one changes nothing and is skipped, whatever the batches):
 
 - signature ``invalid`` (strong) or ``unsigned`` (weaker; weaker still when the hash is catalogued);
 - catalogue checks, when a catalogue covers the device's (vendor, model): a known version whose
@@ -39,12 +41,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from fleetwarden.core.context import Context, DeviceInfo
 from fleetwarden.core.events import EventBatch
 from fleetwarden.core.findings import Finding
 from fleetwarden.core.text import redact
 from fleetwarden.detection.analytics.auth import lru_get, noisy_or
+from fleetwarden.detection.analytics.netcommon import sorted_by_time
 
 __all__ = ["ANALYTICS", "FirmwareIntegrity", "version_key"]
 
@@ -77,6 +81,8 @@ class FirmwareIntegrity:
         self.rollouts_: OrderedDict[tuple[str, str, str], int] = OrderedDict()
         self._index_key: tuple[int, int] | None = None
         self._index: dict[tuple[str, str], dict[str, set[str]]] = {}
+        # device -> its latest report ("version\x1fhash\x1fsignature"): a repeat changes nothing
+        self._last_report: OrderedDict[str, str] = OrderedDict()
 
     # -- catalogue ---------------------------------------------------------------------
     def _catalogue(self, ctx: Context, info: DeviceInfo | None) -> dict[str, set[str]] | None:
@@ -101,26 +107,42 @@ class FirmwareIntegrity:
 
     # -- streaming -------------------------------------------------------------------
     def update(self, batch: EventBatch, ctx: Context) -> list[Finding]:
+        """Judge the reports one by one in time order.  Reports repeat (one per device per
+        check-in); a report identical to the device's previous one (same version, hash and
+        signature) cannot change anything, so only the first of each run is judged, whatever
+        the batches."""
         if len(batch) == 0:
             return []
-        # Reports repeat (one per device per check-in): judge each distinct
-        # (device, version, hash, signature) once per batch, in time order.
-        t = pa.table(
-            {
-                "device_id": batch.np("device_id"),
-                "version": batch.np("version"),
-                "sha": np.char.lower(batch.np("image_sha256").astype(str)),
-                "sig": np.char.lower(batch.np("signature").astype(str)),
-                "ts": batch.np("ts"),
-            }
-        )
-        g = t.group_by(["device_id", "version", "sha", "sig"], use_threads=False).aggregate(
-            [("ts", "min"), ("ts", "max"), ("ts", "count")]
-        )
-        g = g.sort_by("ts_min")
+        batch = sorted_by_time(batch)
+        dev = batch.np("device_id")
+        version = batch.np("version")
+        sha = np.char.lower(batch.np("image_sha256").astype(str))
+        sig = np.char.lower(batch.np("signature").astype(str))
+        ts = batch.np("ts")
+        t = pa.table({"d": dev, "v": version, "h": sha, "s": sig, "i": np.arange(len(ts))})
+        rows = t.sort_by([("d", "ascending"), ("i", "ascending")])
+        d = np.asarray(rows.column("d").to_numpy(zero_copy_only=False), dtype=object)
+        ident = pc.binary_join_element_wise(rows.column("v"), rows.column("h"), rows.column("s"), "\x1f")
+        ident = np.asarray(ident.to_numpy(zero_copy_only=False), dtype=object)
+        idx = rows.column("i").to_numpy()
+        new_dev = np.r_[True, d[1:] != d[:-1]]
+        changed = new_dev | np.r_[True, ident[1:] != ident[:-1]]
+        # the first report of a device in the batch repeats its previous one when the state says so
+        for j in np.flatnonzero(new_dev).tolist():
+            if self._last_report.get(d[j]) == ident[j]:
+                changed[j] = False
+        ends = np.r_[np.flatnonzero(new_dev)[1:], len(d)] - 1
+        for j in ends.tolist():
+            if d[j]:
+                self._last_report[d[j]] = ident[j]
+                self._last_report.move_to_end(d[j])
+        while len(self._last_report) > self.max_devices:
+            self._last_report.popitem(last=False)
         out: list[Finding] = []
-        for row in g.to_pylist():
-            f = self._judge(ctx, row)
+        for i in np.sort(idx[changed]).tolist():
+            f = self._judge(
+                ctx, str(dev[i] or ""), str(version[i] or ""), str(sha[i]), str(sig[i]), float(ts[i])
+            )
             if f is not None:
                 out.append(f)
         return out
@@ -128,8 +150,7 @@ class FirmwareIntegrity:
     def flush(self, ctx: Context) -> list[Finding]:
         return []  # every report is judged when it arrives
 
-    def _judge(self, ctx: Context, row: dict) -> Finding | None:
-        dev, version, sha, sig = row["device_id"], row["version"], row["sha"], row["sig"]
+    def _judge(self, ctx: Context, dev: str, version: str, sha: str, sig: str, ts: float) -> Finding | None:
         if not dev:
             return None
         info = ctx.devices.get(dev)
@@ -171,7 +192,10 @@ class FirmwareIntegrity:
         hash_changed = st.version is not None and version == st.version and sha and st.sha256 != sha
         if hash_changed and st.sha256 and not catalogued:
             reasons.append(
-                (0.85, f"image hash changed {redact(st.sha256)[:12]} -> {short} while the version stayed {version}")
+                (
+                    0.85,
+                    f"image hash changed {redact(st.sha256)[:12]} -> {short} while the version stayed {version}",
+                )
             )
         if baseline and version and version_key(version) < version_key(baseline):
             w = 0.45 if (catalogued and sig == "valid") else 0.7
@@ -186,7 +210,7 @@ class FirmwareIntegrity:
                 self.rollouts_.move_to_end(rk)
                 if len(self.rollouts_) > self.max_rollouts:
                     self.rollouts_.popitem(last=False)
-            st.version, st.sha256, st.ts = version, sha, row["ts_max"]
+            st.version, st.sha256, st.ts = version, sha, ts
             return None
 
         fkey = (version, sha, sig)
@@ -198,14 +222,14 @@ class FirmwareIntegrity:
         if info is not None and (info.device_class or "").lower() in {"plc", "controller", "rtu"}:
             mitre.append("T0857")
         evidence = [s for _, s in sorted(reasons, key=lambda r: -r[0])]
-        evidence.append(f"{row['ts_count']} report(s); last good report: {st.version or 'none'}")
+        evidence.append(f"last good report: {st.version or 'none'}")
         return Finding(
             entity=dev,
             category="firmware-tamper",
             detector=self.name,
             score=noisy_or(w for w, _ in reasons),
-            first_seen=row["ts_min"],
-            last_seen=row["ts_max"],
+            first_seen=ts,
+            last_seen=ts,
             evidence=evidence,
             mitre=mitre,
             ip=info.ip if info else None,

@@ -23,9 +23,11 @@ Contract
     When the victim is outside the site and every source is a local device, the entities are
     the local participants (``direction="outbound"``), not the outside target.
 
-    A finding is emitted in the update that crosses a threshold; while the flood goes on,
-    a window is reported again only when its rate doubles over the last report, and the
-    episode resets after a quiet window.
+    Flows are judged one by one in time order, each window's counts running as its flows come
+    (the rows of the window still open at the end of a batch are kept for the next one): a
+    finding is emitted at the flow that crosses a threshold; while the flood goes on, it is
+    reported again only when its rate doubles over the last report (in this window or the
+    previous one), and the episode resets after a window that stayed quiet.
 
 Blind spots
     A long flow that carries a flood is credited (at its average rate) to the window it
@@ -44,8 +46,7 @@ Reference
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -85,46 +86,13 @@ REFLECTION_PORTS = {
 }
 
 
-@dataclass
-class _Window:
-    win: int = -1
-    sources: set = field(default_factory=set)
-    flows: int = 0
-    packets: int = 0
-    bytes: int = 0
-    oneway: int = 0
-    sports: Counter = field(default_factory=Counter)
-    first: float = np.inf
-    last: float = -np.inf
-    end: float = -np.inf  # latest flow end (start + duration)
-    uids: list = field(default_factory=list)
-    mac: str | None = None
-
-    def reset(self, win: int) -> None:
-        self.win = win
-        self.sources = set()
-        self.flows = self.packets = self.bytes = self.oneway = 0
-        self.sports = Counter()
-        self.first, self.last, self.end = np.inf, -np.inf, -np.inf
-        self.uids = []
-
-    def span(self, window: float) -> float:
-        """Seconds the window's packets were sent over: flows' durations count, capped at the window."""
-        return float(min(window, max(max(self.end, self.last) - self.first, 1e-3)))
-
-
-@dataclass
-class _Episode:
-    window: _Window = field(default_factory=_Window)
-    reported_rate: float = 0.0
-    quiet_since: int = -1
-    # >= 0: the window holds only its cheap counts (flows, packets, one-way) and its rows are
-    # kept in FloodDetector._cold from this batch on (an exact rebuild replays them).
-    lazy_from: int = -1
-
-
 class FloodDetector:
-    """Inbound DDoS (victim) and outbound flood participation (attacker); see module docstring."""
+    """Inbound DDoS (victim) and outbound flood participation (attacker); see module docstring.
+
+    Judged flow by flow in time order: each window's running counts are rebuilt from its rows
+    (the rows of the window still open at the end of a batch are kept for the next one), so a
+    threshold is crossed at the same flow, with the same counts, however the flows were batched.
+    """
 
     name = "flood"
     kinds = ("flow",)
@@ -152,12 +120,11 @@ class FloodDetector:
         self.max_sources = max_sources
         self.max_keys = max_keys
         self.max_participants = max_participants
+        # Episodes with a report still standing (see _Episode): victim -> episode, and
+        # "source\x1fdestination" -> episode.  A key absent has none.
         self._in: dict[str, _Episode] = {}
-        self._out: dict[tuple, _Episode] = {}
-        # Rows of lazy inbound windows, per batch sequence number.
-        self._seq = 0
-        self._cold: dict[int, pa.Table] = {}
-        self.max_cold_batches = 256
+        self._out: dict[str, _Episode] = {}
+        self._carry: pa.Table | None = None  # rows of the window still open (already judged)
 
     def update(self, batch: EventBatch, ctx: Context) -> list[Finding]:
         if batch.kind != "flow" or len(batch) == 0:
@@ -202,269 +169,174 @@ class FloodDetector:
                 "mac": pa.array(
                     np.where(flipped, str_col(b, "resp_l2_addr"), str_col(b, "orig_l2_addr")), pa.string()
                 ),
+                "old": np.zeros(len(ts), dtype=bool),
             }
         ).filter(pa.array(keep2))
+        if self._carry is not None and self._carry.num_rows:
+            table = pa.concat_tables([self._carry, table])
+        table = table.combine_chunks()
+        open_win = int(np.floor(float(ts[-1]) / self.window))
+        if table.num_rows == 0:
+            self._carry = None
+            return []
+        rows = _Rows(table)
         findings: list[Finding] = []
         # Outbound first: a device already named as a flooder of a target is not named again
         # as one of the local participants of the same flood.
-        findings += self._outbound(table, ctx)
-        findings += self._inbound(table, ctx)
+        out_findings, active = self._outbound(rows, open_win, ctx)
+        findings += out_findings
+        findings += self._inbound(rows, open_win, active, ctx)
+        still = rows.win == open_win
+        self._carry = table.filter(pa.array(still)).set_column(
+            table.schema.get_field_index("old"), "old", pa.array(np.ones(int(still.sum()), dtype=bool))
+        )
+        for book in (self._in, self._out):
+            if len(book) > self.max_keys:  # a safety valve far above any real load
+                latest = max(ep.window for ep in book.values())
+                for k in [k for k, ep in book.items() if ep.window < latest - 1]:
+                    del book[k]
         return findings
 
-    # inbound: the victim --------------------------------------------------------------
-    def _inbound(self, table: pa.Table, ctx: Context) -> list[Finding]:
-        table, resets = self._inbound_rows(table)
-        if table.num_rows == 0:
-            return []
-        seq = self._seq
-        self._seq += 1
-        # Cheap counts per (destination, window) group, with numpy.
-        enc = pc.dictionary_encode(table.column("dst").combine_chunks())
-        dcode = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-        wcol = table.column("win").to_numpy()
-        wmin = int(wcol.min())
-        span = int(wcol.max()) - wmin + 1
-        keys, inv = np.unique(dcode * span + (wcol - wmin), return_inverse=True)
-        flows = np.bincount(inv, minlength=len(keys))
-        packets = np.zeros(len(keys), dtype=np.int64)
-        np.add.at(packets, inv, table.column("pkts").to_numpy())
-        oneway = np.zeros(len(keys), dtype=np.int64)
-        np.add.at(oneway, inv, table.column("oneway").to_numpy())
+    # the windows of each key, flow by flow --------------------------------------------------
+    def _groups(self, rows: _Rows, key: np.ndarray, book: dict, flows_needed: int, packets_needed: int):
+        """(key name, window, row indices in time order) of every (key, window) that can change
+        anything: a window whose final counts could cross a threshold, or one of a key whose
+        episode has a report standing.  Sorted by key, then window."""
+        enc = pc.dictionary_encode(pa.array(key, pa.string()))
+        code = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
         names = enc.dictionary.to_pylist()
-        gd = [names[k] for k in (keys // span).tolist()]
-        gw = (keys % span + wmin).tolist()
-        flows_l, packets_l, oneway_l = flows.tolist(), packets.tolist(), oneway.tolist()
-        order = sorted(range(len(keys)), key=lambda i: (gw[i], gd[i]))
-        # A group is cold when its window holds only cheap counts (lazy) or is new, and the
-        # counts after it rule out an inbound hit: no finding can come from it and ``_close``
-        # decides from the cheap counts alone.  Its rows are kept for an exact rebuild.
-        hot = np.zeros(len(keys), dtype=bool)
-        seen: set[str] = set()
-        for i in order:
-            d, w = gd[i], gw[i]
-            ep = self._in.get(d)
-            f, pk, ow = flows_l[i], packets_l[i], oneway_l[i]
-            if d not in seen and ep is not None and ep.window.win == w:
-                if ep.lazy_from < 0:
-                    hot[i] = True
-                    seen.add(d)
-                    continue
-                f, pk, ow = f + ep.window.flows, pk + ep.window.packets, ow + ep.window.oneway
-            seen.add(d)
-            hot[i] = ow >= self.min_oneway * f and (f >= self.min_flows or pk >= self.min_packets)
-        hot_rows = hot[inv]
-        if not hot_rows.all():
-            self._cold[seq] = table.filter(pa.array(~hot_rows))
-        full = self._aggregate(table.filter(pa.array(hot_rows))) if hot_rows.any() else {}
+        wmin = int(rows.win.min())
+        span = int(rows.win.max()) - wmin + 1
+        gkey = code * span + (rows.win - wmin)
+        uniq, inv = np.unique(gkey, return_inverse=True)
+        flows = np.bincount(inv, minlength=len(uniq))
+        packets = np.bincount(inv, weights=rows.pkts, minlength=len(uniq))
+        want = (flows >= flows_needed) | (packets >= packets_needed)
+        if book:
+            booked = np.array([names[c] in book for c in (uniq // span).tolist()], dtype=bool)
+            want |= booked
+        if not want.any():
+            return []
+        sel = np.flatnonzero(want[inv])
+        # by group, then time (then position: a row behind the kept ones, out of time order, still
+        # counts in time order)
+        order = sel[np.lexsort((sel, rows.ts[sel], inv[sel]))]
+        g = inv[order]
+        starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+        ends = np.r_[starts[1:], len(g)]
         out = []
-        for i in order:
-            d, w = gd[i], gw[i]
-            ep = self._in.get(d)
-            if ep is None:
-                ep = self._in[d] = _Episode()
-            if (d, w) in resets:
-                # Windows skipped before this one stayed under every threshold: each ended
-                # the episode when the next window of the destination opened.
-                ep.reported_rate = 0.0
-            win = ep.window
-            if not hot[i]:
-                # (A fresh episode's window -1 is new too: it has no kept rows.)
-                if win.win != w or ep.lazy_from < 0:
-                    self._close(ep, win)
-                    win.reset(w)
-                    ep.lazy_from = seq
-                win.flows += flows_l[i]
-                win.packets += packets_l[i]
-                win.oneway += oneway_l[i]
-                continue
-            if win.win != w:
-                self._close(ep, win)
-                win.reset(w)
-                ep.lazy_from = -1
-            elif ep.lazy_from >= 0:
-                self._materialize({d: ep})
-            self._accumulate(win, *full[(d, w)])
-            out += self._check_inbound(d, ep, ctx)
-        self._trim_cold()
-        if len(self._in) > self.max_keys:
-            self._evict(self._in)
+        for a, e in zip(starts.tolist(), ends.tolist(), strict=True):
+            u = int(uniq[g[a]])
+            out.append((names[u // span], u % span + wmin, order[a:e]))
         return out
 
-    def _aggregate(self, table: pa.Table) -> dict[tuple, tuple]:
-        """Full per-(destination, window) aggregates of ``table``: the arguments of ``_accumulate``."""
-        g = table.group_by(["dst", "win"], use_threads=False).aggregate(
-            [
-                ("src", "distinct"),
-                ("pkts", "sum"),
-                ("bytes", "sum"),
-                ("oneway", "sum"),
-                ("ts", "min"),
-                ("ts", "max"),
-                ("end", "max"),
-                ("uid", "list"),
-                ("ts", "count"),
-            ]
-        )
-        sp = table.group_by(["dst", "win", "proto", "sport"], use_threads=False).aggregate([("pkts", "sum")])
-        # Plain dicts (a Counter per group costs more than the rest of the row): Counter.update
-        # takes them alike.
-        sport_counts: dict[tuple, dict] = {}
-        for d, w, p, s, n in zip(*(sp.column(c).to_pylist() for c in sp.column_names), strict=True):
-            counts = sport_counts.get((d, w))
-            if counts is None:
-                counts = sport_counts[(d, w)] = {}
-            counts[(p, s)] = counts.get((p, s), 0) + n
-        rows = zip(*(g.column(c).to_pylist() for c in g.column_names), strict=True)
-        return {
-            (d, w): (srcs, pk, by, ow, t0, t1, t2, uids, n, sport_counts.get((d, w)))
-            for d, w, srcs, pk, by, ow, t0, t1, t2, uids, n in rows
-        }
+    def _chain(self, rate: np.ndarray, hit: np.ndarray, entering: float) -> tuple[list[int], float]:
+        """Rows where a report goes out: a hit when nothing is reported yet in the episode, or
+        one whose rate doubles the last report.  Returns (report rows, rate after the last row)."""
+        r = entering
+        emit: list[int] = []
+        j = 0
+        n = len(rate)
+        while j < n:
+            cand = hit[j:] & (rate[j:] >= 2 * r) if r else hit[j:]
+            nz = np.flatnonzero(cand)
+            if not len(nz):
+                break
+            j += int(nz[0])
+            r = float(rate[j])
+            emit.append(j)
+            j += 1
+        return emit, r
 
-    def _accumulate(self, win: _Window, srcs, pk, by, ow, t0, t1, t2, uids, n, counts) -> None:
-        if len(win.sources) < self.max_sources:
-            win.sources.update(srcs[: self.max_sources - len(win.sources)])
-        win.flows += n
-        win.packets += pk
-        win.bytes += by
-        win.oneway += ow
-        win.first, win.last, win.end = min(win.first, t0), max(win.last, t1), max(win.end, t2)
-        if counts:
-            # Counter.update of a mapping, without its per-call overhead.
-            sports = win.sports
-            if sports:
-                for k, c in counts.items():
-                    sports[k] = sports.get(k, 0) + c
+    def _settle(
+        self, book: dict, name: str, win: int, entering: float, after: float, quiet: bool, open_win: int
+    ) -> None:
+        """Remember what the key's next window enters with (see ``_in``)."""
+        if win == open_win:
+            if entering:
+                book[name] = _Episode(win, entering, True)
             else:
-                dict.update(sports, counts)
-        if len(win.sports) > 256:
-            win.sports = Counter(dict(win.sports.most_common(64)))
-        room = MAX_RECORD_IDS - len(win.uids)
-        if room > 0:
-            win.uids.extend(u for u in uids[:room] if u)
+                book.pop(name, None)
+        elif after and not quiet:
+            book[name] = _Episode(win, after, False)
+        else:
+            book.pop(name, None)
 
-    def _materialize(self, eps: dict[str, _Episode]) -> None:
-        """Rebuild lazy windows exactly: replay their kept rows batch by batch, as they came."""
-        first = min(ep.lazy_from for ep in eps.values())
-        for ep in eps.values():
-            ep.window.reset(ep.window.win)
-        wanted = pa.array(list(eps), pa.string())
-        for s in sorted(k for k in self._cold if k >= first):
-            t = self._cold[s]
-            t = t.filter(pc.is_in(t.column("dst"), value_set=wanted))
-            if t.num_rows == 0:
-                continue
-            for (d, w), agg in self._aggregate(t).items():
-                ep = eps[d]
-                if ep.window.win == w and s >= ep.lazy_from:
-                    self._accumulate(ep.window, *agg)
-        for ep in eps.values():
-            ep.lazy_from = -1
+    # inbound: the victim --------------------------------------------------------------
+    def _inbound(self, rows: _Rows, open_win: int, active: dict, ctx: Context) -> list[Finding]:
+        out: list[Finding] = []
+        for name, w, idx in self._groups(rows, rows.dst, self._in, self.min_flows, self.min_packets):
+            st = self._in.get(name)
+            entering = st.entering(w) if st is not None else 0.0
+            c = rows.running(idx, self.window, self.max_sources)
+            hit = (c.oneway >= self.min_oneway * c.flows) & (
+                ((c.nsrc >= self.min_sources) & (c.flows >= self.min_flows)) | (c.packets >= self.min_packets)
+            )
+            reports, after = self._chain(c.rate, hit, entering)
+            for j in reports:
+                if not rows.old[idx[j]]:  # rows kept from an earlier batch were judged then
+                    out += self._inbound_finding(name, rows, idx, j, c, active, ctx)
+            quiet = not hit[-1] and not self._outbound_hit(
+                int(c.flows[-1]), int(c.packets[-1]), int(c.oneway[-1])
+            )
+            # The window's rows are all in this batch's table when it is open; the next window of
+            # the key enters with the standing report unless this one ended quiet.
+            self._settle(self._in, name, w, entering, after, quiet, open_win)
+        return out
 
-    def _trim_cold(self) -> None:
-        """Drop kept rows no lazy window needs; past a bound, rebuild the oldest lazy windows."""
-        if len(self._cold) < self.max_cold_batches:
-            return
-        lazy = {d: ep for d, ep in self._in.items() if ep.lazy_from >= 0}
-        cut = self._seq - self.max_cold_batches // 2
-        old = {d: ep for d, ep in lazy.items() if ep.lazy_from < cut}
-        if old:
-            self._materialize(old)
-        keep_from = min((ep.lazy_from for d, ep in lazy.items() if d not in old), default=self._seq)
-        for s in [s for s in self._cold if s < keep_from]:
-            del self._cold[s]
-
-    def _inbound_rows(self, table: pa.Table) -> tuple[pa.Table, set[tuple[str, int]]]:
-        """The rows of the (destination, window) groups whose replay can change anything.
-
-        Per destination, the first group (it may continue a window of the previous batch)
-        and the last one (its window stays open for the next batch) are replayed, and so is
-        every group that crosses a threshold.  Any other group is a fresh window that stays
-        under every threshold; its only effect is to end the episode (``_close``) when the
-        next window of its destination opens, so it is skipped and that next replayed group
-        is returned in ``resets`` for the loop to reset ``reported_rate`` first.  The counts
-        that decide this are cheap (no per-group lists); the full aggregation runs on the
-        rows kept.
-        """
-        n = table.num_rows
-        if n == 0:
-            return table, set()
-        enc = pc.dictionary_encode(table.column("dst").combine_chunks())
-        dcode = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-        win = table.column("win").to_numpy()
-        wmin = int(win.min())
-        span = int(win.max()) - wmin + 1
-        rowkey = dcode * span + (win - wmin)
-        keys, inv = np.unique(rowkey, return_inverse=True)
-        if len(keys) <= 2:
-            return table, set()
-        src_enc = pc.dictionary_encode(table.column("src").combine_chunks())
-        scode = src_enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-        flows = np.bincount(inv, minlength=len(keys))
-        packets = np.zeros(len(keys), dtype=np.int64)
-        np.add.at(packets, inv, table.column("pkts").to_numpy())
-        oneway = np.zeros(len(keys), dtype=np.int64)
-        np.add.at(oneway, inv, table.column("oneway").to_numpy())
-        pairs = np.unique(inv * (int(scode.max()) + 1) + scode)
-        nsrc = np.minimum(np.bincount(pairs // (int(scode.max()) + 1), minlength=len(keys)), self.max_sources)
-        # Vectorised _inbound_hit and _outbound_hit of a fresh window (see _close).
-        mostly_oneway = oneway >= self.min_oneway * flows
-        hit_in = mostly_oneway & (
-            ((nsrc >= self.min_sources) & (flows >= self.min_flows)) | (packets >= self.min_packets)
-        )
-        hit_out = ((flows >= self.min_out_flows) | (packets >= self.min_out_packets)) & np.where(
-            packets < self.min_out_packets, oneway >= 0.8 * flows, mostly_oneway
-        )
-        gd, gw = keys // span, keys % span + wmin  # keys are sorted by (destination, window)
-        first = np.ones(len(keys), dtype=bool)
-        first[1:] = gd[1:] != gd[:-1]
-        last = np.ones(len(keys), dtype=bool)
-        last[:-1] = gd[1:] != gd[:-1]
-        keep = first | last | hit_in | hit_out | (gw < 0)
-        if keep.all():
-            return table, set()
-        kept = np.flatnonzero(keep)
-        # A kept group after a skipped one of the same destination (the first group of a
-        # destination is always kept, so the previous kept group has the same destination).
-        gap = np.zeros(len(kept), dtype=bool)
-        gap[1:] = (np.diff(kept) > 1) & ~first[kept[1:]]
-        names = enc.dictionary.to_pylist()
-        resets = {(names[gd[k]], int(gw[k])) for k in kept[gap]}
-        return table.filter(pa.array(keep[inv])), resets
-
-    def _close(self, ep: _Episode, win: _Window) -> None:
-        # A window that stayed under every threshold ends the episode.
-        if win.win >= 0 and not self._inbound_hit(win) and not self._outbound_hit(win):
-            ep.reported_rate = 0.0
-
-    def _inbound_hit(self, win: _Window) -> bool:
-        oneway = win.oneway >= self.min_oneway * win.flows
-        distributed = len(win.sources) >= self.min_sources and win.flows >= self.min_flows and oneway
-        # Packets alone make a flood only when the victim does not answer them: a camera
-        # stream or a backup is one long, answered flow of many packets, not an attack.
-        return distributed or (win.packets >= self.min_packets and oneway)
-
-    def _check_inbound(self, dst: str, ep: _Episode, ctx: Context) -> list[Finding]:
-        win = ep.window
-        if not self._inbound_hit(win):
-            return []
-        span = win.span(self.window)
-        rate = win.packets / max(span, 1.0)
-        if ep.reported_rate and rate < 2 * ep.reported_rate:
-            return []
-        ep.reported_rate = rate
-        if not is_local(ctx, dst) and all(is_local(ctx, s) for s in win.sources):
+    def _inbound_finding(
+        self, dst: str, rows: _Rows, idx: np.ndarray, j: int, c: _Running, active: dict, ctx: Context
+    ) -> list[Finding]:
+        upto = idx[: j + 1]
+        flows, packets, oneway = int(c.flows[j]), int(c.packets[j]), int(c.oneway[j])
+        nbytes, span, first, last = int(c.bytes[j]), float(c.span[j]), float(c.first), float(rows.ts[idx[j]])
+        uids = [u for u in rows.uid[upto].tolist() if u][:MAX_RECORD_IDS]
+        sources = rows.src[upto]
+        nsrc = int(c.nsrc[j])
+        if not is_local(ctx, dst) and all(is_local(ctx, s) for s in set(sources.tolist())):
             # An outside victim of our own devices: the story is each local device's
             # participation (the entity must be the local device, not the outside target).
-            return self._participants(dst, win, span, ctx)
-        nsrc = len(win.sources)
-        share_oneway = win.oneway / max(win.flows, 1)
-        (top_proto, top_port), top_n = win.sports.most_common(1)[0] if win.sports else (("", 0), 0)
-        top_share = top_n / max(win.packets, 1)
+            w = int(rows.win[idx[j]])
+            score = max(_scale(nsrc, self.min_sources), _scale(packets, self.min_packets))
+            evidence = [
+                f"one of {nsrc} local devices that sent {flows} flows / {packets} packets "
+                f"({nbytes / 1e6:.2f} MB) to outside host {dst} within {span:.1f} s, "
+                f"{oneway / max(flows, 1):.0%} unanswered: distributed flood participation"
+            ]
+            row = int(idx[j])
+            return [
+                make_finding(
+                    ctx,
+                    s,
+                    "ddos",
+                    self.name,
+                    score,
+                    first,
+                    last,
+                    evidence,
+                    ["T1498", "T1498.001"],
+                    uids,
+                    direction="outbound",
+                    target=dst,
+                    packets=packets,
+                    sources=nsrc,
+                )  # fmt: skip
+                for s in sorted(set(sources.tolist()))[: self.max_participants]
+                if not _reported_by(active.get((s, dst, w)), row)
+            ]
+        share_oneway = oneway / max(flows, 1)
+        sports: dict[tuple, int] = {}
+        for p, sp, pk in zip(
+            rows.proto[upto].tolist(), rows.sport[upto].tolist(), rows.pkts[upto].tolist(), strict=True
+        ):
+            sports[(p, sp)] = sports.get((p, sp), 0) + pk
+        (top_proto, top_port), top_n = max(sports.items(), key=lambda kv: kv[1]) if sports else (("", 0), 0)
+        top_share = top_n / max(packets, 1)
         vector = REFLECTION_PORTS.get((top_proto, top_port))
         evidence = [
-            f"{nsrc}{'+' if nsrc >= self.max_sources else ''} distinct sources sent {win.flows} flows / "
-            f"{win.packets} packets ({win.bytes / 1e6:.2f} MB) to {dst} within {span:.1f} s "
-            f"({win.packets / span:.0f} packets/s over the flows' durations) (thresholds {self.min_sources} sources and {self.min_flows} flows, or {self.min_packets} "
+            f"{nsrc}{'+' if nsrc >= self.max_sources else ''} distinct sources sent {flows} flows / "
+            f"{packets} packets ({nbytes / 1e6:.2f} MB) to {dst} within {span:.1f} s "
+            f"({packets / span:.0f} packets/s over the flows' durations) (thresholds {self.min_sources} sources and {self.min_flows} flows, or {self.min_packets} "
             f"packets, per {self.window:.0f} s); {share_oneway:.0%} of flows one-way"
         ]
         kind = "distributed flood"
@@ -478,8 +350,8 @@ class FloodDetector:
             kind = "volumetric flood"
         score = max(
             _scale(nsrc, self.min_sources),
-            _scale(win.packets, self.min_packets),
-            _scale(win.flows, self.min_flows) if nsrc >= self.min_sources else 0.0,
+            _scale(packets, self.min_packets),
+            _scale(flows, self.min_flows) if nsrc >= self.min_sources else 0.0,
         )
         return [
             make_finding(
@@ -488,165 +360,179 @@ class FloodDetector:
                 "ddos",
                 self.name,
                 score,
-                win.first,
-                win.last,
+                first,
+                last,
                 evidence,
                 ["T1498", "T1498.002"] if vector and top_share >= 0.5 else ["T1498", "T1499"],
-                list(win.uids),
+                uids,
                 direction="inbound",
                 attack=kind,
                 sources=nsrc,
-                packets=win.packets,
+                packets=packets,
             )
-        ]
-
-    def _participants(self, dst: str, win: _Window, span: float, ctx: Context) -> list[Finding]:
-        nsrc = len(win.sources)
-        score = max(_scale(nsrc, self.min_sources), _scale(win.packets, self.min_packets))
-        evidence = [
-            f"one of {nsrc} local devices that sent {win.flows} flows / {win.packets} packets "
-            f"({win.bytes / 1e6:.2f} MB) to outside host {dst} within {span:.1f} s, "
-            f"{win.oneway / max(win.flows, 1):.0%} unanswered: distributed flood participation"
-        ]
-        return [
-            make_finding(
-                ctx,
-                s,
-                "ddos",
-                self.name,
-                score,
-                win.first,
-                win.last,
-                evidence,
-                ["T1498", "T1498.001"],
-                list(win.uids),
-                direction="outbound",
-                target=dst,
-                packets=win.packets,
-                sources=nsrc,
-            )
-            for s in sorted(win.sources)[: self.max_participants]
-            if not ((ep := self._out.get((s, dst))) and ep.window.win == win.win and ep.reported_rate)
         ]
 
     # outbound: the participant --------------------------------------------------------
-    def _outbound_hit(self, win: _Window) -> bool:
+    def _outbound_hit(self, flows: int, packets: int, oneway: int) -> bool:
         # Packets alone count only when mostly unanswered (a long upload is answered).
-        return (win.flows >= self.min_out_flows or win.packets >= self.min_out_packets) and (
-            win.oneway >= 0.8 * win.flows
-            if win.packets < self.min_out_packets
-            else win.oneway >= self.min_oneway * win.flows
+        return (flows >= self.min_out_flows or packets >= self.min_out_packets) and (
+            oneway >= 0.8 * flows if packets < self.min_out_packets else oneway >= self.min_oneway * flows
         )
 
-    def _outbound(self, table: pa.Table, ctx: Context) -> list[Finding]:
-        table = self._outbound_rows(table)
-        if table.num_rows == 0:
-            return []
-        g = table.group_by(["src", "dst", "win"], use_threads=False).aggregate(
-            [
-                ("pkts", "sum"),
-                ("bytes", "sum"),
-                ("oneway", "sum"),
-                ("ts", "count"),
-                ("ts", "min"),
-                ("ts", "max"),
-                ("end", "max"),
-                ("uid", "list"),
-                ("mac", "max"),
-                ("dport", "count_distinct"),
-            ]
-        )
-        out = []
-        rows = zip(*(g.column(c).to_pylist() for c in g.column_names), strict=True)
-        for s, d, w, pk, by, ow, n, t0, t1, t2, uids, mac, nports in sorted(rows, key=lambda r: (r[2], r[0])):
-            key = (s, d)
-            ep = self._out.get(key)
-            if ep is None:
-                # Most pairs never come near a flood: do not keep state for small ones.
-                if n < self.min_out_flows / 20 and pk < self.min_out_packets / 20:
-                    continue
-                ep = self._out[key] = _Episode()
-            win = ep.window
-            if win.win != w:
-                self._close(ep, win)
-                win.reset(w)
-            win.flows += n
-            win.packets += pk
-            win.bytes += by
-            win.oneway += ow
-            win.first, win.last, win.end = min(win.first, t0), max(win.last, t1), max(win.end, t2)
-            win.mac = mac or win.mac
-            win.sources.add(nports)  # per-pair windows reuse ``sources`` for dst-port counts
-            room = MAX_RECORD_IDS - len(win.uids)
-            if room > 0:
-                win.uids.extend(u for u in uids[:room] if u)
+    def _outbound(self, rows: _Rows, open_win: int, ctx: Context) -> tuple[list[Finding], dict]:
+        """Outbound findings, and per (source, destination, window) when its episode had a report
+        standing: (first row of the window, standing on entry, first report row)."""
+        out: list[Finding] = []
+        active: dict[tuple, tuple] = {}
+        pair = np.char.add(np.char.add(rows.src.astype(str), "\x1f"), rows.dst.astype(str))
+        for name, w, idx in self._groups(rows, pair, self._out, self.min_out_flows, self.min_out_packets):
+            s, d = name.split("\x1f", 1)
+            st = self._out.get(name)
+            entering = st.entering(w) if st is not None else 0.0
+            c = rows.running(idx, self.window, 0, ports=True)
+            reach = (c.flows >= self.min_out_flows) | (c.packets >= self.min_out_packets)
+            hit = reach & np.where(
+                c.packets < self.min_out_packets,
+                c.oneway >= 0.8 * c.flows,
+                c.oneway >= self.min_oneway * c.flows,
+            )
             # Unanswered flows spread over many ports are a scan (the scan analytic's job);
             # a flood hammers a few ports, or is big enough in packets alone.
-            spread = max(win.sources, default=0) > max(10, 0.1 * win.flows)
-            if not self._outbound_hit(win) or (spread and win.packets < self.min_out_packets):
-                continue
-            span = win.span(self.window)
-            rate = win.packets / max(span, 1.0)
-            if ep.reported_rate and rate < 2 * ep.reported_rate:
-                continue
-            ep.reported_rate = rate
-            evidence = [
-                f"sent {win.flows} flows / {win.packets} packets ({win.bytes / 1e6:.2f} MB) to {d} within "
-                f"{span:.1f} s ({win.packets / span:.0f} packets/s), {win.oneway / max(win.flows, 1):.0%} unanswered (thresholds "
-                f"{self.min_out_flows} unanswered flows or {self.min_out_packets} packets per "
-                f"{self.window:.0f} s): flood participation"
-            ]
-            score = max(_scale(win.flows, self.min_out_flows), _scale(win.packets, self.min_out_packets))
-            out.append(
-                make_finding(
-                    ctx,
-                    s,
-                    "ddos",
-                    self.name,
-                    score,
-                    win.first,
-                    win.last,
-                    evidence,
-                    ["T1498", "T1498.001"],
-                    list(win.uids),
-                    mac=win.mac,
-                    direction="outbound",
-                    target=d,
-                    packets=win.packets,
+            spread = c.nports > np.maximum(10, 0.1 * c.flows)
+            hit &= ~(spread & (c.packets < self.min_out_packets))
+            reports, after = self._chain(c.rate, hit, entering)
+            active[(s, d, w)] = (int(idx[0]), bool(entering), int(idx[reports[0]]) if reports else None)
+            for j in reports:
+                if rows.old[idx[j]]:  # rows kept from an earlier batch were judged then
+                    continue
+                flows, packets, oneway = int(c.flows[j]), int(c.packets[j]), int(c.oneway[j])
+                span = float(c.span[j])
+                upto = idx[: j + 1]
+                macs = [m for m in rows.mac[upto].tolist() if m]
+                evidence = [
+                    f"sent {flows} flows / {packets} packets ({int(c.bytes[j]) / 1e6:.2f} MB) to {d} within "
+                    f"{span:.1f} s ({packets / span:.0f} packets/s), {oneway / max(flows, 1):.0%} unanswered (thresholds "
+                    f"{self.min_out_flows} unanswered flows or {self.min_out_packets} packets per "
+                    f"{self.window:.0f} s): flood participation"
+                ]
+                score = max(_scale(flows, self.min_out_flows), _scale(packets, self.min_out_packets))
+                out.append(
+                    make_finding(
+                        ctx,
+                        s,
+                        "ddos",
+                        self.name,
+                        score,
+                        float(c.first),
+                        float(rows.ts[idx[j]]),
+                        evidence,
+                        ["T1498", "T1498.001"],
+                        [u for u in rows.uid[upto].tolist() if u][:MAX_RECORD_IDS],
+                        mac=macs[-1] if macs else None,
+                        direction="outbound",
+                        target=d,
+                        packets=packets,
+                    )
                 )
-            )
-        if len(self._out) > self.max_keys:
-            self._evict(self._out)
-        return out
+            final = (int(c.flows[-1]), int(c.packets[-1]), int(c.oneway[-1]))
+            quiet = not self._outbound_hit(*final) and not self._inbound_hit_pair(c)
+            self._settle(self._out, name, w, entering, after, quiet, open_win)
+        return out, active
 
-    def _outbound_rows(self, table: pa.Table) -> pa.Table:
-        """The rows of the sources that can reach the per-pair loop.
-
-        A (source, destination) pair gets state only from a group of at least a twentieth
-        of a threshold; pairs without state whose groups are all smaller are skipped by the
-        loop.  Keeping every row of a source that already has state or has such a group in
-        this batch is a superset of what the loop uses, found with cheap counts.
-        """
-        if table.num_rows == 0:
-            return table
-        g = table.group_by(["src", "dst", "win"], use_threads=False).aggregate([("pkts", "sum"), ("ts", "count")])
-        big = (g.column("ts_count").to_numpy() >= self.min_out_flows / 20) | (
-            g.column("pkts_sum").to_numpy() >= self.min_out_packets / 20
-        )
-        wanted = {k[0] for k in self._out}
-        if big.any():
-            wanted.update(g.column("src").filter(pa.array(big)).to_pylist())
-        if not wanted:
-            return table.slice(0, 0)
-        return table.filter(pc.is_in(table.column("src"), value_set=pa.array(list(wanted), pa.string())))
-
-    def _evict(self, table: dict) -> None:
-        latest = max(ep.window.win for ep in table.values())
-        for k in [k for k, ep in table.items() if ep.window.win < latest - 1]:
-            del table[k]
+    def _inbound_hit_pair(self, c: _Running) -> bool:
+        # A pair's window is quiet when it stays under the outbound thresholds and, read as an
+        # inbound window (one source), under those too.
+        flows, packets, oneway = int(c.flows[-1]), int(c.packets[-1]), int(c.oneway[-1])
+        return oneway >= self.min_oneway * flows and packets >= self.min_packets
 
     def flush(self, ctx: Context) -> list[Finding]:
         return []
+
+
+@dataclass
+class _Episode:
+    """A key's report standing between batches (a key absent has none): with ``open``, the rate
+    the key entered the still-open ``window`` with (its rows are kept); else the rate a later
+    window of the key enters with."""
+
+    window: int = -1
+    rate: float = 0.0
+    open: bool = False
+
+    def entering(self, win: int) -> float:
+        """The standing rate window ``win`` of the key starts with."""
+        return self.rate if self.window < win or (self.open and self.window == win) else 0.0
+
+
+def _reported_by(active: tuple | None, row: int) -> bool:
+    """Whether a (source, destination) pair had an outbound report standing at ``row`` of its window."""
+    if active is None:
+        return False
+    first, entering, report = active
+    return (entering and row >= first) or (report is not None and report <= row)
+
+
+@dataclass
+class _Running:
+    """Running counts of one (key, window) after each of its rows."""
+
+    flows: np.ndarray
+    packets: np.ndarray
+    oneway: np.ndarray
+    bytes: np.ndarray
+    nsrc: np.ndarray
+    nports: np.ndarray
+    span: np.ndarray
+    rate: np.ndarray
+    first: float
+
+
+class _Rows:
+    """The judged rows of a batch (kept rows of the open window first) as numpy columns."""
+
+    def __init__(self, table: pa.Table) -> None:
+        col = table.column
+        self.src = np.asarray(col("src").to_numpy(zero_copy_only=False), dtype=object)
+        self.dst = np.asarray(col("dst").to_numpy(zero_copy_only=False), dtype=object)
+        self.proto = np.asarray(col("proto").to_numpy(zero_copy_only=False), dtype=object)
+        self.sport = col("sport").to_numpy()
+        self.dport = col("dport").to_numpy()
+        self.win = col("win").to_numpy()
+        self.ts = col("ts").to_numpy()
+        self.end = col("end").to_numpy()
+        self.pkts = col("pkts").to_numpy()
+        self.bytes = col("bytes").to_numpy()
+        self.oneway = col("oneway").to_numpy()
+        self.uid = np.asarray(col("uid").to_numpy(zero_copy_only=False), dtype=object)
+        self.mac = np.asarray(col("mac").to_numpy(zero_copy_only=False), dtype=object)
+        self.old = col("old").to_numpy(zero_copy_only=False).astype(bool)
+
+    def running(self, idx: np.ndarray, window: float, max_sources: int, ports: bool = False) -> _Running:
+        n = len(idx)
+        flows = np.arange(1, n + 1)
+        packets = np.cumsum(self.pkts[idx])
+        oneway = np.cumsum(self.oneway[idx])
+        nbytes = np.cumsum(self.bytes[idx])
+        src = self.src[idx]
+        _, first_at = np.unique(src.astype(str), return_index=True)
+        new_src = np.zeros(n, dtype=np.int64)
+        new_src[first_at] = 1
+        nsrc = np.cumsum(new_src)
+        if max_sources:
+            nsrc = np.minimum(nsrc, max_sources)
+        if ports:
+            _, first_port = np.unique(self.dport[idx], return_index=True)
+            new_port = np.zeros(n, dtype=np.int64)
+            new_port[first_port] = 1
+            nports = np.cumsum(new_port)
+        else:
+            nports = nsrc
+        t = self.ts[idx]
+        first = float(t[0])
+        latest = np.maximum(np.maximum.accumulate(self.end[idx]), t)
+        span = np.minimum(window, np.maximum(latest - first, 1e-3))
+        rate = packets / np.maximum(span, 1.0)
+        return _Running(flows, packets, oneway, nbytes, nsrc, nports, span, rate, first)
 
 
 def _scale(value: float, threshold: float) -> float:

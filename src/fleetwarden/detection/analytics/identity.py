@@ -19,6 +19,11 @@
       (0.3) or failed (0.5) attestation on that enrolment adds to it.  A second live device taking
       over an identity is what a clone looks like; the original does not need to re-enrol.
 
+    Liveness is the device's activity *before* the enrolment in event time: the records of
+    every kind wait until all kinds are in up to their time (within a window the engine hands
+    over telemetry and firmware reports before enrolments, commands after), then go in event
+    time, so the judgment does not depend on how the kinds were batched.
+
     A re-enrolment with the registered key (from the same or a new address) is normal and silent,
     and so is a key rotation from the device's registered address, or after the old key has been
     quiet for ``overlap_s``.
@@ -34,9 +39,11 @@
 
 :class:`UnknownDevice` (category ``unknown-device``, MITRE T1200)
     *Contract.* A ``device_id`` on telemetry, firmware reports, commands or logins that is
-    neither in ``ctx.devices`` nor enrolled earlier in the stream: one finding per device id
-    (per batch a vectorised set difference).  Silent when the context has no inventory at all
-    (nothing to compare with).
+    neither in ``ctx.devices`` nor enrolled earlier in the stream (in event time: records wait
+    until every kind is in up to their time; on a tie an enrolment comes after telemetry,
+    firmware reports and logins of the same instant, before commands): one finding per device
+    id, at its first such record.  Silent when the context has no inventory at all (nothing to
+    compare with).
     *Blind spots.* A rogue device that reuses a known device id (that is a clone, see above).
 
 *Reference.* MITRE ATT&CK T1200 (Hardware Additions), T1036 (Masquerading), T1078; NIST IR 8259A
@@ -45,6 +52,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
@@ -53,10 +61,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fleetwarden.core.context import Context
-from fleetwarden.core.events import EventBatch
+from fleetwarden.core.events import KINDS, EventBatch
 from fleetwarden.core.findings import Finding
 from fleetwarden.core.text import redact
 from fleetwarden.detection.analytics.auth import fmt_duration, lru_get, noisy_or
+from fleetwarden.detection.analytics.netcommon import KindClock, plain_table
 
 __all__ = ["ANALYTICS", "AttestationPolicy", "ClonedIdentity", "UnknownDevice"]
 
@@ -88,13 +97,84 @@ class ClonedIdentity:
         self.serials_: OrderedDict[str, tuple[str, float]] = OrderedDict()  # serial -> (device_id, ts)
         # device_id -> [first, last] time a record of the device was seen (liveness)
         self.alive_: OrderedDict[str, list[float]] = OrderedDict()
+        self.clock = KindClock(self.kinds)
+        self._held_activity: pa.Table | None = None  # (device, ts, kind, seq) not yet in event time
+        self._held_enrolments: pa.Table | None = None
+        self._seq = 0
 
-    def _observe(self, batch: EventBatch) -> None:
-        """Per device, first and last record time of this batch (one group-by, not a row loop)."""
-        t = pa.table({"d": batch["device_id"], "ts": batch["ts"]}).filter(pc.is_valid(batch["device_id"]))
-        if t.num_rows == 0:
+    def update(self, batch: EventBatch, ctx: Context) -> list[Finding]:
+        """Records wait until every kind read is complete up to their time (:class:`KindClock`),
+        then go in event time: the activity of a device before an enrolment (its telemetry,
+        firmware reports and commands) is what the enrolment is judged against, however the
+        kinds were batched."""
+        if len(batch) == 0 or batch.kind not in self.kinds:
+            return []
+        ts = batch.np("ts")
+        self.clock.note(batch.kind, float(np.nanmax(ts)))
+        k = KINDS.index(batch.kind)
+        seq = self._seq + np.arange(len(batch), dtype=np.int64)
+        self._seq += len(batch)
+        if batch.kind == "provision":
+            part = (
+                plain_table(batch.table)
+                .append_column("k", pa.array(np.full(len(batch), k, dtype=np.int64)))
+                .append_column("i", pa.array(seq))
+            )
+            self._held_enrolments = _concat(self._held_enrolments, part)
+        else:
+            ok = pc.is_valid(batch["device_id"])
+            part = pa.table(
+                {
+                    "d": batch["device_id"],
+                    "ts": batch["ts"],
+                    "k": np.full(len(batch), k, dtype=np.int64),
+                    "i": seq,
+                }
+            ).filter(ok)
+            self._held_activity = _concat(self._held_activity, part)
+        return self._release(ctx, self.clock.through)
+
+    def flush(self, ctx: Context) -> list[Finding]:
+        self.clock.finish()
+        return self._release(ctx, math.inf)
+
+    def _release(self, ctx: Context, until: float) -> list[Finding]:
+        activity, self._held_activity = _split(self._held_activity, until)
+        enrolments, self._held_enrolments = _split(self._held_enrolments, until)
+        if enrolments is None:
+            if activity is not None:
+                self._observe(activity)  # first and last times: the order does not matter
+            return []
+        if activity is not None:
+            activity = activity.sort_by([("ts", "ascending"), ("k", "ascending"), ("i", "ascending")])
+        enrolments = enrolments.sort_by([("ts", "ascending"), ("i", "ascending")])
+        a_ts = activity.column("ts").to_numpy() if activity is not None else np.zeros(0)
+        a_k = activity.column("k").to_numpy() if activity is not None else np.zeros(0, dtype=np.int64)
+        e_ts = enrolments.column("ts").to_numpy()
+        k_prov = KINDS.index("provision")
+        # the activity before each enrolment in event time (kinds before provision first on a tie)
+        lo = np.searchsorted(a_ts, e_ts, side="left")
+        hi = np.searchsorted(a_ts, e_ts, side="right")
+        before = np.array([lo[j] + int((a_k[lo[j] : hi[j]] < k_prov).sum()) for j in range(len(e_ts))])
+        done = 0
+        out: list[Finding] = []
+        # enrolments with no activity between them are judged together
+        runs = np.flatnonzero(np.r_[True, before[1:] != before[:-1]])
+        for a, b in zip(runs.tolist(), np.r_[runs[1:], len(before)].tolist(), strict=True):
+            upto = int(before[a])
+            if upto > done:
+                self._observe(activity.slice(done, upto - done))
+                done = upto
+            out += self._enrol(enrolments.slice(a, b - a), ctx)
+        if activity is not None and done < activity.num_rows:
+            self._observe(activity.slice(done))
+        return out
+
+    def _observe(self, activity: pa.Table) -> None:
+        """Per device, first and last record time (one group-by, not a row loop)."""
+        if activity.num_rows == 0:
             return
-        g = t.group_by("d", use_threads=False).aggregate([("ts", "min"), ("ts", "max")])
+        g = activity.group_by("d", use_threads=False).aggregate([("ts", "min"), ("ts", "max")])
         for d, lo, hi in zip(
             g["d"].to_pylist(), g["ts_min"].to_pylist(), g["ts_max"].to_pylist(), strict=True
         ):
@@ -102,17 +182,13 @@ class ClonedIdentity:
             span[0] = min(span[0], float(lo))
             span[1] = max(span[1], float(hi))
 
-    def update(self, batch: EventBatch, ctx: Context) -> list[Finding]:
-        if batch.kind != "provision":
-            if len(batch):
-                self._observe(batch)
-            return []
-        ts = batch.np("ts").tolist()
-        dev = batch.np("device_id").tolist()
-        serial = batch.np("serial").tolist()
-        key = pc.utf8_lower(pc.fill_null(batch["pubkey_sha256"], "")).to_pylist()
-        ip = batch.np("src_ip").tolist()
-        att = pc.utf8_lower(pc.fill_null(batch["attestation"], "missing")).to_pylist()
+    def _enrol(self, table: pa.Table, ctx: Context) -> list[Finding]:
+        ts = table.column("ts").to_pylist()
+        dev = [d or "" for d in table.column("device_id").to_pylist()]
+        serial = [x or "" for x in table.column("serial").to_pylist()]
+        key = pc.utf8_lower(pc.fill_null(table["pubkey_sha256"], "")).to_pylist()
+        ip = [x or "" for x in table.column("src_ip").to_pylist()]
+        att = pc.utf8_lower(pc.fill_null(table["attestation"], "missing")).to_pylist()
         out: list[Finding] = []
         for i in range(len(ts)):  # enrolments are rare: one per device per (re)install
             ident = dev[i] or (f"serial:{serial[i]}" if serial[i] else "")
@@ -179,9 +255,8 @@ class ClonedIdentity:
         if span is not None and span[0] < ts and ts - span[1] <= self.overlap_s:
             w = 0.7
             live = (
-                f"while {dev} is live (reporting for {fmt_duration(ts - span[0])} before this enrolment"
-                + (", and since" if span[1] > ts else f", last {fmt_duration(ts - span[1])} earlier")
-                + ")"
+                f"while {dev} is live (reporting for {fmt_duration(ts - span[0])} before this enrolment, "
+                f"last {fmt_duration(ts - span[1])} earlier)"
             )
         elif str(info.extra.get("lifecycle", "")).lower() == "active":  # type: ignore[union-attr]
             w, live = 0.55, f"while the inventory lists {dev} as active"
@@ -235,9 +310,6 @@ class ClonedIdentity:
                     )
                 )
         return reasons
-
-    def flush(self, ctx: Context) -> list[Finding]:
-        return []
 
 
 class AttestationPolicy:
@@ -304,46 +376,78 @@ class UnknownDevice:
         self.reported_: OrderedDict[str, None] = OrderedDict()
         self._known_key: tuple[int, int] | None = None
         self._known = pa.array([], type=pa.string())
+        # Records of ids the inventory lacks, and enrolments, wait until every kind is complete up
+        # to their time (:class:`KindClock`): an id is unknown when a record of it comes before
+        # any enrolment of it in event time, however the kinds were batched.
+        self.clock = KindClock(self.kinds)
+        self._held: pa.Table | None = None  # (device, ts, kind, seq)
+        self._seq = 0
 
     def update(self, batch: EventBatch, ctx: Context) -> list[Finding]:
-        if len(batch) == 0:
+        if len(batch) == 0 or batch.kind not in self.kinds:
             return []
-        ids = pc.drop_null(batch["device_id"])
-        if batch.kind == "provision":
-            for d in pc.unique(ids).to_pylist():
-                if d:
-                    lru_get(self.enrolled_, d, lambda: None, self.max_devices)
+        ts = batch.np("ts")
+        self.clock.note(batch.kind, float(np.nanmax(ts)))
+        seq = self._seq + np.arange(len(batch), dtype=np.int64)
+        self._seq += len(batch)
+        ids = pc.fill_null(batch["device_id"], "")
+        keep = pc.not_equal(ids, "")
+        if batch.kind != "provision":
+            if not ctx.devices:
+                keep = None  # no inventory: nothing to compare with
+            else:
+                key = (id(ctx.devices), len(ctx.devices))
+                if key != self._known_key:  # the inventory rarely changes; rebuild its id set only then
+                    self._known = pa.array(list(ctx.devices), type=pa.string())
+                    self._known_key = key
+                keep = pc.and_(keep, pc.invert(pc.is_in(ids, value_set=self._known)))
+        if keep is not None and pc.any(keep).as_py():
+            rows = pa.array(np.flatnonzero(keep.to_numpy(zero_copy_only=False)))
+            part = pa.table(
+                {
+                    "d": ids.take(rows),
+                    "ts": batch["ts"].take(rows),
+                    "k": np.full(len(rows), KINDS.index(batch.kind), dtype=np.int64),
+                    "i": seq[rows.to_numpy()],
+                }
+            )
+            self._held = _concat(self._held, part)
+        return self._release(ctx, self.clock.through)
+
+    def flush(self, ctx: Context) -> list[Finding]:
+        self.clock.finish()
+        return self._release(ctx, math.inf)
+
+    def _release(self, ctx: Context, until: float) -> list[Finding]:
+        ready, self._held = _split(self._held, until)
+        if ready is None:
             return []
-        if not ctx.devices or len(ids) == 0:
-            return []
-        key = (id(ctx.devices), len(ctx.devices))
-        if key != self._known_key:  # the inventory rarely changes; rebuild its id set only then
-            self._known = pa.array(list(ctx.devices), type=pa.string())
-            self._known_key = key
-        known = self._known
-        unknown = pc.filter(ids, pc.invert(pc.is_in(ids, value_set=known)))
-        if len(unknown) == 0:
-            return []
-        ts = batch["ts"]
-        dev_col = pc.fill_null(batch["device_id"], "")
+        ready = ready.sort_by([("ts", "ascending"), ("k", "ascending"), ("i", "ascending")])
+        k_prov = KINDS.index("provision")
         out: list[Finding] = []
-        for d in pc.unique(unknown).to_pylist():
-            if not d or d in self.enrolled_ or d in self.reported_:
+        for d, t, k in zip(
+            ready.column("d").to_pylist(),
+            ready.column("ts").to_pylist(),
+            ready.column("k").to_pylist(),
+            strict=True,
+        ):
+            if k == k_prov:
+                lru_get(self.enrolled_, d, lambda: None, self.max_devices)
+                continue
+            if d in self.enrolled_ or d in self.reported_ or d in ctx.devices:
                 continue
             lru_get(self.reported_, d, lambda: None, self.max_devices)
-            mask = pc.equal(dev_col, d)
-            t = pc.filter(ts, mask)
-            n = len(t)
+            kind = KINDS[k]
             out.append(
                 Finding(
                     entity=d,
                     category="unknown-device",
                     detector=self.name,
                     score=0.55,
-                    first_seen=float(pc.min(t).as_py()),
-                    last_seen=float(pc.max(t).as_py()),
+                    first_seen=float(t),
+                    last_seen=float(t),
                     evidence=[
-                        f"{n} {batch.kind} record(s) from device {d}, which is not among the "
+                        f"{kind} records from device {d} (the first at this time), which is not among the "
                         f"{len(ctx.devices)} inventoried devices and never enrolled"
                     ],
                     mitre=["T1200"],
@@ -352,8 +456,22 @@ class UnknownDevice:
             )
         return out
 
-    def flush(self, ctx: Context) -> list[Finding]:
-        return []
+
+def _concat(held: pa.Table | None, part: pa.Table) -> pa.Table:
+    return part if held is None or held.num_rows == 0 else pa.concat_tables([held, part])
+
+
+def _split(held: pa.Table | None, until: float) -> tuple[pa.Table | None, pa.Table | None]:
+    """(rows of ``held`` at or before ``until``, the rest); None for none."""
+    if held is None or held.num_rows == 0:
+        return None, None
+    ts = held.column("ts").to_numpy()
+    ready = ts <= until
+    if not ready.any():
+        return None, held
+    if ready.all():
+        return held.combine_chunks(), None
+    return held.filter(pa.array(ready)).combine_chunks(), held.filter(pa.array(~ready)).combine_chunks()
 
 
 ANALYTICS = [ClonedIdentity, AttestationPolicy, UnknownDevice]

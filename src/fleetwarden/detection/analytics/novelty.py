@@ -10,7 +10,11 @@ Contract
       ``warmup_seconds``) or its class has ``min_cohort`` learned devices (a new device starts
       from its cohort: no blind period), an established connection to a service or country
       that neither the device nor its class has used yields one finding per (device, new
-      value).  Scores stay low-to-medium: novelty is context for the correlator, not proof.
+      value).  Flows are judged one by one in time order, each against what the device and
+      its class knew just before it, then learnt (the baseline counts the flows up to it), so
+      the findings do not depend on how the flows were batched.  A device whose profile is
+      full (``max_values``) is judged again at each use of a value it could not learn.
+      Scores stay low-to-medium: novelty is context for the correlator, not proof.
     * Plaintext management (``policy-violation``, T1021, T1040): established telnet, FTP,
       rlogin, SNMPv1/2 or MQTT without TLS, and HTTP to a management port of an inventoried
       device, weighed by a :class:`PlaintextPolicy` (the detector's ``policy``, or
@@ -55,6 +59,8 @@ from fleetwarden.core.events import EventBatch
 from fleetwarden.core.findings import Finding
 from fleetwarden.detection.analytics.netcommon import (
     device_class,
+    distinct_map,
+    group_mask,
     is_group,
     is_local,
     is_private,
@@ -300,79 +306,190 @@ class NoveltyDetector:
 
     # new services and countries ------------------------------------------------------
     def _novelty(self, batch: EventBatch, ctx: Context) -> list[Finding]:
-        state = str_col(batch, "conn_state")
-        ob = num_col(batch, "orig_bytes").astype(np.int64)
-        rb = num_col(batch, "resp_bytes").astype(np.int64)
-        established = np.isin(state, ESTABLISHED) | ((ob > 0) & (rb > 0))
+        """Judge, flow by flow in time order, each established connection whose service or
+        country the device does not know yet (against what the device and its class knew just
+        before it), then learn it.  Only those first uses need Python: the running figures they
+        quote (flows, time seen, whether the device or its class had a baseline) are computed
+        for the whole batch at once."""
         dst = str_col(batch, "id.resp_h")
-        ts = batch.np("ts")
-        table = pa.table(
-            {
-                "src": str_col(batch, "id.orig_h"),
-                "dst": dst,
-                # "proto/port" built by Arrow (numpy's char.add is slow on object strings).
-                "svc": pc.binary_join_element_wise(
-                    pa.array(str_col(batch, "proto"), pa.string()),
-                    pc.cast(pa.array(num_col(batch, "id.resp_p").astype(np.int64)), pa.string()),
-                    "/",
-                ),
-                "est": established,
-                "ts": ts,
-                "uid": str_col(batch, "uid"),
-                "mac": str_col(batch, "orig_l2_addr"),
-            }
+        live = ~group_mask(dst)
+        if not live.any():
+            return []
+        rows = np.flatnonzero(live)
+        src = str_col(batch, "id.orig_h")[rows]
+        dst = dst[rows]
+        ts = num_col(batch, "ts")[rows]
+        state = str_col(batch, "conn_state")[rows]
+        ob = num_col(batch, "orig_bytes")[rows]
+        rb = num_col(batch, "resp_bytes")[rows]
+        est = np.isin(state, ESTABLISHED) | ((ob > 0) & (rb > 0))
+        n = len(rows)
+        # Profiles, in the order sources first appear (the device cap keeps the earliest).
+        enc = pc.dictionary_encode(pa.array(src, pa.string()))
+        code = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        names = enc.dictionary.to_pylist()
+        profs: list[_Profile | None] = []
+        for name in names:
+            prof = self._devices.get(name)
+            if prof is None and len(self._devices) < self.max_devices:
+                prof = self._devices[name] = _Profile()
+            profs.append(prof)
+        has = np.array([p is not None for p in profs], dtype=bool)
+        if not has.all():
+            keep = has[code]
+            rows, src, dst, ts, est, code = rows[keep], src[keep], dst[keep], ts[keep], est[keep], code[keep]
+            n = len(rows)
+            if n == 0:
+                return []
+        # Running figures per source, as of each flow (flows counted, first time, latest MAC).
+        order = np.lexsort((np.arange(n), code))
+        c = order_code = code[order]
+        starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
+        rank = np.arange(n) - np.repeat(starts, np.diff(np.r_[starts, n]))
+        base_flows = np.array([p.flows if p is not None else 0 for p in profs], dtype=np.int64)
+        flows_sorted = base_flows[order_code] + rank + 1
+        flows_at = np.empty(n, dtype=np.int64)
+        flows_at[order] = flows_sorted
+        t_first_batch = np.full(len(names), np.inf)
+        np.minimum.at(t_first_batch, code, ts)
+        base_first = np.array([p.first if p is not None else np.inf for p in profs])
+        first_of = np.minimum(base_first, t_first_batch)
+        mac = str_col(batch, "orig_l2_addr")[rows]
+        # Learning: a device has a baseline from the first established flow that finds it with
+        # ``warmup_flows`` flows over ``warmup_seconds`` (judged after that flow itself).
+        learned_at = np.full(len(names), n, dtype=np.int64)  # n: not in this batch
+        ready = est & (flows_at >= self.warmup_flows) & (ts - first_of[code] >= self.warmup_seconds)
+        if ready.any():
+            idx = np.flatnonzero(ready)
+            np.minimum.at(learned_at, code[idx], idx)
+        for k, p in enumerate(profs):
+            if p is not None and p.learned:
+                learned_at[k] = -1
+        # Candidates: established flows whose service (or country) the device's profile lacks.
+        # "proto/port" built by Arrow (numpy's char.add is slow on object strings)
+        svc_all = pc.binary_join_element_wise(
+            pa.array(str_col(batch, "proto"), pa.string()),
+            pc.cast(pa.array(num_col(batch, "id.resp_p").astype(np.int64)), pa.string()),
+            "/",
         )
-        g = table.group_by(["src", "svc", "dst"], use_threads=False).aggregate(
-            [("est", "any"), ("ts", "min"), ("ts", "max"), ("ts", "count"), ("uid", "min"), ("mac", "max")]
-        )
-        out = []
-        rows = zip(*(g.column(c).to_pylist() for c in g.column_names), strict=True)
-        for src, svc, d, est, t0, t1, n, uid, mac in sorted(rows, key=lambda r: r[4]):
-            if is_group(d):
+        svc = np.asarray(svc_all.take(pa.array(rows)).to_numpy(zero_copy_only=False), dtype=object)
+        country = distinct_map(dst, country_of)
+        events: list[tuple] = []
+        classes = [device_class(ctx, name) for name in names]
+        for kind, values in (("service", svc), ("country", country)):
+            e = np.flatnonzero(est & (values != None))  # noqa: E711 (elementwise)
+            if not len(e):
                 continue
-            prof = self._devices.get(src)
-            if prof is None:
-                if len(self._devices) >= self.max_devices:
-                    continue
-                prof = self._devices[src] = _Profile()
-            prof.flows += n
-            prof.first, prof.last = min(prof.first, t0), max(prof.last, t1)
-            prof.mac = mac or prof.mac
-            if not est:
-                continue
-            cls = device_class(ctx, src)
-            cohort = self._classes.setdefault(cls, _Profile()) if cls else None
-            country = country_of(d)
-            baseline_ready = prof.learned or (
-                cls is not None and self._class_learned.get(cls, 0) >= self.min_cohort
+            vals = pa.array(values[e], pa.string())
+            pairs = (
+                pa.table({"c": code[e], "v": vals, "i": e})
+                .group_by(["c", "v"], use_threads=False)
+                .aggregate([("i", "min")])
             )
-            for kind, value in (("service", svc), ("country", country)):
-                if value is None:
-                    continue
+            for ci, v, i0 in zip(
+                pairs.column("c").to_pylist(), pairs.column("v").to_pylist(), pairs.column("i_min").to_pylist(),
+                strict=True,
+            ):  # fmt: skip
+                prof = profs[ci]
                 known = prof.services if kind == "service" else prof.countries
-                cohort_known = (
-                    (cohort.services if kind == "service" else cohort.countries) if cohort else set()
-                )
-                if value in known or value in cohort_known:
+                if v in known:
                     continue
-                if baseline_ready and (kind, value) not in prof.reported:
-                    prof.reported.add((kind, value))
-                    out.append(self._finding(ctx, src, kind, value, d, t0, t1, uid, prof, cls))
-                if len(known) < self.max_values:
-                    known.add(value)
-                if cohort is not None and len(cohort_known) < self.max_values * 4:
-                    cohort_known.add(value)
-            if (
-                not prof.learned
-                and prof.flows >= self.warmup_flows
-                and prof.last - prof.first >= self.warmup_seconds
-            ):
-                prof.learned = True
+                cohort = self._classes.get(classes[ci]) if classes[ci] else None
+                if cohort is not None and v in (cohort.services if kind == "service" else cohort.countries):
+                    continue  # the class knows it already (what a class learns, it keeps)
+                if len(known) + 1 >= self.max_values:
+                    # The profile may fill up in this batch: a value it cannot learn is judged
+                    # again at its next use (until reported), as flow-by-flow processing would.
+                    alli = e[(code[e] == ci) & (values[e] == v)]
+                    events.extend((int(i), 0, kind, v, ci) for i in alli)
+                else:
+                    events.append((i0, 0, kind, v, ci))
+        if not events:
+            self._advance_profiles(profs, code, ts, flows_at, mac, learned_at, names, ctx)
+            return []
+        for k in np.flatnonzero((learned_at >= 0) & (learned_at < n)).tolist():
+            events.append((int(learned_at[k]), 1, "", "", k))
+        events.sort()
+        out = []
+        learned_now: set[int] = set()
+        uid = str_col(batch, "uid")[rows]
+        for i, what, kind, value, ci in events:
+            name = names[ci]
+            cls = classes[ci]
+            if what == 1:
+                learned_now.add(ci)
                 if cls:
                     self._class_learned[cls] = self._class_learned.get(cls, 0) + 1
+                continue
+            prof = profs[ci]
+            cohort = self._classes.setdefault(cls, _Profile()) if cls else None
+            known = prof.services if kind == "service" else prof.countries
+            cohort_known = (cohort.services if kind == "service" else cohort.countries) if cohort else set()
+            if value in known or value in cohort_known:
+                continue
+            baseline_ready = (
+                prof.learned
+                or ci in learned_now
+                or (cls is not None and self._class_learned.get(cls, 0) >= self.min_cohort)
+            )
+            if baseline_ready and (kind, value) not in prof.reported:
+                prof.reported.add((kind, value))
+                macs = [m for m in mac[(code == ci) & (np.arange(n) <= i)].tolist() if m]
+                t = float(ts[i])
+                out.append(
+                    self._finding(
+                        ctx,
+                        name,
+                        kind,
+                        value,
+                        dst[i],
+                        t,
+                        t,
+                        uid[i],
+                        int(flows_at[i]),
+                        float(first_of[ci]),
+                        t,
+                        macs[-1] if macs else prof.mac,
+                        cls,
+                    )  # fmt: skip
+                )
+            if len(known) < self.max_values:
+                known.add(value)
+            if cohort is not None and len(cohort_known) < self.max_values * 4:
+                cohort_known.add(value)
+        self._advance_profiles(profs, code, ts, flows_at, mac, learned_at, names, ctx, counted=True)
         return out
 
-    def _finding(self, ctx, src, kind, value, dst, t0, t1, uid, prof: _Profile, cls) -> Finding:
+    def _advance_profiles(
+        self, profs, code, ts, flows_at, mac, learned_at, names, ctx, counted=False
+    ) -> None:  # noqa: ANN001
+        """Each profile as it stands after the batch (figures, and a baseline learnt in it)."""
+        n = len(code)
+        last = np.full(len(profs), -np.inf)
+        np.maximum.at(last, code, ts)
+        first = np.full(len(profs), np.inf)
+        np.minimum.at(first, code, ts)
+        flows = np.zeros(len(profs), dtype=np.int64)
+        np.maximum.at(flows, code, flows_at)
+        has_mac = np.flatnonzero(mac != "")
+        last_mac: dict[int, str] = {}
+        for i in has_mac.tolist():
+            last_mac[int(code[i])] = mac[i]
+        for k, prof in enumerate(profs):
+            if prof is None or flows[k] == 0:
+                continue
+            prof.flows = int(flows[k])
+            prof.first, prof.last = min(prof.first, float(first[k])), max(prof.last, float(last[k]))
+            if k in last_mac:
+                prof.mac = last_mac[k]
+            if not prof.learned and 0 <= learned_at[k] < n:
+                prof.learned = True
+                if not counted:
+                    cls = device_class(ctx, names[k])
+                    if cls:
+                        self._class_learned[cls] = self._class_learned.get(cls, 0) + 1
+
+    def _finding(self, ctx, src, kind, value, dst, t0, t1, uid, flows, first, last, mac, cls) -> Finding:  # noqa: ANN001
         basis = f"its class {cls!r}" if cls else "it"
         if kind == "service":
             text = f"first established connection to service {value} (to {dst}), which {basis} never used"
@@ -380,8 +497,8 @@ class NoveltyDetector:
         else:
             text = f"first connection to country {value} (to {dst}), which {basis} never contacted"
             mitre = ["T1041"]
-        hours = max(prof.last - prof.first, 0) / 3600
-        text += f" in {prof.flows} flows over {hours:.1f} h of baseline"
+        hours = max(last - first, 0) / 3600
+        text += f" in {flows} flows over {hours:.1f} h of baseline"
         return make_finding(
             ctx,
             src,
@@ -393,7 +510,7 @@ class NoveltyDetector:
             [text],
             mitre,
             [uid] if uid else [],
-            mac=prof.mac,
+            mac=mac,
             novelty=kind,
             value=value,
         )

@@ -41,7 +41,12 @@ Contract
     more are "high" (0.76 at 6 h, 0.85 from 12 h); fewer hours of them, or retries every
     minute or two, "medium"; retries slower than ``slow_gap`` "low".  A ``c2-beacon`` finding (T1071, plus T1008 Fallback Channels when
     the same port is retried on several hosts) is emitted when a group first qualifies, again
-    each time its attempts double, and at :meth:`flush` with the final figures.
+    each time its attempts double, and at :meth:`flush` with the final figures.  Groups are
+    judged once per tick of ``sweep_every`` seconds of event time (ticks aligned to the epoch),
+    as of the tick's last flow: the flows of a tick wait until a later flow proves it over and
+    the fleet context up to its end is complete (the DNS answers of its time learnt), so the
+    findings do not depend on how the flows were batched (a finding comes at most a tick after
+    the flow that completes it).
 
     Fleet context: the detector keeps (and in an engine shares with beacon and exfil) the
     :class:`~fleetwarden.detection.analytics.netcommon.Prevalence` of answered destinations.
@@ -54,6 +59,8 @@ Contract
     pairs idle (no unanswered attempt) for ``idle_timeout`` s (``reported_idle_timeout`` once
     reported: a bot connected to its C2 for a while resumes the same story) or answered most of
     the time are dropped, and the counters of untracked pairs are pruned beyond ``4 * max_pairs``.
+    Idle pairs go at each tick's sweep (a decision of event time); the pair and counter caps are
+    safety valves far above a fleet's load: when they bind, what is forgotten depends on when.
 
 Blind spots
     A benign client with a short, fixed reconnect delay (ESP-IDF's MQTT client retries every
@@ -75,14 +82,16 @@ Reference
     the Eclipse Paho C client (automatic reconnect, 1 s doubling to 60 s) and of ESP-IDF's
     MQTT client (``reconnect_timeout_ms``, 10 s).
 
-Example (the IoT-23 Hakai capture, replayed in batches of 2,000 flows)::
+Example (the IoT-23 Hakai capture, replayed in batches of 2,000 flows; any batch size gives
+the same)::
 
     from fleetwarden.sources import read_events
     det, ctx = C2RetryDetector(), Context()
     path = "../shared/data/iot23/CTU-Malware-Capture-8-1-labeled.csv"
     found = [f for b in read_events(path, batch_size=2000) for f in det.update(b, ctx)] + det.flush(ctx)
     print([(f.severity, round(f.score, 2), f.attributes["attempts"]) for f in found])
-    # [('high', 0.74, 1545), ('high', 0.81, 3107), ('high', 0.85, 6316), ('high', 0.85, 8222)]
+    # [('medium', 0.61, 396), ('medium', 0.68, 816), ('high', 0.74, 1655), ('high', 0.83, 3335),
+    #  ('high', 0.85, 6691), ('high', 0.85, 8222)]
     print(found[-1].evidence[0])
     # 4112 unanswered connection attempts to 178.128.185.250 tcp/50 over 22.8 h, one every 20.0 s
     # on average (latest gaps: median 8.6 s, 90th percentile 48 s); never answered
@@ -105,8 +114,10 @@ from fleetwarden.detection.analytics.netcommon import (
     MAX_RECORD_IDS,
     KeyCounter,
     Prevalence,
+    TickGate,
     is_group,
     is_local,
+    judgeable_until,
     make_finding,
     num_col,
     sorted_by_time,
@@ -265,17 +276,34 @@ class C2RetryDetector:
         self._per_device: dict[str, set[str]] = {}  # device -> keys of its tracked pairs
         self._now = -math.inf
         self._last_sweep = -math.inf
+        # Flows wait here until their tick of ``sweep_every`` seconds is over (and its DNS is in):
+        # groups are judged once per tick of event time, whatever the batches were.
+        self._gate = TickGate(sweep_every)
+        self._at: float | None = -math.inf  # the time the tick being judged is judged as of
 
     # update -------------------------------------------------------------------------------
     def update(self, batch: EventBatch, ctx: Context) -> list[Finding]:
         if batch.kind != "flow" or len(batch) == 0:
             return []
         batch = sorted_by_time(batch)
+        # Answered destinations of the fleet (shared with beacon and exfil in an engine): learnt
+        # as they come, asked as of the tick judged.
+        self.prevalence.observe_batch(batch, ctx)
+        self._gate.push(batch)
+        return self._judge_ready(ctx, judgeable_until(self._gate, self.prevalence, self.min_population))
+
+    def _judge_ready(self, ctx: Context, until: float) -> list[Finding]:
+        findings: list[Finding] = []
+        for part in self._gate.pop(until):
+            findings += self._tick(part, ctx)
+        return findings
+
+    def _tick(self, batch: EventBatch, ctx: Context) -> list[Finding]:
+        """One whole tick of flows (``sweep_every`` seconds of event time), judged as of its end."""
         self._now = max(self._now, float(num_col(batch, "ts")[-1]))
+        self._at = self._now
         if self._now - self._last_sweep >= self.sweep_every or len(self._pairs) > self.max_pairs:
             self._sweep()
-        # Answered destinations of the fleet (shared with beacon and exfil in an engine).
-        self.prevalence.observe_batch(batch, ctx)
         tcp = str_col(batch, "proto") == "tcp"
         if not tcp.any():
             return []
@@ -453,7 +481,7 @@ class C2RetryDetector:
             ):
                 # Too few, mostly answered, or a burst (a flood or a scan's retransmissions).
                 continue
-            why = self.prevalence.fleet_service(src, d, ctx, self.min_population)
+            why = self.prevalence.fleet_service(src, d, ctx, self.min_population, at=self._at)
             if why is not None:
                 # A service the fleet reaches, unreachable from this one device: an outage or
                 # a block on its path, not a dead C2.
@@ -628,7 +656,9 @@ class C2RetryDetector:
                 del self._groups[(p.src, p.port)]
 
     def flush(self, ctx: Context) -> list[Finding]:
-        findings = []
+        self.prevalence.clock.finish()
+        findings = self._judge_ready(ctx, math.inf)
+        self._at = None  # the final figures, as of everything learnt
         for key in list(self._groups):
             f = self._check(key, ctx, final=True)
             if f is not None:

@@ -13,19 +13,26 @@ Contract
     * ICMP sweep: echo/timestamp/mask requests to many hosts;
     * ARP sweep: ARP who-has requests for many distinct addresses.
 
-    A target counts as failed when none of its attempts in a batch was answered, and the
-    latest outcome wins (a host that answered since is no longer a failed target): a
-    master polling many PLCs that miss an occasional poll is not a scanner.
+    Probes are judged one by one in time order.  A target's latest outcome wins (a host that
+    answered since is no longer a failed target): a master polling many PLCs that miss an
+    occasional poll is not a scanner.  Every rule needs failed probes, so a source's probes
+    count from its first failed one on, for as long as it keeps probing without a gap over
+    ``window`` (the answered traffic of a source that fails nothing is never followed).  Each
+    window slides record by record (the targets older than ``window`` go before a probe is
+    added; when a window empties, its episode ends and the next one is reported afresh).
 
-    A finding is emitted in the update that completes the evidence (the distinct count
+    A finding is emitted at the probe that completes the evidence (the distinct count
     crosses the threshold), and again each time the count doubles, so a long scan is
-    reported while it runs and escalates.
+    reported while it runs and escalates; whatever the batches, the same probes do it.
 
     :class:`BruteForceDetector` consumes ``flow`` batches and emits ``brute-force`` findings
     about the *source* when it opens many short, completed, similarly sized sessions to one
     service of one host (``threshold`` sessions within ``window`` seconds, byte counts with a
     median absolute deviation under ``max_size_dispersion`` of the median): the shape of
-    repeated failed logins seen from the network, whatever the port.
+    repeated failed logins seen from the network, whatever the port.  Each session is counted
+    with the sessions of its key in the ``window`` before it (the last ``window`` seconds of
+    sessions are kept between batches, as columns), and judged when the count reaches the
+    threshold and each time it doubles; an episode ends after a gap over ``window``.
 
 Blind spots
     Slow scans (fewer than ``threshold`` targets per window) and scans spread over many
@@ -53,6 +60,7 @@ from fleetwarden.core.events import EventBatch
 from fleetwarden.core.findings import Finding
 from fleetwarden.detection.analytics.netcommon import (
     FAILED_STATES,
+    MAX_RECORD_IDS,
     DistinctWindow,
     group_mask,
     make_finding,
@@ -77,7 +85,8 @@ def _proto_port(proto: str, port: int) -> str:
 
 
 class _WindowTable:
-    """Keyed :class:`DistinctWindow` objects with periodic eviction of idle keys."""
+    """Keyed :class:`DistinctWindow` objects; keys idle for the window are forgotten at sweeps
+    (exactly: the next record of such a key would find its window empty and start afresh)."""
 
     def __init__(self, window: float, cap: int, max_keys: int = 200_000) -> None:
         self.window = window
@@ -98,6 +107,9 @@ class _WindowTable:
         self._last_sweep = now
         cutoff = now - self.window
         self.keys = {k: w for k, w in self.keys.items() if w.last_ts >= cutoff}
+        if len(self.keys) > self.max_keys:  # safety valve far above any real load
+            keep = sorted(self.keys.items(), key=lambda kv: kv[1].last_ts)[-(self.max_keys // 2) :]
+            self.keys = dict(keep)
 
 
 class ScanDetector:
@@ -129,7 +141,8 @@ class ScanDetector:
         self._horizontal = _WindowTable(window, cap * 64)
         self._vertical = _WindowTable(window, cap * 64)
         self._arp = _WindowTable(window, cap * 64)
-        self._sources: set[str] = set()
+        # source -> time of its latest counted probe (see _counted)
+        self._last_counted: dict[str, float] = {}
 
     # flows ------------------------------------------------------------------------------
     def update(self, batch: EventBatch, ctx: Context) -> list[Finding]:
@@ -148,8 +161,6 @@ class ScanDetector:
         op = num_col(batch, "orig_pkts").astype(np.int64)
         history = str_col(batch, "history")
         ts = batch.np("ts")
-        uid = str_col(batch, "uid")
-        mac = str_col(batch, "orig_l2_addr")
         now = float(ts[-1])
         # Only what the originator started is a probe: flows where it sent nothing (replies
         # flipped by the flow builder, backscatter) and TCP flows without its SYN (lone RSTs
@@ -171,77 +182,97 @@ class ScanDetector:
         port_key = np.where(is_icmp, sport, dport)
         failed = np.where(is_icmp, rp <= 0, failed)
         keep = unicast & initiated & (~is_icmp | icmp_probe) & (src != "") & (dst != "")
-        # Every scan rule needs failed probes, so a source without any (in this batch or in
-        # the window state) cannot fire: skip its answered traffic before the per-key work.
-        active = set(src[keep & failed].tolist()) | self._sources
-        if not active:
-            return []
-        # pyarrow's hash-based is_in: numpy's isin on object arrays is quadratic.
-        keep &= pc.is_in(pa.array(src, pa.string()), value_set=pa.array(list(active), pa.string())).to_numpy(
-            zero_copy_only=False
-        )
-        if not keep.any():
-            return []
-
-        table = pa.table(
-            {
-                "src": src[keep],
-                "dst": dst[keep],
-                "proto": proto[keep],
-                "port": port_key[keep],
-                "ts": ts[keep],
-                "failed": failed[keep],
-                "uid": uid[keep],
-                "mac": mac[keep],
-            }
-        )
+        rows = np.flatnonzero(keep)
+        if len(rows):
+            rows = rows[self._counted(src[rows], ts[rows], failed[rows])]
         findings: list[Finding] = []
-        # Horizontal (incl. ICMP sweeps): distinct hosts per (source, proto, port).  A host
-        # counts as failed when none of its attempts in the batch was answered: a poller whose
-        # targets answer most polls is not probing dead addresses.
-        h = table.group_by(["src", "proto", "port", "dst"], use_threads=False).aggregate(
-            [("ts", "max"), ("failed", "all"), ("uid", "min"), ("mac", "max")]
-        )
-        touched: set[tuple] = set()
-        for s, p, port, d, t, f, u, m in zip(
-            *(h.column(c).to_pylist() for c in ("src", "proto", "port", "dst")),
-            *(h.column(c).to_pylist() for c in ("ts_max", "failed_all", "uid_min", "mac_max")),
-            strict=True,
-        ):
-            key = (s, p, port)
-            w = self._horizontal.get(key)
-            w.add(d, t, u or "", bool(f), self._horizontal.cap)
-            w.macs = m or w.macs
-            touched.add(key)
-        for key in touched:
-            f = self._check_horizontal(key, self._horizontal.keys[key], ctx)
-            if f:
-                findings.append(f)
-        # Vertical: distinct (proto, port) per (source, host); ICMP types are not ports.
-        tcpudp = table.filter(
-            pa.array(np.asarray(table.column("proto").to_numpy(zero_copy_only=False)) != "icmp")
-        )
-        v = tcpudp.group_by(["src", "dst", "proto", "port"], use_threads=False).aggregate(
-            [("ts", "max"), ("failed", "all"), ("uid", "min"), ("mac", "max")]
-        )
-        touched = set()
-        for s, d, p, port, t, f, u, m in zip(
-            *(v.column(c).to_pylist() for c in ("src", "dst", "proto", "port")),
-            *(v.column(c).to_pylist() for c in ("ts_max", "failed_all", "uid_min", "mac_max")),
-            strict=True,
-        ):
-            key = (s, d)
-            w = self._vertical.get(key)
-            w.add(_proto_port(p, port), t, u or "", bool(f), self._vertical.cap)
-            w.macs = m or w.macs
-            touched.add(key)
-        for key in touched:
-            f = self._check_vertical(key, self._vertical.keys[key], ctx)
-            if f:
-                findings.append(f)
+        if len(rows):
+            findings = self._judge(
+                src[rows], dst[rows], proto[rows], port_key[rows], ts[rows], failed[rows],
+                str_col(batch, "uid")[rows], str_col(batch, "orig_l2_addr")[rows], ctx,
+            )  # fmt: skip
         self._horizontal.sweep(now)
         self._vertical.sweep(now)
-        self._sources = {k[0] for k in self._horizontal.keys} | {k[0] for k in self._vertical.keys}
+        if len(self._last_counted) > self._horizontal.max_keys or now - self._horizontal._last_sweep == 0:
+            cutoff = now - self.window
+            self._last_counted = {s: t for s, t in self._last_counted.items() if t >= cutoff}
+        return findings
+
+    def _counted(self, src: np.ndarray, ts: np.ndarray, failed: np.ndarray) -> np.ndarray:
+        """Which probes count: every scan rule needs failed probes, so a source's probes count from
+        its first failed one on, for as long as it keeps probing (no gap over the window); the
+        answered traffic of a source that fails nothing is never followed.  Record by record in
+        time order, vectorised: per source, runs without a gap over the window start counting
+        at their first failed probe (or at once when the source's last counted probe, in an
+        earlier batch, is within the window)."""
+        enc = pc.dictionary_encode(pa.array(src, pa.string()))
+        code = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        names = enc.dictionary.to_pylist()
+        order = np.lexsort((np.arange(len(code)), code))
+        c, t, f = code[order], ts[order], failed[order]
+        first = np.r_[True, c[1:] != c[:-1]]
+        prev = np.r_[-np.inf, t[:-1]]
+        brk = first | (t - prev > self.window)
+        carry = np.zeros(len(c), dtype=bool)
+        if self._last_counted:
+            at = np.flatnonzero(first)
+            last = np.array([self._last_counted.get(names[k], -np.inf) for k in c[at].tolist()])
+            carry[at] = t[at] - last <= self.window
+        start = f | carry
+        cs = np.cumsum(start)
+        base = (cs - start)[brk]
+        counted_sorted = cs - base[np.cumsum(brk) - 1] > 0
+        if counted_sorted.any():
+            cc, ct = c[counted_sorted], t[counted_sorted]
+            tail = np.r_[cc[1:] != cc[:-1], True]
+            for k, tk in zip(cc[tail].tolist(), ct[tail].tolist(), strict=True):
+                self._last_counted[names[k]] = tk
+        counted = np.empty(len(c), dtype=bool)
+        counted[order] = counted_sorted
+        return counted
+
+    def _judge(self, src, dst, proto, port, ts, failed, uid, mac, ctx: Context) -> list[Finding]:
+        """Add each counted probe to its windows, in time order, and judge the windows it touched."""
+        findings: list[Finding] = []
+        window = self.window
+        horizontal, vertical = self._horizontal, self._vertical
+        h_keys, v_keys = horizontal.keys, vertical.keys
+        h_cap, v_cap = horizontal.cap, vertical.cap
+        telnet_thr, host_thr, icmp_thr = (
+            self.threshold_telnet_hosts,
+            self.threshold_hosts,
+            self.threshold_icmp_hosts,
+        )
+        low = min(self.min_ports_low, self.threshold_ports)
+        for s, d, p, pt, t, f, u, m in zip(
+            src.tolist(), dst.tolist(), proto.tolist(), port.tolist(), ts.tolist(), failed.tolist(),
+            uid.tolist(), mac.tolist(), strict=True,
+        ):  # fmt: skip
+            key = (s, p, pt)
+            w = h_keys.get(key)
+            if w is None:
+                w = h_keys[key] = DistinctWindow()
+            w.add(d, t, u, f, h_cap, window)
+            if m:
+                w.macs = m
+            thr = icmp_thr if p == "icmp" else (telnet_thr if p == "tcp" and pt in TELNET_PORTS else host_thr)
+            if len(w.items) >= thr:
+                finding = self._check_horizontal(key, w, ctx)
+                if finding is not None:
+                    findings.append(finding)
+            if p == "icmp":
+                continue
+            key2 = (s, d)
+            w = v_keys.get(key2)
+            if w is None:
+                w = v_keys[key2] = DistinctWindow()
+            w.add(_proto_port(p, pt), t, u, f, v_cap, window)
+            if m:
+                w.macs = m
+            if len(w.items) >= low:
+                finding = self._check_vertical(key2, w, ctx)
+                if finding is not None:
+                    findings.append(finding)
         return findings
 
     def _due(self, w: DistinctWindow, distinct: int, threshold: int) -> bool:
@@ -250,7 +281,6 @@ class ScanDetector:
 
     def _check_horizontal(self, key: tuple, w: DistinctWindow, ctx: Context) -> Finding | None:
         src, proto, port = key
-        w.expire(w.last_ts, self.window)
         distinct = len(w.items)
         n_failed = len(w.failed)
         if proto == "icmp":
@@ -293,7 +323,6 @@ class ScanDetector:
 
     def _check_vertical(self, key: tuple, w: DistinctWindow, ctx: Context) -> Finding | None:
         src, dst = key
-        w.expire(w.last_ts, self.window)
         distinct = len(w.items)
         n_failed = len(w.failed)
         counted = distinct if n_failed >= 0.5 * distinct else n_failed
@@ -333,7 +362,8 @@ class ScanDetector:
 
     # ARP --------------------------------------------------------------------------------
     def update_arp(self, table: pa.Table, ctx: Context) -> list[Finding]:
-        """Consume ARP records (columns ts, src_mac, src_ip, dst_ip, op; op 1 = request)."""
+        """Consume ARP records (columns ts, src_mac, src_ip, dst_ip, op; op 1 = request), judged
+        record by record in time order like flows."""
         if table.num_rows == 0:
             return []
         ts = np.asarray(table.column("ts").to_numpy(zero_copy_only=False), dtype=float)
@@ -347,18 +377,14 @@ class ScanDetector:
         # 0.0.0.0 (duplicate-address detection) are not sweeps.
         keep = (op == 1) & (src_ip != dst_ip) & (dst_ip != "")
         findings: list[Finding] = []
-        touched: set[tuple] = set()
         order = np.argsort(ts[keep], kind="stable")
         for t, sip, mac, dip in zip(
-            ts[keep][order], src_ip[keep][order], src_mac[keep][order], dst_ip[keep][order], strict=True
-        ):
+            ts[keep][order].tolist(), src_ip[keep][order].tolist(), src_mac[keep][order].tolist(),
+            dst_ip[keep][order].tolist(), strict=True,
+        ):  # fmt: skip
             key = (sip if sip and sip != "0.0.0.0" else mac, mac)
             w = self._arp.get(key)
-            w.add(dip, float(t), "", True, self._arp.cap)
-            touched.add(key)
-        for key in touched:
-            w = self._arp.keys[key]
-            w.expire(w.last_ts, self.window)
+            w.add(dip, t, "", True, self._arp.cap, self.window)
             distinct = len(w.items)
             if not self._due(w, distinct, self.threshold_arp_hosts):
                 continue
@@ -414,11 +440,12 @@ class BruteForceDetector:
         self.max_duration = max_duration
         self.max_size_dispersion = max_size_dispersion
         self.max_sizes = max_sizes
-        self._state: dict[tuple, dict[str, Any]] = {}
-        self._last_sweep = -np.inf
-        self._counts: dict[str, int] = {}
-        self._prev_counts: dict[str, int] = {}
-        self._count_win = -1
+        # The login-like sessions of the last ``window`` seconds (columns of _COLUMNS), so each
+        # session is counted with the ones before it whatever the batches were.
+        self._recent: pa.Table | None = None
+        # (source, host, port) -> [last session time, reported count, service, mac, uids] of its
+        # episode (sessions no more than ``window`` apart)
+        self._state: dict[tuple, list] = {}
 
     def update(self, batch: EventBatch, ctx: Context) -> list[Finding]:
         if batch.kind != "flow" or len(batch) == 0:
@@ -440,98 +467,127 @@ class BruteForceDetector:
         if not attempt.any():
             return []
         sub = batch.filter(attempt)
+        # (a flow without a responder port, or an address, is keyed with 0 or "" in its place)
         key_col = pc.binary_join_element_wise(
-            sub["id.orig_h"], sub["id.resp_h"], pc.cast(sub["id.resp_p"], pa.string()), "|"
+            pc.fill_null(sub["id.orig_h"], ""),
+            pc.fill_null(sub["id.resp_h"], ""),
+            pc.cast(pc.fill_null(sub["id.resp_p"], 0), pa.string()),
+            "|",
         )
-        busy = self._busy_keys(key_col, float(sub.np("ts")[-1]))
-        if busy is None:
-            return []
-        sub = sub.filter(busy)
-        src = str_col(sub, "id.orig_h")
-        dst = str_col(sub, "id.resp_h")
-        dport = num_col(sub, "id.resp_p").astype(np.int64)
-        service = str_col(sub, "service")
-        ts = sub.np("ts")
-        uid = str_col(sub, "uid")
-        obs = num_col(sub, "orig_bytes").astype(np.int64)
-        rbs = num_col(sub, "resp_bytes").astype(np.int64)
-        mac = str_col(sub, "orig_l2_addr")
-        touched: set[tuple] = set()
-        for i in range(len(sub)):
-            key = (src[i], dst[i], int(dport[i]))
-            st = self._state.get(key)
-            if st is None:
-                st = self._state[key] = {
-                    "ts": [],
-                    "ob": [],
-                    "rb": [],
-                    "uids": [],
-                    "reported": 0,
-                    "service": "",
-                    "mac": None,
-                }
-            st["ts"].append(float(ts[i]))
-            st["ob"].append(int(obs[i]))
-            st["rb"].append(int(rbs[i]))
-            if len(st["uids"]) < 50 and uid[i]:
-                st["uids"].append(uid[i])
-            st["service"] = service[i] or st["service"]
-            st["mac"] = mac[i] or st["mac"]
-            if len(st["ts"]) > self.max_sizes:
-                for k in ("ts", "ob", "rb"):
-                    del st[k][: len(st[k]) - self.max_sizes]
-            touched.add(key)
-        findings = [f for key in touched if (f := self._check(key, ctx)) is not None]
-        now = float(ts[-1])
-        if now - self._last_sweep > self.window:
-            self._last_sweep = now
-            self._state = {
-                k: s for k, s in self._state.items() if s["ts"] and s["ts"][-1] >= now - self.window
+        fresh = pa.table(
+            {
+                "key": pc.fill_null(key_col, "").combine_chunks(),
+                "ts": sub["ts"].combine_chunks(),
+                "ob": pa.array(ob[attempt]),
+                "rb": pa.array(rb[attempt]),
+                "new": pa.array(np.ones(len(sub), dtype=bool)),
             }
+        )
+        table = fresh if self._recent is None else pa.concat_tables([self._recent, fresh]).combine_chunks()
+        now = float(sub.np("ts")[-1])
+        # Keep for the next batch what a later session can still count with.
+        ts_all = table.column("ts").to_numpy()
+        self._recent = table.filter(pa.array(ts_all >= now - self.window)).set_column(
+            4, "new", pa.array(np.zeros(int((ts_all >= now - self.window).sum()), dtype=bool))
+        )
+        findings = self._judge(table, sub, ctx)
+        cutoff = now - self.window
+        self._state = {k: st for k, st in self._state.items() if st[0] >= cutoff}
         return findings
 
-    def _busy_keys(self, key_col: pa.ChunkedArray, now: float) -> np.ndarray | None:
-        """Rows whose (source, host, port) has at least a quarter of the threshold this window."""
-        win = int(now // self.window)
-        if win != self._count_win:
-            self._prev_counts = self._counts if win == self._count_win + 1 else {}
-            self._counts, self._count_win = {}, win
-        counts = pc.value_counts(key_col.combine_chunks() if hasattr(key_col, "combine_chunks") else key_col)
-        hot = []
-        for k, n in zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True):
-            total = self._counts.get(k, 0) + n
-            self._counts[k] = total
-            if total + self._prev_counts.get(k, 0) >= max(2, self.threshold // 4):
-                hot.append(k)
-        if not hot:
-            return None
-        # typed: when every hot key is null (no responder ports in the input) the set is not a null array
-        return pc.is_in(key_col, value_set=pa.array(hot, type=pa.string())).to_numpy(zero_copy_only=False)
+    def _judge(self, table: pa.Table, sub: EventBatch, ctx: Context) -> list[Finding]:
+        """Count each new session with the sessions of its key in the window before it (record by
+        record, vectorised per key) and judge the keys that reach the threshold."""
+        enc = pc.dictionary_encode(table.column("key").combine_chunks())
+        code = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        per_key = np.bincount(code)
+        busy = np.flatnonzero(per_key >= self.threshold)
+        new = table.column("new").to_numpy(zero_copy_only=False)
+        n_old = len(new) - len(sub)
+        names = enc.dictionary.to_pylist()
+        # Episode bookkeeping (last session, service, mac) for every key of the batch.
+        sub_code = code[n_old:]
+        service = str_col(sub, "service")
+        mac = str_col(sub, "orig_l2_addr")
+        uid = str_col(sub, "uid")
+        ts_new = sub.np("ts")
+        findings: list[Finding] = []
+        busy_set = set(busy.tolist())
+        order = np.lexsort((np.arange(len(sub_code)), sub_code))
+        sc = sub_code[order]
+        starts = np.flatnonzero(np.r_[True, sc[1:] != sc[:-1]])
+        ends = np.r_[starts[1:], len(sc)]
+        ts_all = table.column("ts").to_numpy()
+        ob_all = table.column("ob").to_numpy()
+        rb_all = table.column("rb").to_numpy()
+        for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+            k = int(sc[a])
+            rows = order[a:b]  # the key's new sessions (indices into ``sub``), in time order
+            name = names[k]
+            s, d, port = name.rsplit("|", 2)
+            key = (s, d, int(port) if port else 0)
+            st = self._state.get(key)
+            if k not in busy_set:
+                # Cannot reach the threshold in this batch: only the episode bookkeeping moves.
+                st = self._advance(key, st, ts_new[rows], service[rows], mac[rows], uid[rows])
+                continue
+            # every session of the key (kept ones first), in time order (a stable sort: the identity
+            # unless a session came behind the kept ones, out of time order)
+            mine = np.flatnonzero(code == k)
+            mine = mine[np.argsort(ts_all[mine], kind="stable")]
+            t = ts_all[mine]
+            left = np.searchsorted(t, t - self.window, side="left")
+            count = np.minimum(np.arange(len(t)) - left + 1, self.max_sizes)
+            for j in range(len(mine)):
+                if mine[j] < n_old:
+                    continue  # kept from an earlier batch: judged then
+                r = int(mine[j] - n_old)
+                st = self._advance(
+                    key, st, ts_new[r : r + 1], service[r : r + 1], mac[r : r + 1], uid[r : r + 1]
+                )
+                n = int(count[j])
+                if n < self.threshold or (st[1] and n < 2 * st[1]):
+                    continue
+                lo = j - n + 1
+                f = self._check(
+                    key, st, n, t[lo : j + 1], ob_all[mine[lo : j + 1]], rb_all[mine[lo : j + 1]], ctx
+                )
+                if f is not None:
+                    findings.append(f)
+        return findings
 
-    def _check(self, key: tuple, ctx: Context) -> Finding | None:
-        st = self._state[key]
-        t = np.asarray(st["ts"])
-        recent = t >= t[-1] - self.window
-        n = int(recent.sum())
-        if n < self.threshold or (st["reported"] and n < 2 * st["reported"]):
-            return None
-        ob = np.asarray(st["ob"])[recent]
-        rb = np.asarray(st["rb"])[recent]
+    def _advance(self, key: tuple, st: list | None, t, service, mac, uid) -> list:
+        """Move a key's episode over its next sessions (a gap over the window starts a new one)."""
+        for ti, sv, m, u in zip(t.tolist(), service.tolist(), mac.tolist(), uid.tolist(), strict=True):
+            if st is None or ti - st[0] > self.window:
+                st = self._state[key] = [ti, 0, "", None, []]
+            st[0] = ti
+            if sv:
+                st[2] = sv
+            if m:
+                st[3] = m
+            if u and len(st[4]) < MAX_RECORD_IDS:
+                st[4].append(u)
+        return st
+
+    def _check(
+        self, key: tuple, st: list, n: int, t: np.ndarray, ob: np.ndarray, rb: np.ndarray, ctx: Context
+    ) -> Finding | None:
         disp = max(_rel_mad(ob), _rel_mad(rb))
         if disp > self.max_size_dispersion:
             return None
         src, dst, port = key
-        service = st["service"]
+        service = st[2]
         login = port in LOGIN_PORTS or service in LOGIN_SERVICES
         # Off login services, alike sessions at tens per minute are what pollers and
         # beacons do: ask for a guessing rate (3x) before calling it brute force.
         if not login and n < 3 * self.threshold:
             return None
-        st["reported"] = n
+        st[1] = n
         score = ratio_score(n, self.threshold, floor=0.6 if login else 0.45)
         if not login:
             score = min(score, 0.6)
-        span = float(t[recent][-1] - t[recent][0])
+        span = float(t[-1] - t[0])
         label = f"tcp/{port}" + (f" ({service})" if service else "")
         evidence = [
             f"{n} short sessions to {dst} {label} in {span:.0f} s (threshold {self.threshold} per "
@@ -544,12 +600,12 @@ class BruteForceDetector:
             "brute-force",
             self.name,
             score,
-            float(t[recent][0]),
-            float(t[recent][-1]),
+            float(t[0]),
+            float(t[-1]),
             evidence,
             ["T1110", "T1110.001"],
-            st["uids"],
-            mac=st["mac"],
+            st[4],
+            mac=st[3],
             target=dst,
             port=port,
             sessions=n,

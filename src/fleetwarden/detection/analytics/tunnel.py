@@ -22,8 +22,10 @@ Contract
     size), or requests and replies whose mean payloads differ (the reply did not mirror the
     request).  The entity is the local end: the requester when both ends are local (the
     tunnel client, as for a LAN-to-LAN tunnel) or neither is known, else the one local end.
-    The score (medium, rising to high) grows with the volume and the duration; an episode
-    is reported again when its payload has grown ``regrowth`` times since the last report.
+    The score (medium, rising to high) grows with the volume and the duration.  Flows are
+    added one by one in time order (running sums, vectorised): an episode is reported at the
+    flow where it first qualifies, and again at the flow where its payload has grown
+    ``regrowth`` times since the last report, whatever the batches.
 
 Blind spots
     A tunnel that pads every packet to one fixed size and answers with the request's own
@@ -68,6 +70,7 @@ __all__ = ["ANALYTICS", "IcmpTunnelDetector"]
 ECHO_REQUEST = (8, 128)  # ICMPv4, ICMPv6
 ECHO_REPLY = (0, 129)
 PING_SIZES = "ping: 0-72 B"
+_SUMS = ("req_pkts", "rep_pkts", "req_bytes", "rep_bytes", "varied_pkts")
 
 
 class _Episode:
@@ -183,23 +186,61 @@ class IcmpTunnelDetector:
             ep = self._pairs.get(key)
             if ep is None or float(ts[order[0]]) - ep.last > self.idle_timeout:
                 ep = self._pairs[key] = _Episode()
-            ep.flows += len(order)
-            for name in ("req_pkts", "rep_pkts", "req_bytes", "rep_bytes", "varied_pkts"):
-                setattr(ep, name, getattr(ep, name) + int(cols[name][order].sum()))
-            m = mean[order]
-            ep.lo_mean, ep.hi_mean = min(ep.lo_mean, float(m.min())), max(ep.hi_mean, float(m.max()))
-            ep.first = min(ep.first, float(ts[order].min()))
-            ep.last = max(ep.last, float(end[order].max()))
-            room = MAX_RECORD_IDS - len(ep.uids)
-            if room > 0:
-                ep.uids.extend(u for u in uid[order][:room].tolist() if u)
-            ep.req_mac = ep.req_mac or (str(req_mac[order[-1]]) or None)
-            ep.rep_mac = ep.rep_mac or (str(rep_mac[order[-1]]) or None)
-            finding = self._check(key, ep, ctx)
-            if finding is not None:
-                findings.append(finding)
+            findings += self._advance(key, ep, order, cols, mean, ts, end, uid, req_mac, rep_mac, ctx)
         self._bound(float(end.max()))
         return findings
+
+    def _advance(
+        self, key, ep: _Episode, order, cols, mean, ts, end, uid, req_mac, rep_mac, ctx
+    ) -> list[Finding]:  # noqa: ANN001
+        """Add an episode's rows one by one (running sums, vectorised) and report at each row
+        where the episode first qualifies, then where its payload has grown ``regrowth`` times."""
+        sums = {name: getattr(ep, name) + np.cumsum(cols[name][order]) for name in _SUMS}
+        flows = ep.flows + np.arange(1, len(order) + 1)
+        lo = np.minimum(ep.lo_mean, np.minimum.accumulate(mean[order]))
+        hi = np.maximum(ep.hi_mean, np.maximum.accumulate(mean[order]))
+        first = min(ep.first, float(ts[order].min()))
+        last = np.maximum(ep.last, np.maximum.accumulate(end[order]))
+        packets = sums["req_pkts"] + sums["rep_pkts"]
+        payload = sums["req_bytes"] + sums["rep_bytes"]
+        span = np.maximum(last - first, 0.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ok = (
+                (packets >= self.min_packets)
+                & (payload >= self.min_bytes)
+                & (payload / np.maximum(packets, 1) >= self.min_mean_payload)
+                & (sums["varied_pkts"] / np.maximum(packets, 1) >= self.min_varied_share)
+                & (sums["rep_pkts"] > 0)
+                & ((span >= self.min_duration) | (payload >= self.burst_bytes))
+            )
+        u, rq, rp = uid[order], req_mac[order], rep_mac[order]
+        base = list(ep.uids)
+        findings = []
+        j = 0
+        while True:
+            cand = ok[j:] & (payload[j:] >= self.regrowth * ep.reported) if ep.reported else ok[j:]
+            nz = np.flatnonzero(cand)
+            if not len(nz):
+                break
+            j += int(nz[0])
+            self._set(ep, j, sums, flows, lo, hi, first, last, u, rq, rp, base)
+            findings.append(self._report(key, ep, ctx))
+            j += 1
+        self._set(ep, len(order) - 1, sums, flows, lo, hi, first, last, u, rq, rp, base)
+        return findings
+
+    def _set(self, ep: _Episode, j: int, sums, flows, lo, hi, first, last, u, rq, rp, base) -> None:  # noqa: ANN001
+        """The episode as it stands after its ``j``-th new row."""
+        for name in _SUMS:
+            setattr(ep, name, int(sums[name][j]))
+        ep.flows = int(flows[j])
+        ep.lo_mean, ep.hi_mean = float(lo[j]), float(hi[j])
+        ep.first, ep.last = first, float(last[j])
+        ep.uids = (base + [x for x in u[: j + 1][:MAX_RECORD_IDS].tolist() if x])[:MAX_RECORD_IDS]
+        if not ep.req_mac:
+            ep.req_mac = next((x for x in rq[: j + 1].tolist() if x), None)
+        if not ep.rep_mac:
+            ep.rep_mac = next((x for x in rp[: j + 1].tolist() if x), None)
 
     def _segments(
         self, req: np.ndarray, rep: np.ndarray, ts: np.ndarray, end: np.ndarray
@@ -225,19 +266,11 @@ class IcmpTunnelDetector:
         starts = np.flatnonzero(cut)
         return np.split(order, starts[1:])
 
-    def _check(self, key: tuple[str, str], ep: _Episode, ctx: Context) -> Finding | None:
+    def _report(self, key: tuple[str, str], ep: _Episode, ctx: Context) -> Finding:
         payload, packets = ep.payload, ep.packets
-        if packets < self.min_packets or payload < self.min_bytes:
-            return None
         mean = payload / max(packets, 1)
         span = max(ep.last - ep.first, 0.0)
         varied = ep.varied_pkts / max(packets, 1)
-        if mean < self.min_mean_payload or varied < self.min_varied_share or ep.rep_pkts <= 0:
-            return None
-        if span < self.min_duration and payload < self.burst_bytes:
-            return None
-        if ep.reported and payload < self.regrowth * ep.reported:
-            return None
         ep.reported = payload
         requester, replier = key
         if is_local(ctx, requester) or not is_local(ctx, replier):
