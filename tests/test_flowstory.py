@@ -76,3 +76,23 @@ def test_answered_unusual_flows_stay_an_anomaly_listing_destinations():
     assert f.evidence[0] == "8 unusual flows over 7 s: 5 to 52.1.2.3 tcp/443 (9,771 KB); 3 to 10.0.0.1 tcp/443 (5,862 KB)"
     # only the external destination is one to block
     assert f.attributes["block"] == ["52.1.2.3 tcp/443"]
+
+
+def test_stories_are_the_same_whatever_the_batching():
+    """A device's story covers a minute of event time from its first untold alert, told once the
+    stream has moved past it: cutting the same flows into other batches tells the same stories."""
+    ts = np.concatenate([np.arange(0, 600, 7.0), np.arange(2000, 2100, 3.0)])
+    dst = ["185.199.108.9" if t < 1000 else "151.101.1.69" for t in ts]
+    whole = _flows(ts, dst, 50)
+
+    def told(cuts) -> list:
+        engine = Engine(analytics=[], flow_model=_AlertAll(), ctx=Context(), anomaly_cooldown=60.0)
+        found = [f for a, b in zip(cuts[:-1], cuts[1:], strict=True) for f in engine.process(whole.slice(a, b - a))]
+        found += engine.flush()
+        return [(f.category, f.first_seen, f.last_seen, f.evidence[0]) for f in found]
+
+    n = len(whole)
+    one = told([0, n])
+    assert len(one) == 12  # ten one-minute windows of the first service, two of the second
+    assert told(list(range(0, n, 7)) + [n]) == one
+    assert told([0, 1, 2, 50, n - 1, n]) == one

@@ -450,7 +450,9 @@ class Worker:
         if not msgs:
             try:
                 info = await self._js.consumer_info(self.stream, ps.durable)
-                ps.caught_up = info.num_pending == 0
+                # caught up: nothing waits on the server AND nothing it delivered is still on its
+                # way to us (a fetch that timed out here can leave deliveries in flight)
+                ps.caught_up = info.num_pending == 0 and info.num_ack_pending <= len(ps.unacked)
             except Exception as exc:
                 self._trouble(f"state of p{ps.index}", exc)
                 return None

@@ -27,7 +27,7 @@ from fleetwarden.core.events import EventBatch
 from fleetwarden.core.findings import Finding
 from fleetwarden.detection.analytics.base import Analytic
 from fleetwarden.detection.analytics.netcommon import make_finding, share_prevalence, sorted_by_time
-from fleetwarden.detection.flowstory import FlowAlerts
+from fleetwarden.detection.flowstory import FlowAlerts, Story
 
 __all__ = ["ANALYTIC_MODULES", "MODEL_ONLY_CONFIDENCE", "Engine", "default_analytics"]
 
@@ -102,8 +102,7 @@ class Engine:
             for kind in a.kinds:
                 self._by_kind.setdefault(kind, []).append(a)
         # the flow model's alerted flows per device, told as a story per cooldown (flowstory.py)
-        self._alerts = FlowAlerts()
-        self._emitted: dict[str, float] = {}
+        self._alerts = FlowAlerts(anomaly_cooldown)
         self.events = 0
         self.findings = 0
 
@@ -134,7 +133,7 @@ class Engine:
         out: list[Finding] = []
         for a in self.analytics:
             out += a.flush(self.ctx)
-        out += [f for ip in sorted(self._alerts.devices) if (f := self._emit_alerts(ip)) is not None]
+        out += [self._finding(ip, story) for ip, story in self._alerts.finish(self.ctx) if story is not None]
         self.findings += len(out)
         return out
 
@@ -142,8 +141,9 @@ class Engine:
     def _model_findings(self, batch: EventBatch) -> list[Finding]:
         scores, alerts, reasons = self.flow_model.score_batch(batch)
         alerts = np.asarray(alerts).astype(bool)
+        now = float(np.max(batch.np("ts")))
         if not alerts.any():
-            return []
+            return [self._finding(ip, story) for ip, story in self._alerts.close(now, self.ctx) if story]
         cols = {
             "src": batch.np("id.orig_h", fill=""),
             "dst": batch.np("id.resp_h", fill=""),
@@ -156,21 +156,12 @@ class Engine:
             "uid": batch.np("uid", fill=""),
             "mac": batch.np("orig_l2_addr", fill=""),
         }
-        touched = self._alerts.add(cols, np.flatnonzero(alerts), np.asarray(scores, dtype=float), list(reasons))
-        out = []
-        for ip in sorted(touched):
-            # A device's first alert goes out at once; later ones are told per cooldown.
-            if self._alerts.last(ip) - self._emitted.get(ip, -np.inf) >= self.anomaly_cooldown:
-                f = self._emit_alerts(ip)
-                if f is not None:
-                    out.append(f)
-        return out
+        rows = np.flatnonzero(alerts)
+        told = self._alerts.add(cols, rows, np.asarray(scores, dtype=float), list(reasons), self.ctx)
+        told += self._alerts.close(now, self.ctx)
+        return [self._finding(ip, story) for ip, story in told if story is not None]
 
-    def _emit_alerts(self, ip: str) -> Finding | None:
-        story = self._alerts.story(ip, self.ctx)
-        if story is None:
-            return None
-        self._emitted[ip] = story.last
+    def _finding(self, ip: str, story: Story) -> Finding:
         return make_finding(
             self.ctx,
             ip,

@@ -95,24 +95,35 @@ class Story:
 
 
 class FlowAlerts:
-    """Alerted flows per device, grouped by (destination, protocol, port), until told."""
+    """Alerted flows per device, grouped by (destination, protocol, port), told per window.
 
-    def __init__(self) -> None:
+    A device's story covers its alerts of ``cooldown`` seconds of event time from its first untold
+    alert; it is told once the stream has moved past that window (a later flow of any device, or
+    the end of the input).  Decided in event time, so the stories are the same whatever the
+    batching; only which call returns them may differ."""
+
+    def __init__(self, cooldown: float = 60.0) -> None:
+        self.cooldown = cooldown
         self.devices: dict[str, _Device] = {}
 
-    def add(self, batch_cols: dict[str, np.ndarray], rows: np.ndarray, scores: np.ndarray, reasons: list) -> set[str]:
-        """Add the alerted ``rows`` of a flow batch (``batch_cols``: its columns as numpy arrays);
-        returns the devices that got new alerts."""
+    def add(
+        self, batch_cols: dict[str, np.ndarray], rows: np.ndarray, scores: np.ndarray, reasons: list, ctx: Context
+    ) -> list[tuple[str, Story]]:
+        """Add the alerted ``rows`` of a flow batch (``batch_cols``: its columns as numpy arrays, rows
+        in time order); returns the (device, story) pairs an alert of a device's next window closed."""
         src, dst, ts = batch_cols["src"], batch_cols["dst"], batch_cols["ts"]
         proto, port, state = batch_cols["proto"], batch_cols["port"], batch_cols["state"]
         ob, ib, uid, mac = batch_cols["out_bytes"], batch_cols["in_bytes"], batch_cols["uid"], batch_cols["mac"]
-        touched: set[str] = set()
+        told: list[tuple[str, Story]] = []
         for i in rows.tolist():
-            d = self.devices.get(src[i])
-            if d is None:
-                d = self.devices[src[i]] = _Device()
-            touched.add(src[i])
+            ip = str(src[i])
             t = float(ts[i])
+            d = self.devices.get(ip)
+            if d is not None and t >= d.first + self.cooldown:
+                told.append((ip, self.story(ip, ctx)))  # this alert opens the device's next window
+                d = None
+            if d is None:
+                d = self.devices[ip] = _Device()
             key = (str(dst[i]), str(proto[i]), int(port[i]))
             g = d.groups.get(key)
             if g is None:
@@ -134,24 +145,25 @@ class FlowAlerts:
             if uid[i] and len(d.uids) < 50:
                 d.uids.append(str(uid[i]))
             d.mac = str(mac[i]) or d.mac
-        return touched
+        return told
+
+    def close(self, now: float, ctx: Context) -> list[tuple[str, Story]]:
+        """The stories of the windows the stream has moved past (``now``: the newest event time)."""
+        due = sorted(ip for ip, d in self.devices.items() if now >= d.first + self.cooldown)
+        return [(ip, self.story(ip, ctx)) for ip in due]
+
+    def finish(self, ctx: Context) -> list[tuple[str, Story]]:
+        """The stories of the alerts still untold (the end of the input)."""
+        return [(ip, self.story(ip, ctx)) for ip in sorted(self.devices)]
 
     @staticmethod
     def _forget_smallest(d: _Device) -> None:
         smallest = min(d.groups, key=lambda k: (d.groups[k].flows, d.groups[k].last))
         del d.groups[smallest]
 
-    def pending(self, ip: str) -> int:
-        d = self.devices.get(ip)
-        return d.flows if d is not None else 0
-
-    def last(self, ip: str) -> float:
-        d = self.devices.get(ip)
-        return d.last if d is not None else -np.inf
-
     def story(self, ip: str, ctx: Context) -> Story | None:
-        """The story of the flows alerted for ``ip`` since the last story; None when there are none.
-        Resets the device's collection."""
+        """The story of the flows alerted for ``ip`` since its last story (None when there are none);
+        resets the device's collection."""
         d = self.devices.pop(ip, None)
         if d is None or d.flows == 0:
             return None
