@@ -57,7 +57,10 @@ def test_horizontal_telnet_scan_fires_when_evidence_completes():
     rows = [flow(1000 + i * 0.1, "10.0.0.5", f"198.51.{i // 250}.{i % 250 + 1}", 23) for i in range(40)]
     first = det.update(flows(rows[:9]), ctx)
     assert first == []  # 9 hosts: below the telnet threshold of 10
-    found = det.update(flows(rows[9:10]), ctx)  # the 10th host completes the evidence
+    # the 10th host completes the evidence; the scan analytic holds flows until the DNS answers up
+    # to their time are in (an address DNS gave the source is no scan target), so it is told by
+    # the next batch or at the end of the input
+    found = det.update(flows(rows[9:10]), ctx) + det.flush(ctx)
     assert len(found) == 1
     check_finding(found[0], "scan")
     assert found[0].entity == "10.0.0.5" and "tcp/23" in found[0].evidence[0]
@@ -70,7 +73,8 @@ def test_answered_fanout_is_not_a_scan():
         flow(1000 + i, "10.0.0.7", f"203.0.113.{i + 1}", 443, state="SF", ob=500, rb=5000, op=5, rp=6)
         for i in range(40)
     ]
-    assert ScanDetector().update(flows(rows), Context()) == []
+    det = ScanDetector()
+    assert det.update(flows(rows), Context()) + det.flush(Context()) == []
 
 
 def test_vertical_scan_and_backscatter_ignored():
@@ -78,7 +82,7 @@ def test_vertical_scan_and_backscatter_ignored():
     rows = [
         flow(50 + p * 0.01, "10.0.0.9", "10.0.0.1", p, state="REJ", history="Sr", rp=1) for p in range(1, 31)
     ]
-    found = det.update(flows(rows), ctx)
+    found = det.update(flows(rows), ctx) + det.flush(ctx)
     # judged probe by probe: a low-confidence finding at six refused ports, then the threshold
     # and each doubling (the same in one batch as one probe at a time)
     assert [(f.attributes["scan_type"], f.attributes["distinct_ports"]) for f in found] == [
@@ -92,7 +96,8 @@ def test_vertical_scan_and_backscatter_ignored():
         flow(50 + i * 0.01, "198.51.100.9", "10.0.0.1", 40000 + i, state="RSTOS0", history="R")
         for i in range(40)
     ]
-    assert ScanDetector().update(flows(rst), ctx) == []
+    det = ScanDetector()
+    assert det.update(flows(rst), ctx) + det.flush(ctx) == []
 
 
 def test_arp_sweep():
@@ -627,3 +632,30 @@ def test_flood_findings_are_the_same_in_100_ms_batches_as_in_one():
     assert small[0][0] == "10.9.9.9"
     victim = [r["uid"] for r in rows if r["id.resp_h"] == "10.9.9.9" and r["ts"] >= 20]
     assert small[0][5] == victim[: len(small[0][5])] and len(small[0][5]) == 50
+
+
+def test_a_device_retrying_the_addresses_its_dns_named_is_not_scanning():
+    """IoT Sentinel's WeMo devices, their cloud unreachable during set-up, try every address DNS gave
+    for their cloud's names (20-23 hosts on tcp/443 in half a minute, all unanswered, the lookups
+    relayed by the set-up network's resolver): intended destinations, not scan targets.  The same
+    probes to addresses nobody resolved are a scan."""
+    from fleetwarden.core.events import EventBatch
+
+    hosts = [f"52.{i}.115.100" for i in range(25)]
+    probes = [flow(1000 + i, "10.22.22.138", h, 443, state="S0") for i, h in enumerate(hosts)]
+    lookups = EventBatch.from_columns(
+        "dns",
+        {
+            "ts": [995.0],
+            "id.orig_h": ["10.10.10.144"],  # the resolver that relays for the device
+            "id.resp_h": ["8.8.8.8"],
+            "query": ["api.xbcs.net"],
+            "answers": [",".join(hosts)],
+        },
+    )
+    named, ctx = ScanDetector(), Context()
+    found = named.update(lookups, ctx) + named.update(flows(probes), ctx) + named.flush(ctx)
+    assert found == []
+    unnamed = ScanDetector()
+    found = unnamed.update(flows(probes), ctx) + unnamed.flush(ctx)
+    assert [f.category for f in found] == ["scan"]

@@ -47,15 +47,19 @@ def test_default_analytics_cover_network_and_control_plane():
 
 
 def test_engine_dispatches_by_kind_and_counts():
-    engine = Engine(analytics=[ScanDetector()])
+    from fleetwarden.detection.analytics.tunnel import IcmpTunnelDetector
+
+    engine = Engine(analytics=[ScanDetector(), IcmpTunnelDetector()])
+    auth = EventBatch.from_columns("auth", {"ts": [0.5], "user": ["maint"], "src_ip": ["10.0.0.5"]})
+    assert engine.process(auth) == []  # neither analytic takes auth
     dns = EventBatch.from_columns(
         "dns", {"ts": [1.0], "id.orig_h": ["10.0.0.5"], "id.resp_h": ["10.0.0.1"], "query": ["example.com"]}
     )
-    assert engine.process(dns) == []  # the scan analytic does not take DNS
-    found = engine.process(scan_batch(100.0, 15))
+    assert engine.process(dns) == []  # the scan analytic reads DNS answers (the addresses they name)
+    # a scan's flows wait until the DNS answers up to their time are in: told at the end here
+    found = engine.process(scan_batch(100.0, 15)) + engine.flush()
     assert [f.category for f in found] == ["scan"]
-    assert engine.events == 16 and engine.findings == 1
-    assert engine.flush() == []
+    assert engine.events == 17 and engine.findings == 1
 
 
 class _ThresholdModel:
@@ -143,7 +147,8 @@ def test_context_names_inventory_device():
     ctx.add_device(
         DeviceInfo(device_id="cam-7", ip="10.0.0.5", mac="aa:bb:cc:dd:ee:07", device_class="camera")
     )
-    found = Engine(analytics=[ScanDetector()], ctx=ctx).process(scan_batch(0.0, 12))
+    engine = Engine(analytics=[ScanDetector()], ctx=ctx)
+    found = engine.process(scan_batch(0.0, 12)) + engine.flush()
     assert (
         found[0].entity == "cam-7" and found[0].device_id == "cam-7" and found[0].mac == "aa:bb:cc:dd:ee:07"
     )

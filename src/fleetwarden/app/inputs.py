@@ -66,9 +66,11 @@ class InputSet:
     def batches(self) -> Iterator[EventBatch]:
         """Every event of every file, merged in event time (one file: as its reader yields it)."""
         streams = [self._read(f) for f in self.files]
-        if len(streams) == 1:
-            yield from streams[0]
+        if len(streams) == 1 and self.files[0].fmt not in _SEQUENTIAL:
+            yield from streams[0]  # one file in time order: as its reader yields it
             return
+        # several files, or a capture (its reader yields all flows, then all DNS records): one
+        # stream in event time, so a flow meets the DNS answer that named its destination
         yield from merge_in_time(streams, [f.fmt in _SEQUENTIAL for f in self.files])
 
     def arp_tables(self) -> Iterator[pa.Table]:

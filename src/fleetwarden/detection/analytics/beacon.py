@@ -47,7 +47,9 @@ Contract
     baseline weight (low).  Without fleet context (fewer than ``min_population`` devices: a
     single-host capture), a beacon slower than one check-in per ``slow_gap`` (10 min) is capped
     at ``slow_cap`` (medium): vendor heartbeats and firmware checks poll that slowly, and one
-    capture holds nothing else to tell them from a slow C2.  Fast check-ins keep full weight.
+    capture holds nothing else to tell them from a slow C2.  Fast check-ins keep full weight, once
+    observed for ``short_span`` (5 min): a pair periodic for less than that is at most low, since
+    a device being set up polls its cloud every second or two for a minute or two.
 
     Destinations inside the site (RFC 1918 and inventoried addresses: brokers, hubs,
     gateways) are not C2 candidates unless ``internal=True`` (then discounted x0.7).
@@ -102,6 +104,9 @@ __all__ = ["ANALYTICS", "PERIODIC_BY_DESIGN", "BeaconDetector", "beacon_score"]
 # UDP services whose clients poll periodically by their standard: NTP (RFC 5905 poll intervals of
 # 2^minpoll..2^maxpoll s) and DNS (re-resolution at each record's TTL).
 PERIODIC_BY_DESIGN = frozenset({53, 123})
+# Below "medium" (core.findings.severity_for): what a beacon observed for less than ``short_span``
+# (5 min, half the ten minutes at which its span stops weighing against it) can be at most.
+SHORT_CAP = 0.39
 
 
 @dataclass
@@ -208,6 +213,7 @@ class BeaconDetector:
         baseline_weight: float = 0.3,
         slow_gap: float = 600.0,
         slow_cap: float = 0.6,
+        short_span: float = 300.0,
     ) -> None:
         self.min_connections = min_connections
         self.threshold = threshold
@@ -226,6 +232,7 @@ class BeaconDetector:
         self.baseline_weight = baseline_weight
         self.slow_gap = slow_gap
         self.slow_cap = slow_cap
+        self.short_span = short_span
         self.prevalence = Prevalence()
         # Pairs left out as fleet services, with the reason (bounded like the pairs).
         self.suppressed: dict[tuple, str] = {}
@@ -472,6 +479,13 @@ class BeaconDetector:
             # NTP polls at 2^n-second intervals and DNS re-resolves at each TTL: periodic by
             # their standards, from every device.  Kept as low context.
             confidence *= self.baseline_weight
+        short = s["span"] < self.short_span
+        if short:
+            # A device being set up or paired polls its cloud every second or two for a minute
+            # or two (IoT Sentinel's set-up captures: a Hue bridge's 2 s keep-alive over 90 s):
+            # periodicity over so short a stretch cannot tell that from a C2 check-in, so it
+            # stays low until it lasts.
+            confidence = min(confidence, SHORT_CAP)
         slow_alone = population < self.min_population and s["median_gap"] > self.slow_gap
         if slow_alone:
             # Without a fleet to compare with, a slow periodic poll (vendor heartbeats, firmware
@@ -495,6 +509,10 @@ class BeaconDetector:
         ]
         if periodic_protocol:
             evidence.append(f"{proto}/{port} is periodic by design (time sync or DNS refresh): low weight")
+        if short:
+            evidence.append(
+                f"periodic for only {s['span']:.0f} s: a device being set up polls like this too, so low until it lasts"
+            )
         if slow_alone:
             evidence.append(
                 f"one check-in every {s['median_gap'] / 60:.0f} min and no fleet to compare with: a slow "

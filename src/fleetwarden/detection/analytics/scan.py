@@ -39,8 +39,9 @@ Blind spots
     sources are missed; a scan of a service that answers every probe with data looks like
     normal use unless it is wide.  The brute-force rule cannot tell a failed login from a
     succeeding one (payload is encrypted): a client polling a service many times a second
-    with identical requests is flagged too (its score stays medium unless the service is a
-    login service).  Spoofed-source scans name the spoofed address.
+    with identical requests is flagged too (its score stays low unless the service is a login
+    service).  A horizontal scan at its threshold is low (a device whose cloud does not answer
+    tries every address its DNS named); it weighs from twice the threshold, telnet scans at once.  Spoofed-source scans name the spoofed address.
 
 Reference
     Slips (Stratosphere Lab) horizontal/vertical port-scan and ARP-scan modules; Zeek's
@@ -49,6 +50,8 @@ Reference
 
 from __future__ import annotations
 
+import bisect
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -62,9 +65,12 @@ from fleetwarden.detection.analytics.netcommon import (
     FAILED_STATES,
     MAX_RECORD_IDS,
     DistinctWindow,
+    KindClock,
     group_mask,
     make_finding,
     num_col,
+    parse_address,
+    plain_table,
     ratio_score,
     sorted_by_time,
     str_col,
@@ -76,6 +82,12 @@ TELNET_PORTS = frozenset({23, 2323})
 # ICMP types that ask a host to answer: echo, timestamp, address-mask, info request.
 ICMP_PROBE_TYPES = frozenset({8, 13, 15, 17})
 # Services where many short sessions mean password guessing (by port or detected service).
+# Below "medium" (core.findings.severity_for): the most a brute-force shape off a login service weighs.
+NON_LOGIN_CAP = 0.39
+# How long a DNS answer vouches for the addresses it gave its client (a priori: answers' TTLs run
+# from minutes to an hour or so; a device retrying the addresses it was given does it at once).
+RESOLVED_TTL = 3600.0
+MAX_RESOLVED = 200_000
 LOGIN_PORTS = frozenset({21, 22, 23, 2222, 2323, 3389, 5900, 110, 143, 445, 1433, 3306, 5432, 8291})
 LOGIN_SERVICES = frozenset({"ssh", "telnet", "ftp", "rdp", "vnc", "rfb", "smb", "mysql", "pop3", "imap"})
 
@@ -116,7 +128,7 @@ class ScanDetector:
     """Horizontal, vertical, ICMP and ARP scans (see the module docstring)."""
 
     name = "scan"
-    kinds = ("flow",)
+    kinds = ("flow", "dns")
 
     def __init__(
         self,
@@ -143,11 +155,86 @@ class ScanDetector:
         self._arp = _WindowTable(window, cap * 64)
         # source -> time of its latest counted probe (see _counted)
         self._last_counted: dict[str, float] = {}
+        # Flows wait until the DNS answers up to their time are in (KindClock): an address DNS gave
+        # a client of the network (the device itself, or the resolver or gateway that relays for
+        # it) is a destination someone means to reach, not a scan target: a device whose cloud does
+        # not answer tries every address its name resolved to.
+        self.clock = KindClock(self.kinds)
+        self._held_flows: pa.Table | None = None
+        self._held_dns: pa.Table | None = None
+        self._resolved: OrderedDict[str, float] = OrderedDict()  # address -> latest time DNS gave it
+
+    # flows and the DNS answers that name their destinations ---------------------------------
+    def update(self, batch: EventBatch, ctx: Context) -> list[Finding]:
+        if len(batch) == 0 or batch.kind not in self.kinds:
+            return []
+        batch = sorted_by_time(batch)
+        self.clock.note(batch.kind, float(np.nanmax(batch.np("ts"))))
+        if batch.kind == "dns":
+            answers = str_col(batch, "answers")
+            has = answers != ""
+            if has.any():
+                part = pa.table(
+                    {"ts": pa.array(batch.np("ts")[has], pa.float64()), "answers": pa.array(answers[has], pa.string())}
+                )
+                self._held_dns = part if self._held_dns is None else pa.concat_tables([self._held_dns, part])
+        else:
+            part = plain_table(batch.table)
+            self._held_flows = part if self._held_flows is None else pa.concat_tables([self._held_flows, part])
+        return self._release(ctx, self.clock.through)
+
+    def flush(self, ctx: Context) -> list[Finding]:
+        self.clock.finish()
+        return self._release(ctx, np.inf)
+
+    def _release(self, ctx: Context, until: float) -> list[Finding]:
+        """Judge the held flows up to ``until``, in event time, with the DNS answers before each."""
+        dns, self._held_dns = _split(self._held_dns, until)
+        fresh = self._answers(dns)
+        flows, self._held_flows = _split(self._held_flows, until)
+        found: list[Finding] = []
+        if flows is not None and flows.num_rows:
+            found = self._flows(EventBatch.from_table("flow", flows), ctx, fresh)
+        for key, times in fresh.items():
+            self._resolved.pop(key, None)
+            self._resolved[key] = times[-1]
+        while len(self._resolved) > MAX_RESOLVED:  # the oldest answers go first
+            self._resolved.popitem(last=False)
+        return found
+
+    @staticmethod
+    def _answers(dns: pa.Table | None) -> dict[str, list[float]]:
+        """address -> the times, in order, DNS gave that address in an answer."""
+        out: dict[str, list[float]] = {}
+        if dns is None or dns.num_rows == 0:
+            return out
+        dns = dns.sort_by("ts")
+        for t, ans in zip(dns.column("ts").to_pylist(), dns.column("answers").to_pylist(), strict=True):
+            for a in ans.split(","):
+                a = a.strip()
+                if a and parse_address(a) is not None:
+                    out.setdefault(a, []).append(t)
+        return out
+
+    def _named(self, dst: np.ndarray, ts: np.ndarray, fresh: dict) -> np.ndarray:
+        """Per flow: did DNS give this destination to a client of the network within RESOLVED_TTL
+        before the flow?"""
+        out = np.zeros(len(dst), dtype=bool)
+        if not fresh and not self._resolved:
+            return out
+        for i, (d, t) in enumerate(zip(dst.tolist(), ts.tolist(), strict=True)):
+            times = fresh.get(d)
+            last = None
+            if times:
+                k = bisect.bisect_right(times, t)
+                last = times[k - 1] if k else None
+            if last is None:
+                last = self._resolved.get(d)
+            out[i] = last is not None and last <= t and t - last <= RESOLVED_TTL
+        return out
 
     # flows ------------------------------------------------------------------------------
-    def update(self, batch: EventBatch, ctx: Context) -> list[Finding]:
-        if batch.kind != "flow" or len(batch) == 0:
-            return []
+    def _flows(self, batch: EventBatch, ctx: Context, fresh: dict) -> list[Finding]:
         batch = sorted_by_time(batch)
         src = str_col(batch, "id.orig_h")
         dst = str_col(batch, "id.resp_h")
@@ -190,6 +277,7 @@ class ScanDetector:
             findings = self._judge(
                 src[rows], dst[rows], proto[rows], port_key[rows], ts[rows], failed[rows],
                 str_col(batch, "uid")[rows], str_col(batch, "orig_l2_addr")[rows], ctx,
+                self._named(dst[rows], ts[rows], fresh),
             )  # fmt: skip
         self._horizontal.sweep(now)
         self._vertical.sweep(now)
@@ -231,8 +319,9 @@ class ScanDetector:
         counted[order] = counted_sorted
         return counted
 
-    def _judge(self, src, dst, proto, port, ts, failed, uid, mac, ctx: Context) -> list[Finding]:
-        """Add each counted probe to its windows, in time order, and judge the windows it touched."""
+    def _judge(self, src, dst, proto, port, ts, failed, uid, mac, ctx: Context, named) -> list[Finding]:
+        """Add each counted probe to its windows, in time order, and judge the windows it touched.
+        A destination DNS named to the source (``named``) is no scan target."""
         findings: list[Finding] = []
         window = self.window
         horizontal, vertical = self._horizontal, self._vertical
@@ -244,10 +333,12 @@ class ScanDetector:
             self.threshold_icmp_hosts,
         )
         low = min(self.min_ports_low, self.threshold_ports)
-        for s, d, p, pt, t, f, u, m in zip(
+        for s, d, p, pt, t, f, u, m, nm in zip(
             src.tolist(), dst.tolist(), proto.tolist(), port.tolist(), ts.tolist(), failed.tolist(),
-            uid.tolist(), mac.tolist(), strict=True,
+            uid.tolist(), mac.tolist(), named.tolist(), strict=True,
         ):  # fmt: skip
+            if nm:
+                continue  # a destination its DNS gave it: neither a horizontal nor a vertical target
             key = (s, p, pt)
             w = h_keys.get(key)
             if w is None:
@@ -414,9 +505,6 @@ class ScanDetector:
             self._arp.sweep(float(ts.max()))
         return findings
 
-    def flush(self, ctx: Context) -> list[Finding]:
-        # Findings are emitted as soon as a threshold is crossed; nothing is held back.
-        return []
 
 
 class BruteForceDetector:
@@ -586,7 +674,9 @@ class BruteForceDetector:
         st[1] = n
         score = ratio_score(n, self.threshold, floor=0.6 if login else 0.45)
         if not login:
-            score = min(score, 0.6)
+            # Off login services the flow shape cannot tell password guessing from an API polled
+            # many times a minute (an IoT switch polling its hub over HTTP): a lead, low.
+            score = min(score, NON_LOGIN_CAP)
         span = float(t[-1] - t[0])
         label = f"tcp/{port}" + (f" ({service})" if service else "")
         evidence = [
@@ -613,6 +703,19 @@ class BruteForceDetector:
 
     def flush(self, ctx: Context) -> list[Finding]:
         return []
+
+
+def _split(table: pa.Table | None, until: float) -> tuple[pa.Table | None, pa.Table | None]:
+    """(rows with ts <= until, in time order; the rest) of a held table."""
+    if table is None or table.num_rows == 0:
+        return None, None
+    ts = table.column("ts").to_numpy()
+    ready = ts <= until
+    if ready.all():
+        return table.sort_by("ts"), None
+    if not ready.any():
+        return None, table
+    return table.filter(pa.array(ready)).sort_by("ts"), table.filter(pa.array(~ready))
 
 
 def _rel_mad(x: np.ndarray) -> float:
