@@ -361,35 +361,35 @@ def _with_text(blob: bytes, change, marker: str, text: str) -> bytes:
 def test_non_finite_numbers_are_refused_where_numbers_are_plain_json(halfway):
     blob = halfway.blob
 
-    def mark_cooldown(h):
+    def mark_gap(h):
         names = h["classes"][0][1]
-        h["root"][2 + names.index("anomaly_cooldown")] = 12345.5
+        h["root"][2 + names.index("episode_gap")] = 12345.5
 
     def mark_shape(h):
         h["arrays"][0][1] = [12345.5]
 
     # non-finite floats are written as ["f", "inf"] nodes: a number that overflows, a NaN literal, are refused
     with pytest.raises(InputError, match="number inf out of range"):
-        decode_engine(_with_text(blob, mark_cooldown, "12345.5", "1e999"), Context())
+        decode_engine(_with_text(blob, mark_gap, "12345.5", "1e999"), Context())
     with pytest.raises(InputError, match="non-finite number NaN"):
-        decode_engine(_with_text(blob, mark_cooldown, "12345.5", "NaN"), Context())
+        decode_engine(_with_text(blob, mark_gap, "12345.5", "NaN"), Context())
     with pytest.raises(InputError, match="non-finite number -Infinity"):
         decode_engine(_with_text(blob, mark_shape, "12345.5", "-Infinity"), Context())
     with pytest.raises(InputError, match="shape"):
         decode_engine(_with_text(blob, mark_shape, "12345.5", "1e999"), Context())
     # and a non-finite value written as a node is still the float it was
-    ok = _with_text(blob, mark_cooldown, "12345.5", '["f","inf"]')
-    assert decode_engine(ok, Context()).anomaly_cooldown == float("inf")
+    ok = _with_text(blob, mark_gap, "12345.5", '["f","inf"]')
+    assert decode_engine(ok, Context()).episode_gap == float("inf")
 
 
 def test_another_versions_classes_are_refused_naming_the_attribute(halfway):
     def drop_attr(h):
         name, names = h["classes"][0]
-        i = names.index("anomaly_cooldown")
+        i = names.index("episode_gap")
         del names[i]
         del h["root"][2 + i]
 
-    with pytest.raises(InputError, match="Engine lacks attribute.*anomaly_cooldown.*fleetwarden"):
+    with pytest.raises(InputError, match="Engine lacks attribute.*episode_gap.*fleetwarden"):
         decode_engine(_edit(halfway.blob, drop_attr), Context())
 
     def add_attr(h):

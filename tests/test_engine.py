@@ -75,7 +75,7 @@ class _ThresholdModel:
         return scores, alerts, reasons
 
 
-def test_model_alerts_become_one_anomaly_per_device():
+def test_model_alerts_become_one_story_per_device_episode():
     n = 50
     batch = EventBatch.from_columns(
         "flow",
@@ -90,8 +90,10 @@ def test_model_alerts_become_one_anomaly_per_device():
     )
     engine = Engine(analytics=[], flow_model=_ThresholdModel())
     found = engine.process(batch) + engine.flush()
-    assert [f.entity for f in found] == ["10.0.0.2"]
-    f = found[0]
+    # one device's episode, told at its 1st, 2nd, 4th … alert and at its end
+    assert {f.entity for f in found} == {"10.0.0.2"}
+    assert [f.attributes["alerts"] for f in found] == [1, 2, 4, 8, 16, 25]
+    f = found[-1]
     assert f.category == "anomaly" and f.attributes["alerts"] == 25
     # the first line says what happened, to what, how much and over what time; the destination is
     # named to block; the model's own reasons come last

@@ -37,10 +37,20 @@ def _flows(ts, dst, port, state="S0", proto="tcp", src="10.0.0.7", orig_bytes=0,
 
 
 def _story(batch: EventBatch):
-    engine = Engine(analytics=[], flow_model=_AlertAll(), ctx=Context(), anomaly_cooldown=1e9)
+    engine = Engine(analytics=[], flow_model=_AlertAll(), ctx=Context())
     found = engine.process(batch) + engine.flush()
-    assert len(found) == 1
-    return found[0]
+    # an episode is told at its 1st, 2nd, 4th … alert and at its end, each story the whole episode
+    # so far: the last one tells it all
+    assert [f.attributes["alerts"] for f in found] == _doublings(len(batch))
+    return found[-1]
+
+
+def _doublings(n: int) -> list[int]:
+    out, k = [], 1
+    while k <= n:
+        out.append(k)
+        k *= 2
+    return out + ([n] if out[-1] != n else [])
 
 
 def test_unanswered_attempts_to_one_external_service_are_a_c2_retry_naming_what_to_block():
@@ -79,20 +89,21 @@ def test_answered_unusual_flows_stay_an_anomaly_listing_destinations():
 
 
 def test_stories_are_the_same_whatever_the_batching():
-    """A device's story covers a minute of event time from its first untold alert, told once the
-    stream has moved past it: cutting the same flows into other batches tells the same stories."""
-    ts = np.concatenate([np.arange(0, 600, 7.0), np.arange(2000, 2100, 3.0)])
+    """Episodes are decided alert by alert in event time: cutting the same flows into other batches
+    tells the same stories; an hour without alerts starts a new episode."""
+    ts = np.concatenate([np.arange(0, 600, 7.0), np.arange(5000, 5100, 3.0)])
     dst = ["185.199.108.9" if t < 1000 else "151.101.1.69" for t in ts]
     whole = _flows(ts, dst, 50)
 
     def told(cuts) -> list:
-        engine = Engine(analytics=[], flow_model=_AlertAll(), ctx=Context(), anomaly_cooldown=60.0)
+        engine = Engine(analytics=[], flow_model=_AlertAll(), ctx=Context())
         found = [f for a, b in zip(cuts[:-1], cuts[1:], strict=True) for f in engine.process(whole.slice(a, b - a))]
         found += engine.flush()
         return [(f.category, f.first_seen, f.last_seen, f.evidence[0]) for f in found]
 
     n = len(whole)
     one = told([0, n])
-    assert len(one) == 12  # ten one-minute windows of the first service, two of the second
+    # first episode: 86 alerts told at 1, 2, 4 … 64 and 86; second: 34 alerts at 1, 2 … 32 and 34
+    assert len(one) == 8 + 7
     assert told(list(range(0, n, 7)) + [n]) == one
     assert told([0, 1, 2, 50, n - 1, n]) == one

@@ -51,7 +51,7 @@ from fleetwarden import __version__
 from fleetwarden.core.context import Context
 from fleetwarden.core.statecodec import StateClasses, StateFormatError, decode_state, encode_state
 from fleetwarden.detection.analytics.netcommon import Prevalence
-from fleetwarden.detection.engine import ANALYTIC_MODULES, Engine
+from fleetwarden.detection.engine import ANALYTIC_MODULES, Engine, stream_of
 
 __all__ = ["ENGINE_KIND", "decode_engine", "encode_engine", "engine_state_classes"]
 
@@ -137,5 +137,5 @@ def decode_engine(blob: bytes | bytearray | memoryview, ctx: Context, flow_model
     engine, _meta = decode_state(blob, engine_state_classes(), kind=ENGINE_KIND)
     if type(engine) is not Engine:
         raise StateFormatError(f"checkpoint holds a {type(engine).__name__}, not an Engine")
-    engine.ctx, engine.flow_model = ctx, flow_model
+    engine.ctx, engine.flow_model = ctx, stream_of(flow_model)
     return engine

@@ -27,7 +27,7 @@ from fleetwarden.core.events import EventBatch
 from fleetwarden.core.findings import Finding
 from fleetwarden.detection.analytics.base import Analytic
 from fleetwarden.detection.analytics.netcommon import make_finding, share_prevalence, sorted_by_time
-from fleetwarden.detection.flowstory import FlowAlerts, Story
+from fleetwarden.detection.flowstory import EPISODE_GAP, FlowAlerts, Story
 
 __all__ = ["ANALYTIC_MODULES", "MODEL_ONLY_CONFIDENCE", "Engine", "default_analytics"]
 
@@ -59,6 +59,13 @@ ANALYTIC_MODULES = (
 MODEL_ONLY_CONFIDENCE = 0.6
 
 
+def stream_of(flow_model: Any) -> Any:
+    """The model an engine scores with: a stream of its own when the model keeps per-device context
+    (:meth:`~fleetwarden.detection.flowmodel.FlowModel.new_stream`), else the model itself."""
+    new_stream = getattr(flow_model, "new_stream", None)
+    return new_stream() if new_stream is not None else flow_model
+
+
 def default_analytics() -> list[Analytic]:
     """One fresh instance of every analytic class the analytics modules list in ``ANALYTICS``."""
     out: list[Analytic] = []
@@ -88,21 +95,21 @@ class Engine:
         analytics: Sequence[Analytic] | None = None,
         flow_model: Any = None,
         ctx: Context | None = None,
-        anomaly_cooldown: float = 60.0,
+        episode_gap: float = EPISODE_GAP,
     ) -> None:
         self.analytics = list(analytics) if analytics is not None else default_analytics()
         # Beacon, exfil and retry learn the same fleet prevalence from the same batches: one copy
         # (the scale-out worker teaches it what other workers' partitions saw, too).
         self.prevalence = share_prevalence(self.analytics)
-        self.flow_model = flow_model
+        self.flow_model = stream_of(flow_model)
         self.ctx = ctx if ctx is not None else Context()
-        self.anomaly_cooldown = anomaly_cooldown
+        self.episode_gap = episode_gap  # a device's flow-model alerts an hour apart are two stories
         self._by_kind: dict[str, list[Analytic]] = {}
         for a in self.analytics:
             for kind in a.kinds:
                 self._by_kind.setdefault(kind, []).append(a)
         # the flow model's alerted flows per device, told as a story per cooldown (flowstory.py)
-        self._alerts = FlowAlerts(anomaly_cooldown)
+        self._alerts = FlowAlerts(episode_gap)
         self.events = 0
         self.findings = 0
 
@@ -141,9 +148,8 @@ class Engine:
     def _model_findings(self, batch: EventBatch) -> list[Finding]:
         scores, alerts, reasons = self.flow_model.score_batch(batch)
         alerts = np.asarray(alerts).astype(bool)
-        now = float(np.max(batch.np("ts")))
         if not alerts.any():
-            return [self._finding(ip, story) for ip, story in self._alerts.close(now, self.ctx) if story]
+            return []
         cols = {
             "src": batch.np("id.orig_h", fill=""),
             "dst": batch.np("id.resp_h", fill=""),
@@ -158,7 +164,6 @@ class Engine:
         }
         rows = np.flatnonzero(alerts)
         told = self._alerts.add(cols, rows, np.asarray(scores, dtype=float), list(reasons), self.ctx)
-        told += self._alerts.close(now, self.ctx)
         return [self._finding(ip, story) for ip, story in told if story is not None]
 
     def _finding(self, ip: str, story: Story) -> Finding:

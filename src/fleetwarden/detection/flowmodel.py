@@ -102,6 +102,7 @@ itself, some of them failed connections to the C&C server.
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -686,6 +687,14 @@ class FlowModel:
             tables = np.ascontiguousarray(tables.transpose(1, 0, 2)).reshape(tables.shape[1], -1)
             cache[id(h)] = (keys, tables)
         return cache[id(h)]
+
+    def new_stream(self) -> FlowModel:
+        """This fitted model with a stream of its own: the tables are shared (read-only), the
+        per-device context starts fresh.  Each engine scores through its own, so two runs over one
+        loaded model never mix their devices' context."""
+        other = copy.copy(self)
+        other.reset_stream()
+        return other
 
     def reset_stream(self) -> None:
         """Start a new independent stream (fresh per-device context)."""

@@ -33,7 +33,7 @@ import numpy as np
 from fleetwarden.core.context import Context
 from fleetwarden.detection.analytics.netcommon import FAILED_STATES, cap_ids, is_local
 
-__all__ = ["FlowAlerts", "Story"]
+__all__ = ["EPISODE_GAP", "FlowAlerts", "Story"]
 
 # A C2 retry: at least this many attempts (a handful of failures is a flaky service, dozens a
 # program that will not give up), at least this share of them unanswered (a live service
@@ -49,6 +49,9 @@ FLOOD_MIN_RATE = 20.0
 # A scan: unanswered attempts to at least this many hosts on one service, or this many services of
 # one host (the scan analytic's own order of magnitude: 10 hosts or 15 ports a minute).
 SCAN_MIN_TARGETS = 20
+# An episode of a device's alerts ends after an hour without one (a priori: C2 retries, scans and
+# floods go on by the minute; an hour of quiet is a new story).
+EPISODE_GAP = 3600.0
 # Groups kept per device (the biggest by flows): a story names a few, never thousands.
 MAX_GROUPS = 64
 TOP_GROUPS = 3
@@ -76,6 +79,7 @@ class _Device:
     mac: str | None = None
     first: float = np.inf
     last: float = -np.inf
+    told_at: int = 0  # alerts in the episode when it was last told
 
 
 @dataclass
@@ -95,22 +99,23 @@ class Story:
 
 
 class FlowAlerts:
-    """Alerted flows per device, grouped by (destination, protocol, port), told per window.
+    """Alerted flows per device, grouped by (destination, protocol, port), told as episodes.
 
-    A device's story covers its alerts of ``cooldown`` seconds of event time from its first untold
-    alert; it is told once the stream has moved past that window (a later flow of any device, or
-    the end of the input).  Decided in event time, so the stories are the same whatever the
-    batching; only which call returns them may differ."""
+    A device's alerts make one episode until it goes ``episode_gap`` seconds of event time without
+    one.  The episode is told at its 1st, 2nd, 4th, 8th … alert (each story covering the whole
+    episode so far: "4091 attempts over 22.7 h", not a minute's three), and at its end (a later
+    alert after the gap, or the end of the input) when alerts came since the last story.  Decided
+    alert by alert in event time, so the stories are the same whatever the batching."""
 
-    def __init__(self, cooldown: float = 60.0) -> None:
-        self.cooldown = cooldown
+    def __init__(self, episode_gap: float = EPISODE_GAP) -> None:
+        self.episode_gap = episode_gap
         self.devices: dict[str, _Device] = {}
 
     def add(
         self, batch_cols: dict[str, np.ndarray], rows: np.ndarray, scores: np.ndarray, reasons: list, ctx: Context
     ) -> list[tuple[str, Story]]:
         """Add the alerted ``rows`` of a flow batch (``batch_cols``: its columns as numpy arrays, rows
-        in time order); returns the (device, story) pairs an alert of a device's next window closed."""
+        in time order); returns the (device, story) pairs told on the way."""
         src, dst, ts = batch_cols["src"], batch_cols["dst"], batch_cols["ts"]
         proto, port, state = batch_cols["proto"], batch_cols["port"], batch_cols["state"]
         ob, ib, uid, mac = batch_cols["out_bytes"], batch_cols["in_bytes"], batch_cols["uid"], batch_cols["mac"]
@@ -119,8 +124,9 @@ class FlowAlerts:
             ip = str(src[i])
             t = float(ts[i])
             d = self.devices.get(ip)
-            if d is not None and t >= d.first + self.cooldown:
-                told.append((ip, self.story(ip, ctx)))  # this alert opens the device's next window
+            if d is not None and t - d.last > self.episode_gap:
+                if d.flows > d.told_at:
+                    told.append((ip, tell(ip, d, ctx)))  # the end of the device's last episode
                 d = None
             if d is None:
                 d = self.devices[ip] = _Device()
@@ -145,29 +151,21 @@ class FlowAlerts:
             if uid[i] and len(d.uids) < 50:
                 d.uids.append(str(uid[i]))
             d.mac = str(mac[i]) or d.mac
+            if d.flows >= 2 * d.told_at or d.told_at == 0:
+                d.told_at = d.flows
+                told.append((ip, tell(ip, d, ctx)))
         return told
 
-    def close(self, now: float, ctx: Context) -> list[tuple[str, Story]]:
-        """The stories of the windows the stream has moved past (``now``: the newest event time)."""
-        due = sorted(ip for ip, d in self.devices.items() if now >= d.first + self.cooldown)
-        return [(ip, self.story(ip, ctx)) for ip in due]
-
     def finish(self, ctx: Context) -> list[tuple[str, Story]]:
-        """The stories of the alerts still untold (the end of the input)."""
-        return [(ip, self.story(ip, ctx)) for ip in sorted(self.devices)]
+        """The last stories of the episodes with alerts since their last story (the end of the input)."""
+        out = [(ip, tell(ip, d, ctx)) for ip, d in sorted(self.devices.items()) if d.flows > d.told_at]
+        self.devices.clear()
+        return out
 
     @staticmethod
     def _forget_smallest(d: _Device) -> None:
         smallest = min(d.groups, key=lambda k: (d.groups[k].flows, d.groups[k].last))
         del d.groups[smallest]
-
-    def story(self, ip: str, ctx: Context) -> Story | None:
-        """The story of the flows alerted for ``ip`` since its last story (None when there are none);
-        resets the device's collection."""
-        d = self.devices.pop(ip, None)
-        if d is None or d.flows == 0:
-            return None
-        return tell(ip, d, ctx)
 
 
 def tell(ip: str, d: _Device, ctx: Context) -> Story:
@@ -190,14 +188,24 @@ def tell(ip: str, d: _Device, ctx: Context) -> Story:
     if retry is not None and _rate_per_s(retry[1]) <= RETRY_MAX_RATE:
         (dst, proto, port), g = retry
         svc = _service(proto, port)
+        # the same kind of retries to other external addresses: the bot's fallback C2 addresses
+        fallback = [
+            (k, h)
+            for k, h in external[1:]
+            if h.flows >= RETRY_MIN_ATTEMPTS and h.failed >= RETRY_MIN_FAILED * h.flows
+            and _rate_per_s(h) <= RETRY_MAX_RATE
+        ][: BLOCK_MAX - 1]  # fmt: skip
+        also = "".join(f"; also {h.flows} attempts to {k[0]} {_service(k[1], k[2])}" for k, h in fallback)
         first = (
             f"{g.flows} attempts to {dst} {svc} over {_span(g.first, g.last)}"
-            f"{_rate(g)}, {g.failed / g.flows:.0%} unanswered: the device keeps calling one external "
-            "service that does not answer, as a bot does when its command-and-control server is down "
-            "or blocked (C2 retry)"
+            f"{_rate(g)}, {g.failed / g.flows:.0%} unanswered{also}: the device keeps calling "
+            f"{'one external service' if not fallback else 'external services'} that do"
+            f"{'es' if not fallback else ''} not answer, as a bot does when its command-and-control "
+            "server is down or blocked (C2 retry)"
         )
+        block = [f"{dst} {svc}"] + [f"{k[0]} {_service(k[1], k[2])}" for k, _h in fallback]
         return Story(
-            "c2-beacon", ["T1071", "T1008"], [first, f"block {dst} {svc}", model_line], [f"{dst} {svc}"],
+            "c2-beacon", ["T1071", "T1008"], [first, "block " + ", ".join(block), model_line], block,
             d.flows, d.top_score, d.first, d.last, cap_ids(d.uids), d.mac,
         )  # fmt: skip
     scan = _scan(d, ranked)

@@ -98,7 +98,7 @@ def create_store_engine(url: str | None = None, *, schema: str | None = None) ->
     )
 
 
-def upgrade(engine: Engine, revision: str = "head") -> None:
+def upgrade(engine: Engine, revision: str = "heads") -> None:
     """Run ``alembic upgrade`` on ``engine`` in one transaction (DDL is transactional on both backends)."""
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))

@@ -124,6 +124,12 @@ from fleetwarden.detection.analytics.netcommon import (
     str_col,
 )
 
+# What hours of unanswered attempts to one external service usually are (the story's first line).
+MEANING = (
+    "the device keeps calling one external service that does not answer, as a bot does when its "
+    "command-and-control server is down or blocked (C2 retry)"
+)
+
 __all__ = ["ANALYTICS", "ATTEMPT_STATES", "C2RetryDetector", "retry_score"]
 
 # Zeek conn_states of a connection attempt that got no application exchange: no answer to the
@@ -537,6 +543,8 @@ class C2RetryDetector:
         g.reported_attempts = attempts
         pairs.sort(key=lambda p: -p.attempts)
         evidence = [self._pair_sentence(p, gap_of[id(p)]) for p in pairs]
+        # the first line also says what this usually means, in words an analyst acts on
+        evidence[0] += f": {MEANING}"
         lead = pairs[0]
         early, lately = lead.early_rate, lead.rate()
         # Rates rather than median gaps: a bot's bursts (4 tries a few seconds apart, then a

@@ -10,16 +10,34 @@ terminal unescaped (:mod:`fleetwarden.report`).
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.text import Text
 
 from fleetwarden import __version__
+from fleetwarden.cli._common import (
+    DbUrl,
+    Files,
+    Limit,
+    ModelDir,
+    OptModel,
+    ShowAll,
+    SkipBad,
+    StreamMaxBytes,
+    UsageError,
+    _check_inputs,
+    _fail,
+    _limit,
+    _report_skips,
+    _run,
+    err,
+    out,
+)
+
+__all__ = ["UsageError", "app", "err", "main", "out"]
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -27,85 +45,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="FleetWarden: AI-powered threat detection for IoT fleets.",
 )
-
-
-def _console(stderr: bool = False) -> Console:
-    """A console that, when piped or logged, is wide enough for an evidence column (Rich would fall
-    back to 80 columns); ``COLUMNS`` still wins."""
-    stream = sys.stderr if stderr else sys.stdout
-    wide = None if stream.isatty() or os.environ.get("COLUMNS") else 200
-    return Console(stderr=stderr, width=wide, soft_wrap=stderr, highlight=False)
-
-
-out = _console()
-err = _console(stderr=True)
-
-Files = Annotated[list[Path], typer.Argument(help="input files: pcap/pcapng, Zeek logs, IoT-23 CSV, JSONL")]
-ModelDir = Annotated[Path, typer.Option("--model", help="model directory")]
-OptModel = Annotated[Path | None, typer.Option("--model", help="flow model directory (optional)")]
-SkipBad = Annotated[bool, typer.Option("--skip-bad", help="skip malformed records and report how many")]
-DbUrl = Annotated[str | None, typer.Option("--db", help="database URL (default: FLEETWARDEN_DB or SQLite)")]
-AsJson = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
-Limit = Annotated[int, typer.Option("--limit", min=1, help="rows to show in tables")]
-ShowAll = Annotated[bool, typer.Option("--all", help="show every row (overrides --limit)")]
-StreamMaxBytes = Annotated[
-    int | None,
-    typer.Option(
-        "--stream-max-bytes",
-        min=1 << 20,
-        help="when this creates the stream: bytes it buffers for workers that fall behind (default 1 GiB); "
-        "publishers wait when it is full, nothing is dropped",
-    ),
-]
-
-
-class UsageError(Exception):
-    """Raised by a command for bad usage; reported like bad input."""
-
-
-def _fail(message: str) -> None:
-    from fleetwarden.core.text import printable
-
-    err.print(Text(f"fleetwarden: error: {printable(message)}"))
-    raise typer.Exit(2)
-
-
-def _run(fn, *args, **kwargs):
-    """Call a service; turn bad input into one line and exit code 2 (everything else propagates)."""
-    from fleetwarden.core.errors import InputError
-
-    try:
-        return fn(*args, **kwargs)
-    except (InputError, UsageError) as exc:
-        _fail(str(exc) or exc.__class__.__name__)
-    except (FileNotFoundError, IsADirectoryError, PermissionError, NotADirectoryError) as exc:
-        name = exc.filename or ""
-        _fail(f"{name}: {exc.strerror}" if name else str(exc))
-
-
-def _check_inputs(files: list[Path]) -> None:
-    for f in files:
-        if not f.exists():
-            raise UsageError(f"{f}: no such file")
-        if f.is_dir():
-            raise UsageError(f"{f}: is a directory, expected a capture or log file")
-
-
-def _report_skips(stats_by_file: dict[str, object]) -> None:
-    """One stderr line per input that had bad records skipped, with the first reasons."""
-    from fleetwarden.core.text import printable
-
-    for name, stats in stats_by_file.items():
-        get = stats.get if isinstance(stats, dict) else lambda key, default, s=stats: getattr(s, key, default)
-        skipped = get("skipped", 0)
-        if skipped:
-            err.print(Text(f"{printable(name)}: skipped {skipped} bad record(s)"))
-            for problem in list(get("problems", []))[:3]:
-                err.print(Text(f"  {printable(problem, 500)}"))
-
-
-def _limit(limit: int, show_all: bool) -> int | None:
-    return None if show_all else limit
 
 
 def _print_version(value: bool) -> None:
@@ -468,91 +407,21 @@ def watch(
         out.print(incident_table(result.incidents, limit=_limit(limit, show_all)))
 
 
-inventory_app = typer.Typer(no_args_is_help=True, help="The device inventory in the store.")
-app.add_typer(inventory_app, name="inventory")
+# command groups, one module each (cli/<group>.py defines a Typer app)
+_GROUPS = {
+    "inventory": ("fleetwarden.cli.inventory", "inventory_app"),
+    "fingerprint": ("fleetwarden.cli.fingerprint", "fingerprint_app"),
+}
 
 
-@inventory_app.command("import")
-def inventory_import(
-    file: Annotated[Path, typer.Argument(help="JSON list of device objects or CSV with a header")],
-    db: DbUrl = None,
-) -> None:
-    """Register devices (device_id, ip, mac, vendor, model, device_class, site, …) in the store."""
-    from fleetwarden.app.inventory import import_inventory
-    from fleetwarden.app.stores import store_at
+def _register_groups() -> None:
+    import importlib
 
-    _run(_check_inputs, [file])
-
-    def work() -> tuple[int, int]:
-        with store_at(db) as store:
-            return import_inventory(file, store)
-
-    total, changed = _run(work)
-    out.print(f"{total} devices read, {changed} added or changed")
+    for name, (module, attr) in _GROUPS.items():
+        app.add_typer(getattr(importlib.import_module(module), attr), name=name)
 
 
-@inventory_app.command("list")
-def inventory_list(db: DbUrl = None, as_json: AsJson = False, limit: Limit = 1000, show_all: ShowAll = False) -> None:
-    """List the devices in the store."""
-    from fleetwarden.app.inventory import list_devices
-    from fleetwarden.app.stores import store_at
-    from fleetwarden.report import table_of
-
-    def work() -> list[dict]:
-        with store_at(db) as store:
-            return list_devices(store)
-
-    rows = _run(work)
-    if as_json:
-        sys.stdout.write(json.dumps(rows, indent=2, default=str) + "\n")
-        return
-    cols = ("device_id", "device_class", "vendor", "model", "ip", "site", "lifecycle")
-    shown = rows if show_all else rows[:limit]
-    table = table_of(("device_id", "class", "vendor", "model", "ip", "site", "lifecycle"), [[r.get(k) or "" for k in cols] for r in shown])
-    if len(rows) > len(shown):
-        table.caption = f"{len(rows) - len(shown)} more not shown (--limit N or --all shows more)"
-    out.print(table)
-
-
-fingerprint_app = typer.Typer(no_args_is_help=True, help="Device-type identification from traffic.")
-app.add_typer(fingerprint_app, name="fingerprint")
-
-
-@fingerprint_app.command("train")
-def fingerprint_train(
-    data_dir: Annotated[
-        Path,
-        typer.Argument(
-            help="one folder per device type, named after it, with its captures (and optionally "
-            "_iotdevice-mac.txt naming the device's MAC)"
-        ),
-    ],
-    model: ModelDir,
-) -> None:
-    """Train a device-type model from captures of known types; print a JSON summary."""
-    from fleetwarden.app.fingerprinting import train as train_fingerprint
-
-    summary = _run(train_fingerprint, data_dir, model)
-    sys.stdout.write(json.dumps(summary, indent=2, default=str) + "\n")
-
-
-@fingerprint_app.command("identify")
-def fingerprint_identify(
-    files: Annotated[list[Path], typer.Argument(help="captures (pcap/pcapng), one device's traffic each")],
-    model: ModelDir,
-    mac: Annotated[
-        str | None,
-        typer.Option("--mac", help="the device to identify (default: the capture's busiest endpoint)"),
-    ] = None,
-) -> None:
-    """One line per capture, tab-separated: path, device type (or unknown), confidence in [0, 1]
-    (the calibrated probability that the capture is of its best-matching trained type)."""
-    from fleetwarden.app.fingerprinting import identify
-    from fleetwarden.core.text import printable
-
-    _run(_check_inputs, files)
-    for r in _run(identify, files, model, mac=mac):
-        sys.stdout.write(f"{printable(r.path)}\t{printable(r.device_type)}\t{r.confidence:.4f}\n")
+_register_groups()
 
 
 def main() -> None:
