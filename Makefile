@@ -6,7 +6,8 @@ STAMP  := $(VENV)/.installed
 
 # Programs the tests start themselves (their own nats-server for the fault tests).  As root (CI),
 # missing ones are installed from Debian; elsewhere they are named and those tests skip.
-SYSTEM_PACKAGES := nats-server
+# PACKAGE or PACKAGE:PROGRAM when the program is named otherwise (mosquitto_ctrl comes with mosquitto-clients).
+SYSTEM_PACKAGES := nats-server mosquitto mosquitto-clients:mosquitto_ctrl openssl nftables:nft chromium
 
 .PHONY: demo test lint bench install clean system-deps
 
@@ -24,8 +25,8 @@ demo: $(STAMP)
 	$(BIN)/fleetwarden demo
 
 system-deps:
-	@missing=""; for p in $(SYSTEM_PACKAGES); do \
-	  command -v $$p >/dev/null 2>&1 || [ -x /usr/sbin/$$p ] || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(SYSTEM_PACKAGES); do prog=$${p#*:}; pkg=$${p%%:*}; \
+	  command -v $$prog >/dev/null 2>&1 || [ -x /usr/sbin/$$prog ] || missing="$$missing $$pkg"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing:$$missing"; (apt-get update -q && apt-get install -y -q $$missing) >/dev/null \

@@ -59,7 +59,9 @@ def test_critical_device_class_weighs_more_and_mitre_union():
     b = Finding("plc-1", "scan", "other", 0.5, 2, 3, ["y"], ["T1018"], device_id="plc-1")
     inc = correlate([a, b], ctx)[0]
     plain = correlate([a, b])[0]
-    assert inc.risk > plain.risk and inc.mitre == ["T1046", "T1018"]
+    # the findings' own ids, then ATT&CK for ICS for a PLC (fleetwarden.detection.attack)
+    assert inc.risk > plain.risk and inc.mitre == ["T1046", "T1018", "T0846"]
+    assert plain.mitre == ["T1046", "T1018"]
     assert inc.severity in ("high", "critical") and plain.severity in ("medium", "high")
 
 

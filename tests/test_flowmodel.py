@@ -308,3 +308,53 @@ def test_unfamiliar_device_types_are_not_flagged_wholesale(tmp_path):
             alerts += [model.score_batch(b)[1] for b in read_events(pcap) if b.kind == "flow" and len(b)]
         rates[device] = float(np.concatenate(alerts).mean())
     assert max(rates.values()) <= 0.05, rates  # measured 1.7 % (WeMo Link), 0, 0
+
+
+def test_an_infected_devices_unanswered_attempts_labelled_benign_are_not_trained_as_benign():
+    # per-rule labels leave an infected device's other unanswered SYNs Benign (Mirai's burst to
+    # 50.50.50.53:53, its retries to port 80 of its C&C host, its SYNs to 1.1.1.1:1); the fit trains
+    # them as neither class, its answered flows (NTP, DNS) stay benign, evaluation labels stay as they are
+    from fleetwarden.detection.features import FEATURES
+    from fleetwarden.detection.flowmodel import _drop_infected_failed_benign
+
+    failed = FEATURES.index("failed")
+    f = modeling.read_flow_file(_cap("34-1"), False, True)
+    y = _drop_infected_failed_benign(f.label, np.zeros(len(f.label)), f.keys, f.X[:, failed])
+    b = EventBatch.concat(read_events(_cap("34-1")))
+    dst = b.np("id.resp_h")
+    dropped = (f.label == 0) & (y == -1)
+    assert dropped.sum() == 98
+    assert set(np.unique(dst[dropped])) == {"185.244.25.235", "50.50.50.53", "1.1.1.1"}
+    assert (f.X[dropped, failed] == 1).all() and (y[(f.label == 0) & ~dropped] == 0).sum() == 1923 - 98
+    assert np.array_equal(y[f.label == 1], f.label[f.label == 1])
+    # the same failed attempts from a device with no malicious flow in its file stay benign
+    clean = np.where(f.label == 1, 0, f.label)
+    kept = _drop_infected_failed_benign(clean, np.zeros(len(clean)), f.keys, f.X[:, failed])
+    assert np.array_equal(kept, clean)
+
+
+def test_candidates_the_inner_folds_cannot_tell_apart_fall_back_to_the_listed_defaults():
+    from fleetwarden.detection.flowmodel import _first_within_one_flow
+
+    figures = (("default", 0.990), ("other", 0.995), ("best", 0.9999))
+    cands = [{"name": n, "tpr": t, "auc": 1.0} for n, t in figures]
+    files = np.r_[np.zeros(1000), np.ones(16)]  # one malicious file of 16 flows: one flow = 1 / (2 * 16)
+    assert _first_within_one_flow(cands, files)["name"] == "default"
+    files = np.r_[np.zeros(1000), np.ones(1000)]  # one flow = 1 / 2000: the differences are measured
+    assert _first_within_one_flow(cands, files)["name"] == "best"
+
+
+def test_sparse_c2_of_an_unseen_family_is_alerted_and_its_device_is_otherwise_quiet(tmp_path):
+    # Torii (capture 20-1): 16 C&C flows in a day, mostly unanswered SYNs to one host's port 443, from
+    # a device whose other 3,193 flows are NTP and DNS; trained on the other four captures only
+    modeling.train([_cap(k) for k in ("4-1", "5-1", "8-1", "34-1")], tmp_path)
+    model = load_flow_model(tmp_path)
+    model.reset_stream()
+    a, y = [], []
+    for b in read_events(_cap("20-1")):
+        if b.kind == "flow" and len(b):
+            a.append(model.score_batch(b)[1])
+            y.append(b.np("label") == "Malicious")
+    a, y = np.concatenate(a), np.concatenate(y)
+    assert y.sum() == 16 and a[y].sum() >= 8, a[y].sum()  # measured 10 of 16 (none before)
+    assert a[~y].sum() == 0

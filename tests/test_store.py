@@ -184,7 +184,7 @@ def test_upsert_devices_is_idempotent_and_merges(store: Store) -> None:
     assert (cam.ip, cam.first_seen, cam.last_seen) == ("10.0.0.7", 50.0, 200.0)
     assert cam.discovered is False and cam.firmware_version == "2.1.0"
     assert cam.attributes == {"rack": 3, "oui": "Acme"}
-    assert store.get_device("plc-2").lifecycle == "provisioning"
+    assert store.get_device("plc-2").lifecycle == "provisioned"  # the pre-0003 name is mapped
 
     assert store.upsert_devices([{"device_id": "rogue-9", "ip": "10.0.0.99", "discovered": True}]) == 1
     assert [d.device_id for d in store.list_devices(discovered=True)] == ["rogue-9"]

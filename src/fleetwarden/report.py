@@ -99,10 +99,11 @@ def render_demo(report: Any, console: Any) -> None:
 
     sc = Table(title="Tabletop scenarios: what was detected")
     sc.add_column("scenario", no_wrap=True)
-    for col in ("device", "expected", "detected", "missed", "time to detect", "result"):
+    for col in ("device", "expected", "detected", "missed", "MTTD", "proposed (approval)", "result"):
         sc.add_column(col, overflow="fold")
     for o in report.outcomes:
-        ttd = "-" if o.time_to_detect is None else f"{o.time_to_detect / 60:.1f} min"
+        ttd = "-" if o.mttd_s is None else f"{o.mttd_s / 60:.1f} min"
+        acts = ", ".join(a["kind"] + (" (approval)" if a["requires_approval"] else "") for a in o.actions)
         if o.benign:
             verdict = Text("quiet (benign)", "green") if o.ok else Text("false alarm", "red")
             expected = "(no incident)"
@@ -120,6 +121,7 @@ def render_demo(report: Any, console: Any) -> None:
             ", ".join(o.detected) or "-",
             ", ".join(o.missed) or "-",
             ttd,
+            safe(acts or "-"),
             verdict,
         )
     console.print(sc)
@@ -140,9 +142,27 @@ def render_demo(report: Any, console: Any) -> None:
         + (f" (partially: {partial})" if partial else ""),
         f"benign firmware rollout kept quiet: {'yes' if benign_ok else 'NO'}",
         _unexplained_line(report.unexplained),
+        *_metrics_lines(getattr(report, "metrics", None) or {}),
         f"results stored in: {printable(report.db_url)}",
     ]
     console.print(Panel(Text("\n".join(lines)), title="Summary", expand=False))
+
+
+def _metrics_lines(met: dict[str, Any]) -> list[str]:
+    """The demo's fleet metrics (:func:`fleetwarden.app.demo.demo_metrics`), a few lines."""
+    if not met:
+        return []
+    mttd, patch = met["mttd"], met["patch_compliance"]
+    acc, ident = met["inventory_accuracy"], met["identity_posture"]
+    rate = "-" if patch["rate"] is None else f"{patch['rate']:.0%}"
+    known = "-" if acc["known_share"] is None else f"{acc['known_share']:.0%}"
+    return [
+        f"MTTD: mean {mttd['mean_s'] or 0:.0f} s, median {mttd['median_s'] or 0:.0f} s, max {mttd['max_s'] or 0:.0f} s",
+        f"actions proposed: {met['actions_proposed']} ({met['actions_requiring_approval']} need approval, "
+        f"{met['actions_executed']} executed: observe mode)",
+        f"patch compliance: {rate} of {patch['covered']} covered devices; seen devices registered: {known}; "
+        f"identity audit: " + ", ".join(f"{n} {sev}" for sev, n in ident.items()),
+    ]
 
 
 def _unexplained_line(unexplained: list[Incident]) -> str:

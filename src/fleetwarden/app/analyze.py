@@ -46,20 +46,24 @@ def analyze(
 
     Raises :class:`fleetwarden.sources.SourceError` on bad input unless ``skip_bad``; nothing is
     recorded then.  ``ctx`` defaults to the store's inventory (or an empty one)."""
-    from fleetwarden.control.inventory import context_from_store
+    from fleetwarden.app.inventory import context_from_store
 
     t0 = time.perf_counter()
     inputs = InputSet(paths, skip_bad=skip_bad)
     if ctx is None:
         ctx = context_from_store(store) if store is not None else Context()
+        if store is not None:  # the signed firmware registry is the integrity analytic's catalogue
+            from fleetwarden.app.firmware import with_registry
+
+            with_registry(ctx, store)
     source = ", ".join(str(f.path) for f in inputs.files)
     session = DetectionSession(ctx=ctx, model=model, analytics=analytics, store=store, source=source)
     session.run(inputs.batches(), flush=False)
     for table in inputs.arp_tables():
         session.process_arp(table)
     session.flush()
+    recorded = session.record() if store is not None else None  # first: it marks expected findings
     incidents = session.incidents()
-    recorded = session.record() if store is not None else None
     stats = {
         "files": {str(f.path): f.figures() for f in inputs.files},
         "records": inputs.records,

@@ -19,6 +19,10 @@ a capture is about:
   is not used as the rule because the router is shared by every capture of a folder too.
 
 Files and folders whose name starts with ``.`` or ``_`` are skipped.
+
+:func:`check_types` (``fingerprint check``) compares the identified type with the one the
+inventory registers for the device's MAC and records a confident mismatch as a ``cloned-device``
+finding and incident (see its docstring for the match rule and why that category).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from fleetwarden.control.fingerprint import (
+    UNKNOWN,
     DeviceTraffic,
     FingerprintFormatError,
     FingerprintModel,
@@ -50,13 +55,18 @@ __all__ = [
     "CAPTURE_SUFFIXES",
     "MAC_FILE",
     "Identification",
+    "TypeCheck",
     "LabelledCaptures",
+    "check_types",
     "cross_validate",
     "device_traffic",
     "identify",
     "load_captures",
     "load_fingerprint_model",
+    "registered_types",
     "train",
+    "type_key",
+    "type_verdict",
 ]
 
 MAC_FILE = "_iotdevice-mac.txt"
@@ -417,12 +427,13 @@ def identify(
     model = model_dir if isinstance(model_dir, FingerprintModel) else load_fingerprint_model(model_dir)
     if not paths:
         raise InputError("no capture to identify")
-    key = parse_mac(mac) if mac is not None else None
-    rows, devices = [], []
-    for p in paths:
-        traffic, device = device_traffic(p, key)
-        rows.append(featurize(traffic))
-        devices.append(device)
+    rows, devices, _spans = _featurized(paths, mac)
+    return _identifications(paths, model, rows, devices)
+
+
+def _identifications(
+    paths: Sequence[str | Path], model: FingerprintModel, rows: list[np.ndarray], devices: list[str]
+) -> list[Identification]:
     found = model.identify(np.vstack(rows))
     return [
         Identification(str(p), a, float(c), b, dev, float(dist), bool(nv))
@@ -437,6 +448,20 @@ def identify(
             strict=True,
         )
     ]
+
+
+def _featurized(
+    paths: Sequence[str | Path], mac: str | None
+) -> tuple[list[np.ndarray], list[str], list[tuple[float, float]]]:
+    """Per capture: the feature vector, the device's address and the (first, last) frame time."""
+    key = parse_mac(mac) if mac is not None else None
+    rows, devices, spans = [], [], []
+    for p in paths:
+        traffic, device = device_traffic(p, key)
+        rows.append(featurize(traffic))
+        devices.append(device)
+        spans.append((float(traffic.ts.min()), float(traffic.ts.max())))
+    return rows, devices, spans
 
 
 def cross_validate(
@@ -484,3 +509,154 @@ def _versions() -> dict[str, str]:
         "numpy": np.__version__,
         "scikit-learn": sklearn.__version__,
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# the registered type against the traffic
+# ---------------------------------------------------------------------------------------------
+TYPE_ATTRIBUTE = "fingerprint_type"  # inventory attribute: the trained type name a device is
+MISMATCH_DETECTOR = "fingerprint.mismatch"
+MISMATCH_CATEGORY = "cloned-device"
+CHECK_SOURCE = "fingerprint-check"
+# verdicts of one capture
+MATCH, MISMATCH, UNSURE = "match", "mismatch", "unsure"
+UNKNOWN_DEVICE, NO_TYPE, UNTRAINED = "unknown-device", "no-registered-type", "untrained-type"
+
+
+@dataclass
+class TypeCheck:
+    """One capture checked against the inventory (see :func:`check_types`)."""
+
+    identification: Identification
+    verdict: str  # match, mismatch, unsure, unknown-device, no-registered-type, untrained-type
+    device_id: str | None = None  # the inventory's device, None when the MAC is not registered
+    registered: str | None = None  # what the inventory says the device is (as text)
+    finding: Any = None  # the cloned-device Finding recorded for a mismatch
+
+
+def type_key(name: str | None) -> str:
+    """A type name normalised for comparison: case-folded, letters and digits only
+    (``D-Link Cam``, ``d-linkcam`` and ``DLinkCam`` are one key)."""
+    return re.sub(r"[^0-9a-z]", "", (name or "").casefold())
+
+
+def registered_types(info: Any) -> list[str]:
+    """What the inventory says a device is, most specific first: its ``fingerprint_type``
+    attribute when set (then nothing else counts: the operator named the trained type), else its
+    ``vendor`` + ``model``, its ``model`` and its ``device_class``."""
+    explicit = (info.extra or {}).get(TYPE_ATTRIBUTE)
+    if isinstance(explicit, str) and explicit.strip():
+        return [explicit.strip()[:200]]
+    names = [f"{info.vendor} {info.model}" if info.vendor and info.model else None]
+    names += [info.model, info.device_class]
+    return [n for n in names if n]
+
+
+def type_verdict(identified: Identification, registered: Sequence[str], trained: Sequence[str]) -> str:
+    """The match rule.  A registered name matches a trained type when their :func:`type_key` are
+    equal.  ``match``: the identified type is one of the registered names; ``unsure``: the model
+    answered ``unknown``; ``no-registered-type``: the inventory names no type; ``untrained-type``:
+    no registered name is a type the model was trained on (it cannot tell that device from another,
+    so its answer is no evidence against the registration); otherwise ``mismatch``."""
+    if not registered:
+        return NO_TYPE
+    keys = {type_key(n) for n in registered}
+    if identified.device_type == UNKNOWN:
+        return UNSURE
+    if type_key(identified.device_type) in keys:
+        return MATCH
+    if not keys & {type_key(t) for t in trained}:
+        return UNTRAINED
+    return MISMATCH
+
+
+def check_types(
+    paths: Sequence[str | Path],
+    model_dir: str | Path | FingerprintModel,
+    store: Any,
+    *,
+    mac: str | None = None,
+    actor: str = "cli",
+) -> list[TypeCheck]:
+    """Identify each capture's device (``mac``, else the busiest endpoint), find it in the inventory
+    by MAC, and compare the identified type with the registered one (:func:`type_verdict`).  Each
+    ``mismatch`` becomes a ``cloned-device`` finding (detector ``fingerprint.mismatch``) recorded
+    with its incident, joined to the device's open story, in one audited store transaction.
+
+    Why ``cloned-device`` rather than ``policy-violation``: the MAC is the registered device's
+    identity, and traffic of another kind of device behind it is that identity worn by something
+    else (a spoofed MAC, a swapped or counterfeit unit: MITRE T1036 Masquerading, T1200 Hardware
+    Additions); policy-violation is for a known device breaking a declared rule.
+
+    *Blind spots.* Only devices with a MAC in the inventory and a MAC in the capture (a capture
+    without a link layer names an IP: reported as an unknown device); a registered type the model
+    never trained on is never contradicted; look-alike types (same hardware, other firmware: see
+    README) can be confused, and a true clone of the same model looks the same by design; an
+    unregistered MAC is reported, not recorded (passive discovery records unknown devices).
+    """
+    from fleetwarden.app.inventory import context_from_store
+
+    model = model_dir if isinstance(model_dir, FingerprintModel) else load_fingerprint_model(model_dir)
+    if not paths:
+        raise InputError("no capture to check")
+    rows, devices, spans = _featurized(paths, mac)
+    found = _identifications(paths, model, rows, devices)
+    ctx = context_from_store(store)
+    by_mac = _device_by_mac(ctx)
+    trained = list(model.classes_)
+    checks = [_check_one(r, span, by_mac, trained) for r, span in zip(found, spans, strict=True)]
+    _record_mismatches(store, [c.finding for c in checks if c.finding is not None], ctx, actor)
+    return checks
+
+
+def _device_by_mac(ctx: Any) -> dict[str, Any]:
+    from fleetwarden.control.discovery import device_mac
+
+    return {m: info for info in ctx.devices.values() if (m := device_mac(info.mac))}
+
+
+def _check_one(
+    r: Identification, span: tuple[float, float], by_mac: dict[str, Any], trained: list[str]
+) -> TypeCheck:
+    info = by_mac.get(r.device)
+    if info is None:
+        return TypeCheck(r, UNKNOWN_DEVICE)
+    registered = registered_types(info)
+    verdict = type_verdict(r, registered, trained)
+    check = TypeCheck(r, verdict, info.device_id, registered[0] if registered else None)
+    if verdict == MISMATCH:
+        check.finding = _mismatch_finding(r, info, check.registered or "", span)
+    return check
+
+
+def _mismatch_finding(r: Identification, info: Any, registered: str, span: tuple[float, float]) -> Any:
+    from fleetwarden.core.findings import Finding
+
+    return Finding(
+        entity=info.device_id,
+        category=MISMATCH_CATEGORY,
+        detector=MISMATCH_DETECTOR,
+        score=r.confidence,  # calibrated: how likely the traffic is the other type's
+        first_seen=span[0],
+        last_seen=span[1],
+        evidence=[
+            f"registered as {registered}, traffic looks like {r.device_type} (confidence {r.confidence:.2f})",
+            f"capture {Path(r.path).name[:200]}, device {r.device}",
+        ],
+        mitre=["T1036", "T1200"],
+        ip=info.ip,
+        mac=r.device,
+        device_id=info.device_id,
+        attributes={"registered": registered, "identified": r.device_type, "confidence": r.confidence},
+    )
+
+
+def _record_mismatches(store: Any, findings: list[Any], ctx: Any, actor: str) -> None:
+    """The findings and their incidents, joined to the devices' open stories, in one transaction
+    (audited by the store as ``results.record``)."""
+    if not findings:
+        return
+    from fleetwarden.app.session import join_stories
+
+    incidents = join_stories(store, findings, ctx)
+    store.record_results(CHECK_SOURCE, findings, incidents, actor=actor, replace_stories=True)

@@ -29,6 +29,7 @@ import pyarrow as pa
 
 from fleetwarden.app.models import resolve_model
 from fleetwarden.app.runtime import GcPolicy, warm_up
+from fleetwarden.control.discovery import Sightings, device_mac
 from fleetwarden.core.context import Context
 from fleetwarden.core.events import EventBatch
 from fleetwarden.core.findings import Finding, Incident
@@ -36,7 +37,7 @@ from fleetwarden.detection.analytics.base import Analytic
 from fleetwarden.detection.correlation import correlate
 from fleetwarden.detection.engine import Engine
 
-__all__ = ["DetectionSession", "SessionStats", "join_stories"]
+__all__ = ["NEVER_EXPECTED", "DetectionSession", "SessionStats", "join_stories", "mark_expected"]
 
 
 @dataclass
@@ -86,6 +87,8 @@ class DetectionSession:
         self.stats = SessionStats()
         self.findings: list[Finding] = []
         self._unrecorded: list[Finding] = []
+        # passive discovery: the devices the traffic shows, written with each record() call
+        self.sightings = Sightings() if store is not None else None
         self.engine = self.new_engine(analytics)
         if warm:
             warm_up()  # before the first event: its findings should not wait for data files to load
@@ -99,6 +102,8 @@ class DetectionSession:
         """Run one batch through ``engine`` (default: the session's); returns and emits its findings."""
         if not len(batch):
             return []
+        if self.sightings is not None and batch.kind in ("flow", "dns"):
+            self.sightings.observe_flows(batch.table)
         t = time.perf_counter()
         found = (engine or self.engine).process(batch)
         self.gc.settle()
@@ -113,6 +118,8 @@ class DetectionSession:
         return found
 
     def process_arp(self, table: pa.Table, engine: Engine | None = None) -> list[Finding]:
+        if self.sightings is not None:
+            self.sightings.observe_arp(table)
         found = (engine or self.engine).process_arp(table)
         self._emit(found)
         return found
@@ -146,8 +153,9 @@ class DetectionSession:
 
     # ---- correlation and recording --------------------------------------------------------------
     def incidents(self) -> list[Incident]:
-        """This session's findings correlated into incidents (highest risk first)."""
-        return correlate(self.findings, self.ctx)
+        """This session's findings correlated into incidents (highest risk first); findings
+        :func:`mark_expected` marked as a planned rollout's (at :meth:`record`) open none."""
+        return correlate([f for f in self.findings if not f.attributes.get("expected")], self.ctx)
 
     @property
     def unrecorded(self) -> int:
@@ -157,25 +165,79 @@ class DetectionSession:
         self, *, batches: Sequence[tuple[str, int, float | None, float | None]] | None = None
     ) -> Any:
         """Write the findings made since the last call to the store, each joined to the open story of
-        its device there (:func:`join_stories`).  Returns the store's summary (None without a store)."""
+        its device there (:func:`join_stories`), and the devices seen since the last call (passive
+        discovery, :mod:`fleetwarden.control.discovery`) in the same transaction.  A finding that
+        belongs to a planned rollout's change window is stored marked and joins no story
+        (:func:`mark_expected`).  Returns the store's summary (None without a store)."""
         if self.store is None:
             return None
         found, self._unrecorded = self._unrecorded, []
-        if not found and not batches:
+        devices = self._sighted_devices()
+        if not found and not batches and not devices:
             return None
-        incidents = join_stories(self.store, found, self.ctx)
-        return self.store.record_results(self.source, found, incidents, batches=batches, replace_stories=True)
+        incidents = join_stories(self.store, mark_expected(self.store, found), self.ctx)
+        return self.store.record_results(
+            self.source, found, incidents, devices=devices, batches=batches, replace_stories=True
+        )
+
+    def _sighted_devices(self) -> list[dict[str, Any]]:
+        """Rows of the devices seen since the last record: registered ones (by MAC, else address, in
+        the context) refreshed, the others as unknown devices."""
+        if self.sightings is None:
+            return []
+        macs = {m: d for d, info in self.ctx.devices.items() if (m := device_mac(info.mac))}
+        return self.sightings.take_rows(macs, self.ctx.ip_to_device)
+
+
+# what a firmware rollout cannot explain: an identity or integrity problem is never "the update"
+NEVER_EXPECTED = frozenset({"firmware-tamper", "cloned-device", "credential-misuse"})
+
+
+def mark_expected(store: Any, found: Sequence[Finding]) -> list[Finding]:
+    """Mark the findings that belong to a planned rollout and return the others (those that may
+    open or raise an incident).
+
+    A finding is expected when its device (``device_id``, else ``entity``) is updating or updated
+    in a running or completed rollout and the finding began inside that update's change window
+    (:func:`fleetwarden.app.rollout.expected_changes`: one store query for all the devices of
+    ``found``).  It gets ``attributes["expected"] = "rollout NAME (#ID)"`` and an evidence line
+    saying so, and is still stored.  Categories in :data:`NEVER_EXPECTED` are never expected.
+
+    *Blind spots.* An attack that starts inside a device's window is marked too (the rollout's
+    regression rule, which reads these stored findings, is what catches it); a finding about a
+    device known only by its address (no inventory id) is never expected.
+    """
+    from fleetwarden.app.rollout import expected_changes
+
+    candidates = [f for f in found if f.category not in NEVER_EXPECTED]
+    if not candidates:
+        return list(found)
+    windows = expected_changes(store, {f.device_id or f.entity for f in candidates})
+    if not windows:
+        return list(found)
+    expected: set[int] = set()
+    for f in candidates:
+        win = next((w for w in windows.get(f.device_id or f.entity, ()) if w.covers(f.first_seen)), None)
+        if win is not None:
+            f.attributes["expected"] = win.label
+            f.evidence.append(f"expected change: inside the update window of {win.label}, no incident")
+            expected.add(id(f))
+    return [f for f in found if id(f) not in expected]
 
 
 def join_stories(store: Any, found: Sequence[Finding], ctx: Context) -> list[Incident]:
     """Incidents for the entities of ``found``, correlated over those findings AND the findings of
     the entities' open incidents in ``store``: the story an uninterrupted run over all the events
-    would tell (the correlator is a function of the whole set of an entity's findings)."""
+    would tell (the correlator is a function of the whole set of an entity's findings).  Findings a
+    suppression rule in force explains (:func:`fleetwarden.app.suppression.drop_suppressed`: a
+    maintenance window, an approved exception) are marked and count towards no incident."""
+    from fleetwarden.app.suppression import drop_suppressed
+
     if not found:
         return []
     entities = sorted({f.entity for f in found})
     prior = store.story_findings(entities)
-    return correlate(_unique(prior, found, store), ctx)
+    return correlate(drop_suppressed(store, _unique(prior, found, store), ctx), ctx)
 
 
 def _unique(prior: Sequence[Finding], found: Sequence[Finding], store: Any) -> list[Finding]:

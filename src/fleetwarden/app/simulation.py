@@ -29,8 +29,13 @@ def simulate(
     rate: float | None = None,
     per_message: int | None = None,
     stream_max_bytes: int | None = None,
+    tls_ca: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
 ) -> SimulationResult:
-    """Simulate the fleet once and send it everywhere asked (files, broker, bus)."""
+    """Simulate the fleet once and send it everywhere asked (files, broker, bus).  ``tls_ca``,
+    ``tls_cert``, ``tls_key`` switch on (mutual) TLS for ``mqtt`` (the client certificate of a
+    gateway whose role may publish for every device)."""
     from fleetwarden.simulate import simulate_fleet, write_files
 
     fleet = simulate_fleet(devices=devices, hours=hours, seed=seed)
@@ -41,7 +46,7 @@ def simulate(
         from fleetwarden.sources.mqtt import publish_batches
 
         result.sent_mqtt = publish_batches(
-            fleet.iter_batches(seconds=60), mqtt, per_message=per_message or 1, rate=rate
+            fleet.iter_batches(seconds=60), mqtt, per_message=per_message or 1, rate=rate, tls=_tls(tls_ca, tls_cert, tls_key)
         )
     if bus is not None:
         from fleetwarden.bus import publish_batches_nats
@@ -57,3 +62,9 @@ def simulate(
             **({"max_bytes": stream_max_bytes} if stream_max_bytes else {}),
         )
     return result
+
+
+def _tls(ca: str | None, cert: str | None, key: str | None):
+    from fleetwarden.app.watch import _tls as tls_of
+
+    return tls_of(ca, cert, key)

@@ -77,24 +77,31 @@ def watch_mqtt(
     on_finding: Callable[[Finding], None] | None = None,
     store: Any = None,
     device_level: int | str | None = None,
+    tls_ca: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
 ) -> LiveWatchResult:
     """Subscribe to ``topic`` on the broker at ``url`` and :func:`watch` what arrives, until
     ``duration`` seconds pass or Ctrl-C (which ends the stream cleanly: pending findings are
     flushed and incidents correlated).  The inventory comes from ``store`` when ``ctx`` is None.
     ``device_level`` says which topic level names the device of a record without ``device_id``
-    (see :class:`~fleetwarden.sources.mqtt.MqttEventSource`)."""
+    (see :class:`~fleetwarden.sources.mqtt.MqttEventSource`).  ``tls_ca``,
+    ``tls_cert`` and ``tls_key`` (files: the CA of the broker's certificate, this client's certificate
+    and key) switch on (mutual) TLS, for a broker that requires it."""
     import signal
     import threading
 
-    from fleetwarden.control.inventory import context_from_store
+    from fleetwarden.app.inventory import context_from_store
     from fleetwarden.core.text import redact_url
     from fleetwarden.sources import ReadStats
     from fleetwarden.sources.mqtt import MqttEventSource
 
     if ctx is None and store is not None:
-        ctx = context_from_store(store)
+        from fleetwarden.app.firmware import with_registry
+
+        ctx = with_registry(context_from_store(store), store)  # + the signed firmware registry
     stats = ReadStats()
-    source = MqttEventSource(url, topic, stats=stats, device_level=device_level)
+    source = MqttEventSource(url, topic, stats=stats, device_level=device_level, tls=_tls(tls_ca, tls_cert, tls_key))
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGINT, lambda *_: source.stop())
@@ -112,3 +119,12 @@ def watch_mqtt(
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
     return LiveWatchResult(**vars(base), stats=stats)
+
+
+def _tls(ca: str | None, cert: str | None, key: str | None):
+    """The MQTT TLS settings of three optional files (None when none is given)."""
+    if ca is None and cert is None and key is None:
+        return None
+    from fleetwarden.sources.mqtt import MqttTls
+
+    return MqttTls(ca=ca and str(ca), cert=cert and str(cert), key=key and str(key))

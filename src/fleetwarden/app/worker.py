@@ -735,10 +735,12 @@ def run_worker(url: str, store: Any, *, duration=None, idle_exit=None, drain=Fal
     import signal
     import threading
 
-    if kwargs.get("ctx") is None and kwargs.get("record"):
-        from fleetwarden.control.inventory import context_from_store
+    if kwargs.get("ctx") is None:  # recording (--db) or not, the store's inventory is the context
+        from fleetwarden.app.firmware import with_registry
+        from fleetwarden.app.inventory import context_from_store
 
-        kwargs["ctx"] = context_from_store(store)  # the store's inventory names and classes devices
+        # the store's inventory names and classes devices; its signed firmware registry is the catalogue
+        kwargs["ctx"] = with_registry(context_from_store(store), store)
     worker = Worker(url, store, **kwargs)
     handlers = {}
     if threading.current_thread() is threading.main_thread():

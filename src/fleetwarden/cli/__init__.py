@@ -169,8 +169,20 @@ def demo(
     hours: Annotated[float, typer.Option(min=1, max=24 * 14, help="simulated hours")] = 24,
     seed: Annotated[int, typer.Option(help="random seed: same seed, same fleet")] = 7,
     db: DbUrl = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print ONE JSON object: scenarios, false_incidents, metrics")
+    ] = False,
+    serve: Annotated[
+        bool, typer.Option("--serve", help="then serve the web console on 127.0.0.1 (prints demo users' tokens)")
+    ] = False,
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="with --serve: TCP port")] = 8080,
 ) -> None:
     """Simulate a fleet with tabletop attack scenarios and run the whole pipeline on it."""
+    if serve:
+        from fleetwarden.web.server import serve_demo
+
+        _run(serve_demo, db_url=db, port=port, devices=devices, hours=hours, seed=seed, say=out.print)
+        return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from fleetwarden.app.demo import run_demo
@@ -183,7 +195,7 @@ def demo(
         MofNCompleteColumn(),
         TextColumn("{task.fields[events]} events"),
         TimeElapsedColumn(),
-        console=out,
+        console=err if as_json else out,  # with --json, stdout carries only the object
         transient=True,
     )
     task = bar.add_task("Simulating", total=None, events=0)
@@ -197,7 +209,22 @@ def demo(
                 devices=devices, hours=hours, seed=seed, store=store, db_url=shown_url(db), progress=progress
             )
 
-    render_demo(_run(work), out)
+    report = _run(work)
+    if as_json:
+        from fleetwarden.app.demo import demo_json
+
+        sys.stdout.write(json.dumps(demo_json(report), indent=2) + "\n")
+        return
+    render_demo(report, out)
+
+
+TlsCa = Annotated[
+    str | None, typer.Option("--tls-ca", help="with --mqtt: CA certificate (PEM) of the broker; switches TLS on")
+]
+TlsCert = Annotated[
+    str | None, typer.Option("--tls-cert", help="with --mqtt: this client's certificate (PEM), for mutual TLS")
+]
+TlsKey = Annotated[str | None, typer.Option("--tls-key", help="with --mqtt: this client's private key (PEM)")]
 
 
 @app.command()
@@ -231,6 +258,9 @@ def simulate(
         typer.Option(min=1, help="events packed per message (default: 1 with --mqtt, 100 with --bus)"),
     ] = None,
     stream_max_bytes: StreamMaxBytes = None,
+    tls_ca: TlsCa = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
 ) -> None:
     """Simulate a fleet: write Zeek logs, events.jsonl and the scenario truth, or drive an MQTT broker
     or a NATS JetStream bus."""
@@ -254,6 +284,9 @@ def simulate(
         rate=rate,
         per_message=per_message,
         stream_max_bytes=stream_max_bytes,
+        tls_ca=tls_ca,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
     )
     if result.written:
         rows = [(str(p), f"{Path(p).stat().st_size:,}") for _n, p in sorted(result.written.items())]
@@ -377,21 +410,28 @@ def watch(
             "or a pattern such as 'site/+/{device}/telemetry' (default: the level after .../events/)",
         ),
     ] = None,
+    tls_ca: TlsCa = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
 ) -> None:
     """Detect on a live MQTT event stream: findings print as they happen, incidents at the end."""
     from fleetwarden.app.watch import watch_mqtt
     from fleetwarden.core.text import redact_url
 
     show = _finding_printer(as_json)
+    tls = {"tls_ca": tls_ca, "tls_cert": tls_cert, "tls_key": tls_key}
 
     def work():
         if db is None:
-            return watch_mqtt(mqtt, topic, duration=duration, model=model, on_finding=show, device_level=device_level)
+            return watch_mqtt(
+                mqtt, topic, duration=duration, model=model, on_finding=show, device_level=device_level, **tls
+            )
         from fleetwarden.app.stores import store_at
 
         with store_at(db) as store:
             return watch_mqtt(
-                mqtt, topic, duration=duration, model=model, on_finding=show, store=store, device_level=device_level
+                mqtt, topic, duration=duration, model=model, on_finding=show, store=store, device_level=device_level,
+                **tls,
             )
 
     result = _run(work)
@@ -410,7 +450,23 @@ def watch(
 # command groups, one module each (cli/<group>.py defines a Typer app)
 _GROUPS = {
     "inventory": ("fleetwarden.cli.inventory", "inventory_app"),
+    "vendor": ("fleetwarden.cli.vendor", "vendor_app"),
     "fingerprint": ("fleetwarden.cli.fingerprint", "fingerprint_app"),
+    "onboard": ("fleetwarden.cli.onboard", "onboard_app"),
+    "audit": ("fleetwarden.cli.audit", "audit_app"),
+    "vendor-key": ("fleetwarden.cli.vendorkeys", "vendor_key_app"),
+    "firmware": ("fleetwarden.cli.firmware", "firmware_app"),
+    "rollout": ("fleetwarden.cli.rollout", "rollout_app"),
+    "ca": ("fleetwarden.cli.ca", "ca_app"),
+    "users": ("fleetwarden.cli.users", "users_app"),
+    "identity": ("fleetwarden.cli.identity", "identity_app"),
+    "incident": ("fleetwarden.cli.incident", "incident_app"),
+    "metrics": ("fleetwarden.cli.metrics", "metrics_app"),
+    "export": ("fleetwarden.cli.export", "export_app"),
+    "actions": ("fleetwarden.cli.response", "actions_app"),
+    "response": ("fleetwarden.cli.response", "response_app"),
+    "suppress": ("fleetwarden.cli.suppress", "suppress_app"),
+    "serve": ("fleetwarden.cli.serve", "serve_app"),
 }
 
 

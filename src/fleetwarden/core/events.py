@@ -146,6 +146,16 @@ AUTH = pa.schema(
         _f("service", _S, "where the login happened: ssh, telnet, web, api, console, vpn", max_len=_TOKEN),
         _f("success", _B, "the attempt succeeded", required=True),
         _f("reason", _S, "why it failed (bad password, unknown user, locked…)", max_len=_TEXT),
+        _f(
+            "action",
+            _S,
+            "what the record is: null or login (a login attempt), disconnect, publish (a refused or "
+            "allowed publish), conflict (a client id taken over)",
+            max_len=_TOKEN,
+        ),
+        _f("client_id", _S, "protocol client id of the session (MQTT client identifier)", max_len=_NAME),
+        _f("src_port", _I32, "source port of the session"),
+        _f("topic", _S, "topic or resource the action was on (MQTT topic)", max_len=_TEXT),
         *_COMMON,
     ]
 )

@@ -108,6 +108,13 @@ class Incident:
     ip: str | None = None
     mac: str | None = None
     findings: list[Finding] = field(default_factory=list)
+    # the correlator's additions (fleetwarden.detection.correlation): the campaign linking this
+    # incident to others across devices, the plain-language story in time order, the device's
+    # risk over all its (independent) signals
+    campaign: str | None = None
+    story: list[str] = field(default_factory=list)
+    device_risk: int | None = None
+    device_id: str | None = None  # the inventory's id of the device, when its findings name one
 
     def to_dict(self) -> dict[str, Any]:
         """The ``analyze --json`` shape (the command-line contract, docs/architecture.md)."""

@@ -20,6 +20,7 @@ from fleetwarden.simulate.behaviour import NormalBehaviour
 from fleetwarden.simulate.catalog import build_firmware_catalog, build_inventory
 from fleetwarden.simulate.records import Parts
 from fleetwarden.simulate.scenarios import SCENARIOS, ScenarioTruth, inject
+from fleetwarden.simulate.signing import key_file_name, public_key_pem, sign_catalog
 
 __all__ = ["DEFAULT_START", "SimulatedFleet", "simulate_fleet", "write_files"]
 
@@ -98,7 +99,8 @@ def simulate_fleet(
 
 def write_files(fleet: SimulatedFleet, out_dir: str | Path) -> dict[str, Path]:
     """Write ``conn.log`` (Zeek TSV), ``dns.log``, ``events.jsonl`` (every kind), ``inventory.json``,
-    ``firmware_catalog.json`` and ``scenarios.json`` for replay with other tools."""
+    ``firmware_catalog.json`` (signed by each vendor's key, :mod:`.signing`), the vendors' public keys
+    (``vendor_keys/<vendor>.pem``) and ``scenarios.json`` for replay with other tools."""
     from fleetwarden.sources.jsonl import write_jsonl
     from fleetwarden.sources.zeek import write_tsv
 
@@ -117,6 +119,18 @@ def write_files(fleet: SimulatedFleet, out_dir: str | Path) -> dict[str, Path]:
     # time-ordered across kinds (hour chunks), so a replay sees the fleet as it happened
     write_jsonl(fleet.iter_batches(3600.0), paths["events.jsonl"])
     paths["inventory.json"].write_text(json.dumps(fleet.inventory, indent=1))
-    paths["firmware_catalog.json"].write_text(json.dumps(fleet.firmware_catalog, indent=1))
+    paths["firmware_catalog.json"].write_text(json.dumps(sign_catalog(fleet.firmware_catalog), indent=1))
+    paths.update(_write_vendor_keys(fleet, out / "vendor_keys"))
     paths["scenarios.json"].write_text(json.dumps([t.to_dict() for t in fleet.scenarios], indent=1))
     return paths
+
+
+def _write_vendor_keys(fleet: SimulatedFleet, key_dir: Path) -> dict[str, Path]:
+    """Each catalogue vendor's public firmware key as ``key_dir/<vendor>.pem``."""
+    key_dir.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for vendor in sorted({row["vendor"] for row in fleet.firmware_catalog}):
+        path = key_dir / key_file_name(vendor)
+        path.write_bytes(public_key_pem(vendor))
+        written[f"vendor_keys/{path.name}"] = path
+    return written

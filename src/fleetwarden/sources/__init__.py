@@ -11,6 +11,7 @@ zeek-tsv       :mod:`fleetwarden.sources.zeek` (conn.log, dns.log; gzip too)
 zeek-json      :mod:`fleetwarden.sources.zeek` (JSON lines written by Zeek)
 iot23-csv      :mod:`fleetwarden.sources.iot23` (conn fields + label columns)
 jsonl          :mod:`fleetwarden.sources.jsonl` (any event kind, one object a line)
+mosquitto      :mod:`fleetwarden.sources.mosquitto` (broker log: connections, refusals, denials)
 =============  ==========================================================
 
 Bad input raises :class:`SourceError` naming the file, the place (line, packet, byte
@@ -40,7 +41,7 @@ from fleetwarden.core.text import one_line, redact, truncate
 
 __all__ = ["FORMATS", "ReadStats", "SourceError", "detect_format", "drop_overlong", "read_events"]
 
-FORMATS = ("pcap", "pcapng", "zeek-tsv", "zeek-json", "iot23-csv", "jsonl")
+FORMATS = ("pcap", "pcapng", "zeek-tsv", "zeek-json", "iot23-csv", "jsonl", "mosquitto")
 DEFAULT_BATCH = 65_536
 
 _PCAP_MAGICS = {
@@ -155,10 +156,15 @@ def detect_format(path: str | Path) -> str:
         return "jsonl"
     if _flow_header(first):
         return "iot23-csv"
+    from fleetwarden.sources.mosquitto import looks_like_mosquitto
+
+    if looks_like_mosquitto(text):
+        return "mosquitto"
     raise SourceError(
         path,
         None,
-        "unrecognised format: expected pcap/pcapng, a Zeek log (TSV or JSON), an IoT-23 CSV or JSON lines",
+        "unrecognised format: expected pcap/pcapng, a Zeek log (TSV or JSON), an IoT-23 CSV, JSON lines "
+        "or a Mosquitto log",
     )
 
 
@@ -213,5 +219,9 @@ def read_events(
         from fleetwarden.sources import jsonl
 
         yield from jsonl.read(path, skip_bad=skip_bad, stats=stats, batch_size=batch_size)
+    elif fmt == "mosquitto":
+        from fleetwarden.sources import mosquitto
+
+        yield from mosquitto.read(path, skip_bad=skip_bad, stats=stats, batch_size=batch_size)
     else:
         raise SourceError(path, None, f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")

@@ -40,7 +40,7 @@ from fleetwarden.core.events import EventBatch
 from fleetwarden.core.text import redact_url
 from fleetwarden.sources import ReadStats, SourceError
 
-__all__ = ["DEFAULT_TOPIC", "MqttEventSource", "parse_mqtt_url", "publish_batches", "topic_device"]
+__all__ = ["DEFAULT_TOPIC", "MqttEventSource", "MqttTls", "parse_mqtt_url", "publish_batches", "topic_device"]
 
 DEFAULT_TOPIC = "fleetwarden/events/#"
 TOPIC_PREFIX = "fleetwarden/events"
@@ -53,6 +53,37 @@ class MqttTarget:
     tls: bool
     username: str | None = None
     password: str | None = None
+    files: MqttTls | None = None
+
+
+@dataclass(frozen=True)
+class MqttTls:
+    """Mutual TLS settings (paho ``tls_set``): the CA that signed the broker's certificate (None: the
+    system's), and this client's certificate and key (None: no client certificate).  Given, they
+    switch TLS on whatever the URL's scheme."""
+
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+    def check(self) -> MqttTls:
+        from pathlib import Path
+
+        for what, path in (("--tls-ca", self.ca), ("--tls-cert", self.cert), ("--tls-key", self.key)):
+            if path is not None and not Path(path).is_file():
+                raise InputError(f"{what} {path}: no such file")
+        if (self.cert is None) != (self.key is None):
+            raise InputError("--tls-cert and --tls-key go together")
+        return self
+
+
+def with_tls(target: MqttTarget, tls: MqttTls | None) -> MqttTarget:
+    """``target`` with mutual TLS ``tls`` (None: unchanged)."""
+    if tls is None:
+        return target
+    from dataclasses import replace
+
+    return replace(target, tls=True, files=tls.check())
 
 
 def parse_mqtt_url(url: str) -> MqttTarget:
@@ -77,7 +108,8 @@ def _client(target: MqttTarget, client_id: str = ""):
     if target.username:
         client.username_pw_set(target.username, target.password)
     if target.tls:
-        client.tls_set()
+        files = target.files or MqttTls()
+        client.tls_set(ca_certs=files.ca, certfile=files.cert, keyfile=files.key)
     return client
 
 
@@ -118,8 +150,9 @@ class MqttEventSource:
         stats: ReadStats | None = None,
         client_id: str = "",
         device_level: int | str | None = None,
+        tls: MqttTls | None = None,
     ) -> None:
-        self.target = parse_mqtt_url(url)
+        self.target = with_tls(parse_mqtt_url(url), tls)
         if device_level is None and "{device}" in topic:
             device_level = topic
         self.device_of = topic_device(device_level)
@@ -318,6 +351,7 @@ def publish_batches(
     rate: float | None = None,
     qos: int = 1,
     on_sent: Callable[[int, float], None] | None = None,
+    tls: MqttTls | None = None,
 ) -> int:
     """Publish events as JSON; returns the number of events sent.
 
@@ -331,7 +365,7 @@ def publish_batches(
     """
     from fleetwarden.sources.jsonl import encode_lines
 
-    target = parse_mqtt_url(url)
+    target = with_tls(parse_mqtt_url(url), tls)
     client = _client(target)
     client.max_queued_messages_set(0)
     _connect(client, target)

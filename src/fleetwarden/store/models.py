@@ -11,6 +11,7 @@ compares the two with Alembic's autogenerate so they cannot drift apart.
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Any
 
 from sqlalchemy import (
@@ -18,6 +19,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Date,
     Double,
     ForeignKey,
     Index,
@@ -36,10 +38,17 @@ from fleetwarden.core.findings import incident_json
 # JSON that is indexable/compact on PostgreSQL and plain text JSON on SQLite
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 
-LIFECYCLES = ("provisioning", "active", "quarantined", "retired")
+# a device's life, in order; "provisioning" (before 0003) is read as "provisioned"
+LIFECYCLES = ("ordered", "provisioned", "active", "quarantined", "retired")
+DATA_CLASSES = ("public", "internal", "confidential", "regulated")
+CRITICALITIES = ("low", "medium", "high", "critical")
 INCIDENT_STATUSES = ("open", "acknowledged", "closed")
+# every kind an action row may have: the response policy's (control/response.py ACTIONS) and the
+# firmware and credential steps other services propose
 ACTION_KINDS = (
     "alert",
+    "ticket",
+    "disable-account",
     "quarantine",
     "restrict",
     "revoke",
@@ -78,11 +87,22 @@ class Vendor(Base):
     """A device maker, with where to send security reports."""
 
     __tablename__ = "vendors"
+    __table_args__ = (
+        CheckConstraint("patch_cadence_days >= 0 AND patch_cadence_days <= 3650", name="patch_cadence"),
+        CheckConstraint("support_years >= 0 AND support_years <= 100", name="support_years"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     website: Mapped[str | None] = mapped_column(String(500))
     security_contact: Mapped[str | None] = mapped_column(String(500))
+    # vendor risk inputs (fleetwarden.control.vendors): disclosure policy URL or text, days between
+    # security patches, authentication the products support, support commitment
+    disclosure_policy: Mapped[str | None] = mapped_column(String(2000))
+    patch_cadence_days: Mapped[int | None] = mapped_column(Integer)
+    auth_support: Mapped[list[str]] = mapped_column(default=list)
+    support_years: Mapped[int | None] = mapped_column(Integer)
+    support_until: Mapped[date | None] = mapped_column(Date)
     attributes: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[float] = mapped_column(Double)
 
@@ -93,14 +113,19 @@ class Device(Base):
     __tablename__ = "devices"
     __table_args__ = (
         CheckConstraint(_in("lifecycle", LIFECYCLES), name="lifecycle"),
+        CheckConstraint(_in("data_class", DATA_CLASSES), name="data_class"),
+        CheckConstraint(_in("criticality", CRITICALITIES), name="criticality"),
         Index("ix_devices_ip", "ip"),
         Index("ix_devices_mac", "mac"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     device_id: Mapped[str] = mapped_column(String(200), unique=True)
-    ip: Mapped[str | None] = mapped_column(String(64))
+    name: Mapped[str | None] = mapped_column(String(200))
+    ip: Mapped[str | None] = mapped_column(String(64))  # the primary address, also first in ips
+    ips: Mapped[list[str]] = mapped_column(default=list)
     mac: Mapped[str | None] = mapped_column(String(32))
+    serial: Mapped[str | None] = mapped_column(String(200))
     vendor: Mapped[str | None] = mapped_column(String(200))
     model: Mapped[str | None] = mapped_column(String(200))
     device_class: Mapped[str | None] = mapped_column(String(100))
@@ -110,6 +135,8 @@ class Device(Base):
     zone: Mapped[str | None] = mapped_column(String(100))
     network_role: Mapped[str | None] = mapped_column(String(100))
     data_class: Mapped[str | None] = mapped_column(String(100))
+    criticality: Mapped[str | None] = mapped_column(String(10))
+    end_of_support: Mapped[date | None] = mapped_column(Date)
     lifecycle: Mapped[str] = mapped_column(String(20), default="active")
     discovered: Mapped[bool] = mapped_column(Boolean, default=False)
     first_seen: Mapped[float | None] = mapped_column(Double)
@@ -224,6 +251,55 @@ class Action(Base):
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
+VERDICTS = ("true-positive", "false-positive")
+
+
+class Verdict(Base):
+    """An analyst's verdict on an incident (true or false positive) with a reason; the newest one
+    per incident counts (older ones stay as history).  Migration 0009."""
+
+    __tablename__ = "verdicts"
+    __table_args__ = (CheckConstraint(_in("verdict", VERDICTS), name="verdict"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    incident_id: Mapped[int] = mapped_column(ForeignKey("incidents.id", ondelete="CASCADE"), index=True)
+    verdict: Mapped[str] = mapped_column(String(20))
+    reason: Mapped[str] = mapped_column(String(1000))
+    analyst: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[float] = mapped_column(Double)
+
+
+SUPPRESSION_KINDS = ("maintenance", "exception")
+
+
+class Suppression(Base):
+    """A maintenance window or an analyst-approved exception (migration 0010): findings it matches
+    (:mod:`fleetwarden.control.suppression`) no longer count towards incidents.  ``removed_at`` lifts
+    it early; ``closed_incidents`` are the incidents it closed, reopened when it is lifted."""
+
+    __tablename__ = "suppressions"
+    __table_args__ = (
+        CheckConstraint(_in("kind", SUPPRESSION_KINDS), name="kind"),
+        Index("ix_suppressions_expires_at", "expires_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    device_id: Mapped[str | None] = mapped_column(String(200))
+    site: Mapped[str | None] = mapped_column(String(200))
+    device_class: Mapped[str | None] = mapped_column(String(100))
+    category: Mapped[str | None] = mapped_column(String(50))
+    destination: Mapped[str | None] = mapped_column(String(253))
+    starts_at: Mapped[float | None] = mapped_column(Double)
+    expires_at: Mapped[float] = mapped_column(Double)
+    reason: Mapped[str] = mapped_column(String(1000))
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[float] = mapped_column(Double)
+    removed_at: Mapped[float | None] = mapped_column(Double)
+    removed_by: Mapped[str | None] = mapped_column(String(200))
+    closed_incidents: Mapped[list[Any]] = mapped_column(default=list)
+
+
 class AuditEntry(Base):
     """One link of the hash-chained, append-only audit log (see :mod:`fleetwarden.store.audit`)."""
 
@@ -295,6 +371,220 @@ class EngineCheckpoint(Base):
     updated_at: Mapped[float] = mapped_column(Double)
 
 
+CERTIFICATE_STATUSES = ("active", "revoked", "superseded", "expired")
+OPERATOR_ROLES = ("admin", "operator", "analyst", "viewer", "service")
+
+
+class CertificateRecord(Base):
+    """A device certificate the FleetWarden CA issued (:mod:`fleetwarden.control.ca`): the public
+    certificate only, never a private key.  ``serial`` is lower-case hex, times are epoch seconds;
+    ``device_id`` has no foreign key (a certificate may be issued before the device is inventoried)."""
+
+    __tablename__ = "certificates"
+    __table_args__ = (CheckConstraint(_in("status", CERTIFICATE_STATUSES), name="status"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    serial: Mapped[str] = mapped_column(String(64), unique=True)
+    device_id: Mapped[str] = mapped_column(String(200), index=True)
+    fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
+    key_type: Mapped[str] = mapped_column(String(20))
+    key_size: Mapped[int] = mapped_column(Integer)
+    subject: Mapped[str] = mapped_column(String(500))
+    issued_at: Mapped[float] = mapped_column(Double)
+    not_before: Mapped[float] = mapped_column(Double)
+    not_after: Mapped[float] = mapped_column(Double)
+    status: Mapped[str] = mapped_column(String(20), default="active")
+    revoked_at: Mapped[float | None] = mapped_column(Double)
+    revocation_reason: Mapped[str | None] = mapped_column(String(40))
+    pem: Mapped[str] = mapped_column(Text)
+
+
+class OperatorRecord(Base):
+    """A person or service allowed to use the API, with a role; only the SHA-256 of its token is kept."""
+
+    __tablename__ = "operators"
+    __table_args__ = (CheckConstraint(_in("role", OPERATOR_ROLES), name="role"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    role: Mapped[str] = mapped_column(String(20))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[float] = mapped_column(Double)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    last_used_at: Mapped[float | None] = mapped_column(Double)
+
+
+KEY_PURPOSES = ("firmware", "attestation")
+KEY_ALGORITHMS = ("ed25519", "ecdsa-p256")
+ROLLOUT_STATUSES = ("planned", "running", "halted", "completed", "rolled-back")
+ROLLOUT_DEVICE_STATUSES = ("pending", "updating", "updated", "regressed", "rolled-back")
+
+
+class VendorKey(Base):
+    """A vendor's public key (:mod:`fleetwarden.control.firmware`): firmware signing (Ed25519) or
+    device attestation (Ed25519, ECDSA P-256).  ``fingerprint`` is the SHA-256 of the DER
+    SubjectPublicKeyInfo; a revoked key stays, with ``revoked_at``, so old decisions stay explainable."""
+
+    __tablename__ = "vendor_keys"
+    __table_args__ = (
+        CheckConstraint(_in("purpose", KEY_PURPOSES), name="purpose"),
+        CheckConstraint(_in("algorithm", KEY_ALGORITHMS), name="algorithm"),
+        Index("ix_vendor_keys_vendor_purpose", "vendor", "purpose"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    vendor: Mapped[str] = mapped_column(String(200))
+    purpose: Mapped[str] = mapped_column(String(20))
+    algorithm: Mapped[str] = mapped_column(String(20))
+    public_key_pem: Mapped[str] = mapped_column(Text)
+    fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
+    added_at: Mapped[float] = mapped_column(Double)
+    revoked_at: Mapped[float | None] = mapped_column(Double)
+
+
+class FirmwareImage(Base):
+    """A signed firmware image of the registry: only images whose Ed25519 signature over the
+    canonical manifest (:func:`fleetwarden.core.manifest.firmware_manifest`) verified against an
+    active key of their vendor are stored; ``signed_by`` names that key."""
+
+    __tablename__ = "firmware_images"
+    __table_args__ = (
+        UniqueConstraint("vendor", "model", "version", "sha256"),
+        CheckConstraint("cvss_max IS NULL OR (cvss_max >= 0 AND cvss_max <= 10)", name="cvss_max"),
+        Index("ix_firmware_images_vendor_model", "vendor", "model"),
+        Index("ix_firmware_images_sha256", "sha256"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    vendor: Mapped[str] = mapped_column(String(200))
+    model: Mapped[str] = mapped_column(String(200))
+    version: Mapped[str] = mapped_column(String(100))
+    sha256: Mapped[str] = mapped_column(String(64))
+    signature: Mapped[str] = mapped_column(String(200))
+    signed_by: Mapped[str] = mapped_column(String(64))
+    verified: Mapped[bool] = mapped_column(Boolean, default=True)
+    cves: Mapped[list[str]] = mapped_column(default=list)
+    cvss_max: Mapped[float | None] = mapped_column(Double)
+    release_date: Mapped[float | None] = mapped_column(Double)
+    added_at: Mapped[float] = mapped_column(Double)
+
+
+class Rollout(Base):
+    """A staged firmware rollout (:mod:`fleetwarden.control.rollout`): target image, status and the
+    plan (waves, maintenance windows, soak, the wave reached)."""
+
+    __tablename__ = "rollouts"
+    __table_args__ = (CheckConstraint(_in("status", ROLLOUT_STATUSES), name="status"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    vendor: Mapped[str] = mapped_column(String(200))
+    model: Mapped[str] = mapped_column(String(200))
+    target_version: Mapped[str] = mapped_column(String(100))
+    target_sha256: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(20), default="planned")
+    created_at: Mapped[float] = mapped_column(Double)
+    updated_at: Mapped[float] = mapped_column(Double)
+    plan: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class RolloutDevice(Base):
+    """One device of a rollout: its wave (0 = canary), status and what it ran before.
+    ``device_id`` has no foreign key: a retired device's rollout history stays."""
+
+    __tablename__ = "rollout_devices"
+    __table_args__ = (
+        CheckConstraint(_in("status", ROLLOUT_DEVICE_STATUSES), name="status"),
+        CheckConstraint("wave >= 0", name="wave"),
+        Index("ix_rollout_devices_device_id", "device_id"),
+    )
+
+    rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id", ondelete="CASCADE"), primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    wave: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(20), default="pending")
+    previous_version: Mapped[str | None] = mapped_column(String(100))
+    previous_sha256: Mapped[str | None] = mapped_column(String(64))
+    reported_sha256: Mapped[str | None] = mapped_column(String(64))
+    started_at: Mapped[float | None] = mapped_column(Double)
+    updated_at: Mapped[float] = mapped_column(Double)
+
+
+ENROLMENT_RESULTS = ("accepted", "refused")
+
+
+class ExpectedDevice(Base):
+    """An expected shipment line (``fleetwarden onboard expect``): a device that may enrol."""
+
+    __tablename__ = "expected_devices"
+    __table_args__ = (UniqueConstraint("vendor", "serial"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    serial: Mapped[str] = mapped_column(String(64))
+    vendor: Mapped[str] = mapped_column(String(200))
+    model: Mapped[str] = mapped_column(String(200))
+    site: Mapped[str] = mapped_column(String(200))
+    country: Mapped[str | None] = mapped_column(String(2))
+    device_id: Mapped[str | None] = mapped_column(String(200))
+    device_class: Mapped[str | None] = mapped_column(String(100))
+    imported_at: Mapped[float] = mapped_column(Double)
+    enrolled_at: Mapped[float | None] = mapped_column(Double)
+
+
+class OnboardingNonce(Base):
+    """An enrolment challenge (``fleetwarden onboard nonce``), kept as its SHA-256; used once."""
+
+    __tablename__ = "onboarding_nonces"
+
+    nonce_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    issued_at: Mapped[float] = mapped_column(Double)
+    expires_at: Mapped[float] = mapped_column(Double)
+    used_at: Mapped[float | None] = mapped_column(Double)
+    used_by: Mapped[str | None] = mapped_column(String(64))
+    issued_by: Mapped[str] = mapped_column(String(200))
+
+
+class Enrolment(Base):
+    """One provisioning request and what onboarding decided (accepted, or refused with the reason)."""
+
+    __tablename__ = "enrolments"
+    __table_args__ = (
+        CheckConstraint(_in("result", ENROLMENT_RESULTS), name="result"),
+        Index("ix_enrolments_vendor_serial", "vendor", "serial"),
+        Index("ix_enrolments_public_key_sha256", "public_key_sha256"),
+        Index("ix_enrolments_ts", "ts"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ts: Mapped[float] = mapped_column(Double)
+    serial: Mapped[str] = mapped_column(String(64))
+    vendor: Mapped[str] = mapped_column(String(200))
+    model: Mapped[str] = mapped_column(String(200))
+    device_id: Mapped[str | None] = mapped_column(String(200))
+    result: Mapped[str] = mapped_column(String(10))
+    reason: Mapped[str | None] = mapped_column(String(40))
+    sentence: Mapped[str | None] = mapped_column(String(1000))
+    reasons: Mapped[list[str]] = mapped_column(default=list)
+    site: Mapped[str] = mapped_column(String(200))
+    country: Mapped[str | None] = mapped_column(String(2))
+    source: Mapped[str | None] = mapped_column(String(64))
+    public_key_sha256: Mapped[str] = mapped_column(String(64))
+    firmware_sha256: Mapped[str] = mapped_column(String(64))
+    certificate_serial: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[float] = mapped_column(Double)
+
+
+class AuditHead(Base):
+    """The newest audit entry (``seq``, ``hash``), one row kept by a database trigger on every
+    append (migration 0006), so deleting the newest entries (truncation) shows against it."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(Integer)
+    hash: Mapped[str] = mapped_column(String(64))
+
+
 TABLES = (
     "vendors",
     "devices",
@@ -305,4 +595,16 @@ TABLES = (
     "models",
     "ingest_batches",
     "engine_checkpoints",
+    "expected_devices",
+    "onboarding_nonces",
+    "enrolments",
+    "audit_head",
+    "certificates",
+    "operators",
+    "vendor_keys",
+    "firmware_images",
+    "rollouts",
+    "rollout_devices",
+    "verdicts",
+    "suppressions",
 )

@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 from sqlalchemy import Engine, func, insert, select, text
@@ -33,6 +34,8 @@ from fleetwarden.core.findings import CATEGORIES, SEVERITIES, Finding, Incident
 from fleetwarden.core.text import redact, redact_all
 from fleetwarden.store import audit
 from fleetwarden.store.models import (
+    CRITICALITIES,
+    DATA_CLASSES,
     INCIDENT_STATUSES,
     LIFECYCLES,
     Action,
@@ -692,12 +695,13 @@ def _upsert_devices(s: Session, rows: Sequence[Mapping[str, Any]], now: float) -
                 lifecycle=r.get("lifecycle") or "active",
                 discovered=bool(r.get("discovered", False)),
                 attributes=r.get("attributes") or {},
+                ips=r.get("ips") or ([r["ip"]] if r.get("ip") else []),
                 created_at=now,
                 updated_at=now,
                 **{
                     k: v
                     for k, v in r.items()
-                    if k not in ("device_id", "lifecycle", "discovered", "attributes")
+                    if k not in ("device_id", "lifecycle", "discovered", "attributes", "ips")
                 },
             )
             s.add(dev)
@@ -718,8 +722,14 @@ def _validate_device(row: Mapping[str, Any]) -> dict[str, Any]:
     if not device_id or not isinstance(device_id, str):
         raise StoreError(f"device row without a device_id: {dict(row)!r}")
     lifecycle = row.get("lifecycle")
+    if lifecycle == "provisioning":  # the name before migration 0003
+        lifecycle = "provisioned"
+        row = {**row, "lifecycle": lifecycle}
     if lifecycle is not None and lifecycle not in LIFECYCLES:
         raise StoreError(f"device {device_id!r}: unknown lifecycle {lifecycle!r}")
+    for column, allowed in (("data_class", DATA_CLASSES), ("criticality", CRITICALITIES)):
+        if row.get(column) is not None and row[column] not in allowed:
+            raise StoreError(f"device {device_id!r}: {column} {row[column]!r} is not one of {', '.join(allowed)}")
     out: dict[str, Any] = {}
     for k, v in row.items():
         if v is None:
@@ -730,6 +740,10 @@ def _validate_device(row: Mapping[str, Any]) -> dict[str, Any]:
             v = bool(v)
         elif k == "attributes":
             v = audit.normalize_details(v)
+        elif k == "ips":
+            v = [str(a) for a in v]
+        elif k == "end_of_support":
+            v = v if isinstance(v, date) else date.fromisoformat(str(v))
         else:
             v = str(v)
         out[k] = v
@@ -757,8 +771,13 @@ def _merge_device(dev: Device, r: Mapping[str, Any]) -> bool:
         elif k == "discovered":
             # registered beats discovered: traffic sightings never demote a registered device
             put(k, dev.discovered and v)
+        elif k == "ips":
+            # a sighting adds the addresses it saw; a registration says what they are
+            put(k, list(dict.fromkeys([*(dev.ips or []), *v])) if r.get("discovered") else v)
         else:
             put(k, v)
+    if r.get("ip") and "ips" not in r and r["ip"] not in (dev.ips or []):
+        put("ips", [*(dev.ips or []), r["ip"]])
     return changed
 
 

@@ -40,6 +40,10 @@ Two analytics read ``auth`` events (one login attempt each: who, from where, res
     *Reference.* MITRE ATT&CK T1078 (Valid Accounts), T1133 (External Remote Services);
     the "impossible travel" rule as used by Microsoft Entra ID Protection and Okta.
 
+Both read login attempts only (:func:`login_attempts`): ``auth`` records whose ``action`` is null or
+``login``.  A broker log's other records (a disconnect, an ACL-refused publish, a client id taken
+over) are session facts, judged by :mod:`fleetwarden.detection.analytics.identity`.
+
 Attempts are judged one by one in time order, whatever the batches: a failure joins its
 burst (a gap over ``window`` or a burst open ``max_open`` starts a new one), a success is
 judged against the history the logins before it left.  Findings of an episode are emitted
@@ -78,6 +82,7 @@ __all__ = [
     "great_circle_km",
     "in_maintenance_window",
     "local_hours",
+    "login_attempts",
     "lru_get",
     "noisy_or",
 ]
@@ -100,6 +105,17 @@ def lru_get(store: OrderedDict[K, V], key: K, make: Callable[[], V], cap: int) -
     else:
         store.move_to_end(key)
     return value
+
+
+def login_attempts(batch: EventBatch) -> EventBatch:
+    """The records of an ``auth`` batch that are login attempts: ``action`` null, empty or ``login``."""
+    action = batch["action"]
+    if action.null_count == len(batch):
+        return batch
+    act = pc.utf8_lower(pc.fill_null(action, "login"))
+    keep = pc.or_(pc.equal(act, "login"), pc.equal(act, ""))
+    mask = np.asarray(keep.to_numpy(zero_copy_only=False), dtype=bool)
+    return batch if mask.all() else batch.filter(mask)
 
 
 def noisy_or(weights: Iterable[float]) -> float:
@@ -314,6 +330,7 @@ class BruteForce:
         """Login attempts one by one in time order: a failure joins its (target, source) burst
         (a gap over ``window`` or a burst open ``max_open`` starts a new one), a success may
         follow a qualified burst; bursts and sprays quiet for their window are reported."""
+        batch = login_attempts(batch)
         if len(batch) == 0:
             return []
         batch = sorted_by_time(batch)
@@ -529,6 +546,7 @@ class CredentialMisuse:
         return code
 
     def update(self, batch: EventBatch, ctx: Context) -> list[Finding]:
+        batch = login_attempts(batch)
         if len(batch) == 0:
             return []
         ts = batch.np("ts")

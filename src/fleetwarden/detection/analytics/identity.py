@@ -46,8 +46,35 @@
     compare with).
     *Blind spots.* A rogue device that reuses a known device id (that is a clone, see above).
 
+
+:class:`BrokerSessions` (identity and behaviour fused at the device edge; MITRE T1078, T1036)
+    *Contract.* Reads the broker's session facts (``auth`` records with a ``client_id``, as
+    :mod:`fleetwarden.sources.mosquitto` writes them from a Mosquitto log: ``action`` login,
+    disconnect, conflict, publish), keeping each identity's open sessions (the user is the
+    certificate's common name with ``use_identity_as_username``: the device id):
+
+    - one identity connected from two addresses with overlapping sessions: a certificate in two
+      places at once (``cloned-device``, 0.8);
+    - a client id taken over from another address (0.6), or taken over ``takeovers_min`` times
+      within ``takeover_window`` (0.85): two devices fighting over one identity
+      (``cloned-device``); one client id used by two identities (``policy-violation``, 0.6);
+    - a publish the broker's ACL refused on a topic naming another device (a level of the topic
+      that is an inventoried device id, else the level after ``events``): the identity acted as
+      another device (``credential-misuse``, 0.75); refused on a topic naming no device
+      (``policy-violation``, 0.4);
+    - a successful connection of an identity whose inventory entry says its certificate is
+      revoked (``DeviceInfo.extra['certificate_status'] == 'revoked'``): the broker's CRL is stale
+      (``policy-violation``, 0.85).
+
+    One finding per identity and reason (bounded LRU maps).
+    *Blind spots.* Two clones behind one NAT share an address (only their client-id fight shows);
+    sessions opened before the log starts are unknown; a TLS refusal names no certificate, so a
+    revoked device that keeps trying shows only as failed logins (see :class:`BruteForce`).
+
 *Reference.* MITRE ATT&CK T1200 (Hardware Additions), T1036 (Masquerading), T1078; NIST IR 8259A
-(device identification); IETF RFC 9334 (RATS remote attestation architecture).
+(device identification); IETF RFC 9334 (RATS remote attestation architecture); AWS IoT Device
+Defender audit checks (``DEVICE_CERTIFICATE_SHARED_CHECK``, ``CONFLICTING_CLIENT_IDS_CHECK``,
+``REVOKED_DEVICE_CERTIFICATE_STILL_ACTIVE_CHECK``).
 """
 
 from __future__ import annotations
@@ -67,7 +94,7 @@ from fleetwarden.core.text import redact
 from fleetwarden.detection.analytics.auth import fmt_duration, lru_get, noisy_or
 from fleetwarden.detection.analytics.netcommon import KindClock, plain_table
 
-__all__ = ["ANALYTICS", "AttestationPolicy", "ClonedIdentity", "UnknownDevice"]
+__all__ = ["ANALYTICS", "AttestationPolicy", "BrokerSessions", "ClonedIdentity", "UnknownDevice"]
 
 
 @dataclass
@@ -474,4 +501,176 @@ def _split(held: pa.Table | None, until: float) -> tuple[pa.Table | None, pa.Tab
     return held.filter(pa.array(ready)).combine_chunks(), held.filter(pa.array(~ready)).combine_chunks()
 
 
-ANALYTICS = [ClonedIdentity, AttestationPolicy, UnknownDevice]
+_SESSION_ACTIONS = ("login", "disconnect", "conflict", "publish")
+
+
+class BrokerSessions:
+    """Broker sessions judged against identity: one certificate in two places, client ids fought
+    over or shared, publishes refused on another device's topic, revoked identities accepted."""
+
+    name = "identity.broker_sessions"
+    kinds = ("auth",)
+
+    def __init__(
+        self,
+        takeover_window: float = 3600.0,
+        takeovers_min: int = 3,
+        max_identities: int = 1_000_000,
+        max_sessions: int = 16,
+    ) -> None:
+        self.takeover_window = takeover_window
+        self.takeovers_min = takeovers_min
+        self.max_identities = max_identities
+        self.max_sessions = max_sessions
+        # user -> client id -> (address, port, since); client id -> (last user, when it lost it)
+        self.open_: OrderedDict[str, OrderedDict[str, tuple[str, int, float]]] = OrderedDict()
+        self.lost_: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self.takeovers_: OrderedDict[str, deque[tuple[float, str]]] = OrderedDict()
+        self.reported_: OrderedDict[tuple[str, str], None] = OrderedDict()
+
+    def update(self, batch: EventBatch, ctx: Context) -> list[Finding]:
+        rows = _session_rows(batch)
+        out: list[Finding] = []
+        for r in rows:
+            act = r["action"]
+            if act == "login" and r["success"]:
+                out += self._login(r, ctx)
+            elif act == "disconnect":
+                self.open_.get(r["user"], {}).pop(r["client_id"], None)
+            elif act == "conflict":
+                out += self._conflict(r, ctx)
+            elif act == "publish" and not r["success"]:
+                out += self._denied(r, ctx)
+        return out
+
+    def flush(self, ctx: Context) -> list[Finding]:
+        return []
+
+    # -- the facts ---------------------------------------------------------------------
+    def _login(self, r: dict, ctx: Context) -> list[Finding]:
+        user, cid, ip, ts = r["user"], r["client_id"], r["src_ip"] or "", r["ts"]
+        out: list[Finding] = []
+        info = ctx.devices.get(user)
+        if info is not None and str(info.extra.get("certificate_status", "")).lower() == "revoked":
+            out += self._report(
+                r, ctx, "revoked", "policy-violation", 0.85,
+                f"the broker accepted {user} from {ip or 'an unknown address'} although its certificate is "
+                "revoked: the broker's CRL is stale (publish a new CRL and reload the broker)",
+            )  # fmt: skip
+        prev = self.lost_.pop(cid, None)
+        if prev is not None and prev[0] != user and ts - prev[1] <= 60.0:
+            out += self._report(
+                r, ctx, "cid:" + cid, "policy-violation", 0.6,
+                f"client id {cid} used by two identities: {prev[0]} and then {user} (from {ip or 'unknown'})",
+            )  # fmt: skip
+        sessions = lru_get(self.open_, user, OrderedDict, self.max_identities)
+        elsewhere = [(c, s) for c, s in sessions.items() if s[0] and ip and s[0] != ip]
+        if elsewhere:
+            c, (oip, oport, since) = elsewhere[-1]
+            out += self._report(
+                r, ctx, "twice:" + "|".join(sorted({ip, oip})), "cloned-device", 0.8,
+                f"{user} connected from {ip}:{r['src_port'] or '?'} (client id {cid}) while its session from "
+                f"{oip}:{oport or '?'} (client id {c}), open for {fmt_duration(ts - since)}, is still open: "
+                "one certificate used from two places at once",
+            )  # fmt: skip
+        sessions[cid] = (ip, r["src_port"] or 0, ts)
+        if len(sessions) > self.max_sessions:
+            sessions.popitem(last=False)
+        return out
+
+    def _conflict(self, r: dict, ctx: Context) -> list[Finding]:
+        user, cid, ip, ts = r["user"], r["client_id"], r["src_ip"] or "", r["ts"]
+        old = self.open_.get(user, {}).pop(cid, None)
+        lru_get(self.lost_, cid, lambda: (user, ts), self.max_identities)
+        self.lost_[cid] = (user, ts)
+        seen = lru_get(self.takeovers_, cid, lambda: deque(maxlen=32), self.max_identities)
+        seen.append((ts, ip))
+        while seen and ts - seen[0][0] > self.takeover_window:
+            seen.popleft()
+        out: list[Finding] = []
+        if old is not None and old[0] and ip and old[0] != ip:
+            out += self._report(
+                r, ctx, "takeover:" + cid, "cloned-device", 0.6,
+                f"client id {cid} of {user} taken over by a connection from {ip} while connected from {old[0]}",
+            )  # fmt: skip
+        if len(seen) >= self.takeovers_min:
+            places = sorted({a for _, a in seen if a})
+            out += self._report(
+                r, ctx, "fight:" + cid, "cloned-device", 0.85,
+                f"client id {cid} of {user} taken over {len(seen)} times in {fmt_duration(ts - seen[0][0])} "
+                f"(addresses {', '.join(places[:4]) or 'unknown'}): two devices fighting over one identity",
+            )  # fmt: skip
+        return out
+
+    def _denied(self, r: dict, ctx: Context) -> list[Finding]:
+        user, topic = r["user"], r["topic"] or ""
+        owner = _topic_owner(topic, ctx)
+        shown = topic if len(topic) <= 200 else topic[:200] + "…"
+        if owner and owner != user:
+            return self._report(
+                r, ctx, "as:" + owner, "credential-misuse", 0.75,
+                f"{user} published on {shown!r}, the topic of device {owner}; the broker's ACL refused it: "
+                "an identity acting as another device",
+            )  # fmt: skip
+        return self._report(
+            r, ctx, "topic:" + topic[:256], "policy-violation", 0.4,
+            f"{user} published on {shown!r}, which its role does not allow; the broker's ACL refused it",
+        )  # fmt: skip
+
+    def _report(
+        self, r: dict, ctx: Context, key: str, category: str, score: float, evidence: str
+    ) -> list[Finding]:
+        user = r["user"]
+        if (user, key) in self.reported_:
+            return []
+        lru_get(self.reported_, (user, key), lambda: None, self.max_identities)
+        info = ctx.devices.get(user)
+        return [
+            Finding(
+                entity=user,
+                category=category,
+                detector=self.name,
+                score=score,
+                first_seen=float(r["ts"]),
+                last_seen=float(r["ts"]),
+                evidence=[evidence],
+                mitre=["T1078"] if category != "cloned-device" else ["T1078", "T1036"],
+                ip=r["src_ip"] or None,
+                mac=info.mac if info else None,
+                device_id=user if info is not None else None,
+                attributes={"client_id": r["client_id"], "action": r["action"]},
+            )
+        ]
+
+
+def _session_rows(batch: EventBatch) -> list[dict]:
+    """The batch's broker session facts (``action`` set, a client id or a refused publish), in time
+    order, as dicts: broker sessions are few next to flows, one Python step each."""
+    if len(batch) == 0 or batch["action"].null_count == len(batch):
+        return []
+    act = pc.utf8_lower(pc.fill_null(batch["action"], ""))
+    keep = pc.and_(pc.is_in(act, value_set=pa.array(list(_SESSION_ACTIONS))), pc.is_valid(batch["client_id"]))
+    mask = np.asarray(keep.to_numpy(zero_copy_only=False), dtype=bool)
+    if not mask.any():
+        return []
+    cols = ["ts", "user", "src_ip", "src_port", "success", "action", "client_id", "topic"]
+    table = batch.table.filter(pa.array(mask)).select(cols)
+    table = table.set_column(cols.index("action"), "action", pc.utf8_lower(table["action"]))
+    return table.sort_by([("ts", "ascending")]).to_pylist()
+
+
+def _topic_owner(topic: str, ctx: Context) -> str | None:
+    """The device a topic names: a level that is an inventoried device id, else the level after
+    ``events`` (FleetWarden's ``…/events/<device_id>`` layout)."""
+    levels = topic.split("/")[:32]
+    for level in levels:
+        if level and level in ctx.devices:
+            return level
+    if "events" in levels:
+        k = levels.index("events")
+        if k + 1 < len(levels) and levels[k + 1] not in ("", "+", "#", "_gateway"):
+            return levels[k + 1]
+    return None
+
+
+ANALYTICS = [ClonedIdentity, AttestationPolicy, UnknownDevice, BrokerSessions]
