@@ -11,6 +11,7 @@ revocations and maps its CN to the device (:func:`fleetwarden.app.ingest.device_
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +44,12 @@ def _check(host: str, port: int, tls_cert: Path | None, tls_key: Path | None, cl
 
 def server_config(
     *, host: str = "127.0.0.1", port: int = 8080, db: str | None = None, tls_cert: Path | None = None,
-    tls_key: Path | None = None, client_ca: Path | None = None, log_level: str = "info", **settings: Any,
+    tls_key: Path | None = None, client_ca: Path | None = None, log_level: str = "info",
+    factory: Callable[..., Any] = create_app, **settings: Any,
 ) -> uvicorn.Config:  # fmt: skip
-    """The uvicorn configuration ``serve`` runs (tests run it in a thread)."""
+    """The uvicorn configuration ``serve`` runs (tests run it in a thread).  ``factory(db,
+    **settings)`` builds the ASGI app: :func:`create_app`, or a face that composes it (the console's
+    ``create_console_app``: ``api`` may not import ``web``, so the caller passes it)."""
     _check(host, port, tls_cert, tls_key, client_ca)
     tls: dict[str, Any] = {}
     if tls_cert is not None:
@@ -53,7 +57,7 @@ def server_config(
     if client_ca is not None:
         tls.update(ssl_ca_certs=str(client_ca), ssl_cert_reqs=ssl.CERT_OPTIONAL)
     return uvicorn.Config(
-        create_app(db, **settings), host=host, port=port, http=PeerCertH11Protocol, log_level=log_level,
+        factory(db, **settings), host=host, port=port, http=PeerCertH11Protocol, log_level=log_level,
         access_log=True, server_header=False, proxy_headers=False, **tls,
     )  # fmt: skip
 

@@ -25,6 +25,7 @@ __all__ = [
     "MetricsInputError",
     "fill_registry",
     "fleet_posture",
+    "model_drift",
     "prometheus_text",
     "security_metrics",
 ]
@@ -111,12 +112,29 @@ def _drift(findings: Sequence[Mapping[str, Any]], window: float) -> dict[str, An
     return {"psi": value, "level": m.drift_level(value), "reference": len(ref), "recent": len(new)}
 
 
+def model_drift(store: Any) -> dict[str, dict[str, Any]]:
+    """Per flow model (``flow@<id>``) the drift its sessions saved (:mod:`fleetwarden.app.drift`):
+    PSI of its scores against its training reference, with level, the top features' PSI and the
+    flows counted."""
+    from fleetwarden.app.drift import DRIFT_MODEL_NAME
+
+    out: dict[str, dict[str, Any]] = {}
+    for rec in store.list_models():
+        meta = rec.meta or {}
+        if rec.name != DRIFT_MODEL_NAME or meta.get("kind") != "flow-model-drift":
+            continue
+        drift = meta.get("drift") if isinstance(meta.get("drift"), dict) else {}
+        out[f"{rec.name}@{rec.version}"] = {"path": rec.path, "updated_at": rec.created_at, **drift}
+    return out
+
+
 def security_metrics(
     store: Any, *, by: str | None = None, now: float | None = None, drift_window_s: float = DRIFT_WINDOW_S
 ) -> dict[str, Any]:
     """Every metric: ``overall``, ``daily`` (UTC day of ``first_seen``), ``groups`` (with ``by`` =
     ``site`` or ``class``), ``drift`` (stored finding scores, the last ``drift_window_s`` against the
-    rest) and the fleet ``posture``.  Plain JSON-ready values."""
+    rest; and under ``models`` each flow model's score drift against its training reference, see
+    :func:`model_drift`) and the fleet ``posture``.  Plain JSON-ready values."""
     if by is not None and by not in GROUP_BY:
         raise MetricsInputError(f"--by {by!r}? expected one of {', '.join(GROUP_BY)}")
     if not 0 < drift_window_s <= 366 * m.DAY:
@@ -128,7 +146,7 @@ def security_metrics(
         "generated_at": now if now is not None else time.time(),
         "overall": _incident_metrics(incidents, rows, verdicts),
         "daily": {day: _incident_metrics(inc, rows, verdicts) for day, inc in m.daily(incidents, "first_seen").items()},
-        "drift": _drift(rows["findings"], drift_window_s),
+        "drift": {**_drift(rows["findings"], drift_window_s), "models": model_drift(store)},
         "posture": fleet_posture(store, now=now),
     }
     if by is not None:
@@ -186,6 +204,9 @@ def _posture_gauges(gauge: Any, metrics: Mapping[str, Any]) -> None:
     for name, doc, value in scalars:
         if value is not None:  # an unlabelled gauge would export 0 at once
             gauge(name, doc).set(value)
+    psi = gauge("fleetwarden_flow_model_score_psi", "PSI of a flow model's scores against its training", ("model",))
+    for name, d in metrics["drift"].get("models", {}).items():
+        _set(psi.labels(name), d.get("psi"))
     ident = gauge("fleetwarden_identity_audit_checks", "failing identity-audit checks", ("severity",))
     for sev, n in posture["identity_posture"].items():
         ident.labels(sev).set(n)

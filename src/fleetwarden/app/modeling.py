@@ -20,7 +20,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from fleetwarden.app.drift import REFERENCE_KEY, DriftMeter, reference_of
 from fleetwarden.app.models import load_flow_model, save_flow_model
+from fleetwarden.app.verdicts import LabelOverlay, read_labels
 from fleetwarden.core.errors import InputError
 from fleetwarden.core.events import EventBatch
 from fleetwarden.detection.features import FlowFeaturizer
@@ -58,9 +60,16 @@ def flow_batches(path: str | Path, skip_bad: bool, stats: ReadStats) -> Iterator
             yield batch
 
 
-def read_flow_file(path: str | Path, skip_bad: bool, with_labels: bool, max_rows: int | None = None) -> FlowFile:
+def read_flow_file(
+    path: str | Path,
+    skip_bad: bool,
+    with_labels: bool,
+    max_rows: int | None = None,
+    overlay: Overlay | None = None,
+) -> FlowFile:
     """Featurize every flow of ``path`` (the device context always sees the whole stream); keep every
-    row, or with ``max_rows`` a :class:`~fleetwarden.detection.flowmodel.RowSample` of at most that many."""
+    row, or with ``max_rows`` a :class:`~fleetwarden.detection.flowmodel.RowSample` of at most that many.
+    With ``overlay`` (labels by uid), a flow whose uid it names takes that label."""
     path = Path(path)
     stats = ReadStats()
     featurizer = FlowFeaturizer()  # one independent network per file
@@ -72,6 +81,8 @@ def read_flow_file(path: str | Path, skip_bad: bool, with_labels: bool, max_rows
         dev_port, dev_dst = np.empty_like(fz.last_targets[0]), np.empty_like(fz.last_targets[1])
         dev_port[fz.last_order], dev_dst[fz.last_order] = fz.last_targets
         extra = labels_of(batch) if with_labels else ()
+        if overlay is not None and with_labels:
+            extra = overlay.apply(batch, *extra)
         sample.add(X, fz.last_keys, fz.last_age, fz.last_ts, dev_port, dev_dst, *extra)
     if not sample.seen:
         raise SourceError(path, None, "no flow records in this file")
@@ -90,6 +101,31 @@ def read_flow_file(path: str | Path, skip_bad: bool, with_labels: bool, max_rows
     return data
 
 
+class Overlay:
+    """A :class:`~fleetwarden.app.verdicts.LabelOverlay` applied to flow batches by ``uid``; remembers
+    which uids it matched."""
+
+    def __init__(self, labels: LabelOverlay) -> None:
+        self.labels = labels
+        self.uids = pa.array(labels.uids, type=pa.string())
+        self.y = np.asarray(labels.label, dtype=np.int8)
+        self.detailed = np.asarray(labels.detailed, dtype=object)
+        self.matched: set[str] = set()
+        self.rows = 0  # flow rows (of the whole streams, before sampling) that took a label
+
+    def apply(self, batch: EventBatch, y: np.ndarray, det: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        idx = pc.index_in(batch["uid"].combine_chunks().cast(pa.string()), value_set=self.uids)
+        hit = np.asarray(pc.is_valid(idx).to_numpy(zero_copy_only=False), dtype=bool)
+        if not hit.any():
+            return y, det
+        at = np.asarray(pc.fill_null(idx, 0).to_numpy(zero_copy_only=False))[hit]
+        y, det = y.copy(), det.copy()
+        y[hit], det[hit] = self.y[at], self.detailed[at]
+        self.matched.update(self.labels.uids[i] for i in np.unique(at).tolist())
+        self.rows += int(hit.sum())
+        return y, det
+
+
 def train(
     paths: Sequence[str | Path],
     model_dir: str | Path,
@@ -97,8 +133,18 @@ def train(
     skip_bad: bool = False,
     target_fpr: float = 0.01,
     max_rows: int = TRAIN_ROWS,
+    labels: Sequence[str | Path] = (),
 ) -> dict[str, Any]:
     """Train the flow model on flow files; a ``label`` column, when present, trains the supervised part.
+
+    ``labels`` are labels files (:func:`fleetwarden.app.verdicts.read_labels`: a verdict export or a
+    ``uid,label[,detailed_label]`` CSV) applied by ``uid`` to the flows read, overriding or filling
+    their label: a fleet's Zeek ``conn.log`` plus the analysts' verdicts trains the supervised part.
+    A labels file none of whose uids is a flow of ``paths`` is refused (wrong capture).
+
+    After fitting, the model scores its training files once more (as ``score`` would, each file its
+    own stream) and keeps the quantile histogram of those scores as its drift reference
+    (:mod:`fleetwarden.app.drift`): a second pass over the inputs, as long as a ``score`` of them.
 
     Every flow is featurized (device context needs the whole stream), but the model is fitted on at
     most ``max_rows`` flows: each file contributes a uniform systematic sample of at most
@@ -109,7 +155,10 @@ def train(
         raise InputError(f"--target-fpr must be in (0, 0.5), got {target_fpr}")
     t0 = time.perf_counter()
     cap = max(TRAIN_MIN_ROWS_PER_FILE, max_rows // max(len(paths), 1))
-    files = [read_flow_file(p, skip_bad, with_labels=True, max_rows=cap) for p in paths]
+    overlay = Overlay(read_labels(labels)) if labels else None
+    files = [read_flow_file(p, skip_bad, with_labels=True, max_rows=cap, overlay=overlay) for p in paths]
+    if overlay is not None:
+        overlay.labels.check_matched(overlay.matched)
     X = np.concatenate([f.X for f in files])
     keys = np.concatenate([f.keys for f in files])
     y = np.concatenate([f.label for f in files])
@@ -135,11 +184,19 @@ def train(
         "malicious_rows": int((y == 1).sum()),
         "label_counts": label_counts,
     }
+    if overlay is not None:
+        summary["labels"] = {
+            "files": [str(p) for p in overlay.labels.paths],
+            "uids": len(overlay.labels.uids),
+            "uids_matched": len(overlay.matched),
+            "flows_labelled": overlay.rows,
+        }
     model.meta = {
         "training": summary,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "versions": _versions(),
     }
+    model.meta[REFERENCE_KEY] = reference_of(_scores_of(model, paths, skip_bad))
     save_flow_model(model, model_dir)
     return {
         **summary,
@@ -151,14 +208,25 @@ def train(
     }
 
 
+def _scores_of(model: FlowModel, paths: Sequence[str | Path], skip_bad: bool) -> np.ndarray:
+    """The model's scores of every flow of ``paths``, each file its own stream (as ``score``)."""
+    out = []
+    for path in paths:
+        model.reset_stream()
+        for batch in flow_batches(path, skip_bad, ReadStats()):
+            out.append(model.score_batch_arrow(batch, full_reasons=False)[0])
+    model.reset_stream()
+    return np.concatenate(out) if out else np.zeros(0)
+
+
 def score(
     paths: Sequence[str | Path], model_dir: str | Path, out_csv: str | Path, *, skip_bad: bool = False
 ) -> dict[str, Any]:
     """Score every flow of ``paths``; write ``uid,score,alert,reasons`` rows to ``out_csv``."""
     t0 = time.perf_counter()
     model = load_flow_model(model_dir)
+    meter = DriftMeter(model, str(model_dir))
     n_flows = n_alerts = 0
-    drift_counts = np.zeros_like(model.train_fractions_)
     skipped = 0
     out_csv = Path(out_csv)
     with open(out_csv, "wb") as sink:
@@ -182,16 +250,14 @@ def score(
                     }
                 )
                 pacsv.write_csv(table, sink, opts)
-                # drift from a systematic sample of at most ~10k flows per batch: PSI needs bin
-                # fractions, not every row
-                step = max(1, len(codes) // 10_000)
-                drift_counts += model.binner_.fractions(codes[::step]) * len(batch)
+                meter.add(s, codes)  # drift: every score, a systematic sample of feature codes
                 n_flows += len(batch)
                 n_alerts += int(a.sum())
             skipped += stats.skipped
     elapsed = time.perf_counter() - t0
-    drift = model.drift_from_fractions(drift_counts / max(n_flows, 1)) if n_flows else {}
+    drift = model.drift_from_fractions(meter.feature_counts / max(n_flows, 1)) if n_flows else {}
     top = sorted(drift.items(), key=lambda kv: -kv[1])[:5]
+    report = meter.report()
     return {
         "flows": n_flows,
         "alerts": n_alerts,
@@ -199,7 +265,14 @@ def score(
         "seconds": round(elapsed, 3),
         "flows_per_s": round(n_flows / elapsed, 1) if elapsed > 0 else None,
         "threshold": model.threshold_,
-        "drift": {"psi_max": top[0][1] if top else 0.0, "top": dict(top), "psi": drift},
+        "drift": {
+            "score_psi": report["psi"],
+            "level": report["level"],
+            "feature_level": report["feature_level"],
+            "psi_max": top[0][1] if top else 0.0,
+            "top": dict(top),
+            "psi": drift,
+        },
         "out": str(out_csv),
     }
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from fleetwarden.app.drift import metered
 from fleetwarden.app.models import resolve_model
 from fleetwarden.app.runtime import GcPolicy, warm_up
 from fleetwarden.control.discovery import Sightings, device_mac
@@ -77,7 +78,8 @@ class DetectionSession:
         keep_latency: bool = False,
     ) -> None:
         self.ctx = ctx if ctx is not None else Context()
-        self.model = resolve_model(model)
+        # a flow model counts what it scores (model drift, saved with each record())
+        self.model, self.drift = metered(model, resolve_model(model))
         self.store = store
         self.source = source
         self.on_finding = on_finding
@@ -171,6 +173,8 @@ class DetectionSession:
         (:func:`mark_expected`).  Returns the store's summary (None without a store)."""
         if self.store is None:
             return None
+        if self.drift is not None:
+            self.drift.save(self.store)
         found, self._unrecorded = self._unrecorded, []
         devices = self._sighted_devices()
         if not found and not batches and not devices:

@@ -89,12 +89,18 @@ def train(
     target_fpr: Annotated[
         float, typer.Option(help="false-positive rate the alert threshold is set for")
     ] = 0.01,
+    labels: Annotated[
+        list[Path] | None,
+        typer.Option("--labels", help="labels by uid (verdict export or uid,label CSV); repeatable"),
+    ] = None,
 ) -> None:
     """Train the flow models (unsupervised baseline + supervised classifier when labels exist)."""
     from fleetwarden.app.modeling import train as train_model
 
     _run(_check_inputs, files)
-    summary = _run(train_model, list(files), model, skip_bad=skip_bad, target_fpr=target_fpr)
+    summary = _run(
+        train_model, list(files), model, skip_bad=skip_bad, target_fpr=target_fpr, labels=list(labels or ())
+    )
     sys.stdout.write(json.dumps(summary, indent=2, default=str) + "\n")
 
 

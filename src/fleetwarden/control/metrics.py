@@ -26,6 +26,9 @@ Definitions (what each number means, and what it cannot see):
   ``PSI = sum((recent - ref) * ln(recent / ref))``.  Rule of thumb (Siddiqi, *Credit Risk
   Scorecards*, 2006; Yurdakul, *Statistical properties of the population stability index*, 2018):
   below 0.1 stable, 0.1–0.25 moderate shift, above 0.25 significant shift: re-check the model.
+  The flow model's own drift (:mod:`fleetwarden.app.drift`) keeps the reference as bin edges and
+  shares (:func:`quantile_edges`, :func:`shares_of_counts`) and compares live counts with
+  :func:`psi_of_shares`; the levels are fixed a priori, not fitted to any data.
   Blind spot: PSI compares distributions only; a shift in which flows are malicious at the same
   score distribution is invisible to it.
 """
@@ -49,7 +52,10 @@ __all__ = [
     "mean_or_none",
     "mttd",
     "psi",
+    "psi_of_shares",
+    "quantile_edges",
     "response_times",
+    "shares_of_counts",
     "severity_counts",
 ]
 
@@ -193,7 +199,29 @@ def psi(reference: Sequence[float], recent: Sequence[float], bins: int = PSI_BIN
     if not ref or not new:
         return None
     edges = _quantile_edges(ref, max(2, bins))
-    p, q = _shares(ref, edges), _shares(new, edges)
+    return psi_of_shares(_shares(ref, edges), _shares(new, edges))
+
+
+def quantile_edges(values: Sequence[float], bins: int = PSI_BINS) -> list[float]:
+    """The inner bin edges of at most ``bins`` quantile bins of ``values`` (finite ones; ties merge
+    bins).  A value ``v`` falls in bin ``bisect_right(edges, v)``.  Empty input: no edges (one bin)."""
+    ref = [float(v) for v in values if math.isfinite(float(v))]
+    return _quantile_edges(ref, max(2, bins)) if ref else []
+
+
+def shares_of_counts(counts: Sequence[float]) -> list[float]:
+    """Counts per bin as shares summing to 1 (all zero when there is nothing counted)."""
+    total = float(sum(counts))
+    return [float(c) / total if total > 0 else 0.0 for c in counts]
+
+
+def psi_of_shares(reference: Sequence[float], recent: Sequence[float]) -> float:
+    """PSI between two share vectors over the same bins, each share floored at :data:`PSI_FLOOR`
+    (an empty bin stays finite): ``sum((recent - ref) * ln(recent / ref))``, rounded to 4 places."""
+    if len(reference) != len(recent):
+        raise ValueError(f"PSI needs the same bins: {len(reference)} reference shares, {len(recent)} recent")
+    p = [max(PSI_FLOOR, float(a)) for a in reference]
+    q = [max(PSI_FLOOR, float(b)) for b in recent]
     return round(sum((b - a) * math.log(b / a) for a, b in zip(p, q, strict=True)), 4)
 
 

@@ -1032,7 +1032,8 @@ class FlowModel:
     def _from_state(cls, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> FlowModel:
         f = len(FEATURES)
         m = cls(target_fpr=float(meta["target_fpr"]), prior_flows=float(meta["prior_flows"]))
-        m.meta = {k: meta[k] for k in ("training", "created", "versions") if k in meta}
+        # drift_reference: the score histogram ``train`` keeps (fleetwarden.app.drift); absent in older dirs
+        m.meta = {k: meta[k] for k in ("training", "created", "versions", "drift_reference") if k in meta}
         m.binner_ = QuantileBinner()
         counts = arrays["edge_counts"].astype(np.int64)
         if len(counts) != f or counts.sum() != len(arrays["edges"]) or (counts < 0).any():

@@ -1,4 +1,5 @@
-"""Serve the console (and the API it is mounted on) with uvicorn, and the one-command demo behind
+"""Serve the console (and the API it is mounted on) with uvicorn, optionally with the live pipeline
+in the same process (``fleetwarden serve --mqtt/--bus``), and the one-command demo behind
 ``fleetwarden demo --serve``."""
 
 from __future__ import annotations
@@ -11,13 +12,39 @@ from typing import Any
 __all__ = ["serve", "serve_demo"]
 
 
-def serve(db_url: str, *, host: str = "127.0.0.1", port: int = 8080, log_level: str = "warning") -> None:
-    """Run the API and the console over the store at ``db_url`` until interrupted."""
+def serve(
+    db_url: str | None = None, *, host: str = "127.0.0.1", port: int = 8080, log_level: str = "warning",
+    live: dict[str, Any] | None = None, say: Callable[[str], Any] | None = None, **options: Any,
+) -> None:  # fmt: skip
+    """Run the API and the console over the store at ``db_url`` until interrupted.
+
+    ``options`` are :func:`fleetwarden.api.server.server_config`'s (``tls_cert``, ``tls_key``,
+    ``client_ca``, API settings).  ``live`` (keyword arguments of
+    :class:`fleetwarden.app.live.LivePipeline`: ``mqtt=URL`` or ``bus=URL``, …) runs detection in a
+    background thread of this process, recording to the same store, started once the store is
+    open and stopped (pending findings recorded) when the server shuts down.  ``say`` gets a line
+    naming what the pipeline reads; its errors go to standard error (``live["on_error"]``)."""
     import uvicorn
 
+    from fleetwarden.api.server import server_config
+    from fleetwarden.app.live import LivePipeline
     from fleetwarden.web import create_console_app
 
-    uvicorn.run(create_console_app(db_url), host=host, port=port, log_level=log_level)
+    pipeline = LivePipeline(db_url, **live) if live else None  # bad options fail before serving
+    config = server_config(
+        host=host, port=port, db=db_url, log_level=log_level, factory=create_console_app, **options
+    )
+    server = uvicorn.Server(config)
+    if pipeline is None:
+        server.run()
+        return
+    pipeline.start()
+    if say is not None:
+        say(f"Live pipeline: {pipeline.source}")
+    try:
+        server.run()
+    finally:
+        pipeline.stop()
 
 
 def serve_demo(
