@@ -18,6 +18,12 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = (ROOT.parent / "shared" / "data").resolve()
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
+# pytest-xdist hands its workers COLUMNS=80; the CLI's consoles (made when fleetwarden.cli is first
+# imported) would then wrap tables at 80 columns where a plain run prints 200 when piped.  Tests read
+# the CLI's output as a pipe would give it, so the workers do without that setting.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.pop("COLUMNS", None)
+
 # Property tests explore new inputs on every developer run; CI replays a fixed, derandomised
 # sequence so that a submission's verdict does not depend on the draw.
 settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)

@@ -540,6 +540,9 @@ def _metric_figures(store: Any) -> dict[str, Any]:
         day: _incident_figures(inc, rows, verdicts) for day, inc in m.daily(incidents, "first_seen").items()
     }
     drift, drift_daily = _drift(rows["scores"])
+    from fleetwarden.app.metrics import model_drift
+
+    drift["models"] = model_drift(store)  # the flow models' own drift against their training reference
     return {
         "overall": _incident_figures(incidents, rows, verdicts), "drift": drift,
         "daily": _series(daily), "drift_daily": drift_daily,

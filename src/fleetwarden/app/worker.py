@@ -387,14 +387,20 @@ class Worker:
         timeout = min(timeout, self.ack_wait / 4)  # back in time to keep holding what we hold
         fetched = await asyncio.gather(*(self._fetch(ps, timeout) for ps in wanted))
         handled = 0
+        tails = []
         for ps, msgs in zip(wanted, fetched, strict=True):
             if msgs is None:
                 continue
             handled += len(msgs)
             if msgs:
-                # the server says how many messages are still waiting for this consumer
-                ps.caught_up = msgs[-1].metadata.num_pending == 0
+                # the server says how many messages are still waiting for this consumer; none
+                # waiting is not yet caught up when deliveries lost in an outage will come again
+                ps.caught_up = False
+                if msgs[-1].metadata.num_pending == 0:
+                    tails.append(ps)
             self._decode(ps, msgs)
+        for ps in tails:
+            await self._ask_caught_up(ps)
         until = self._watermark()
         if self._fleet is not None:
             self._fleet.drain()
@@ -447,16 +453,22 @@ class Worker:
         except Exception as exc:  # disconnected, reconnecting, server restarting: try again later
             self._trouble(f"fetch from p{ps.index}", exc)
             return None
-        if not msgs:
-            try:
-                info = await self._js.consumer_info(self.stream, ps.durable)
-                # caught up: nothing waits on the server AND nothing it delivered is still on its
-                # way to us (a fetch that timed out here can leave deliveries in flight)
-                ps.caught_up = info.num_pending == 0 and info.num_ack_pending <= len(ps.unacked)
-            except Exception as exc:
-                self._trouble(f"state of p{ps.index}", exc)
-                return None
+        if not msgs and not await self._ask_caught_up(ps):
+            return None
         return msgs
+
+    async def _ask_caught_up(self, ps: PartitionState) -> bool:
+        """Ask the server whether ``ps`` is caught up: nothing waits on the server AND nothing it
+        delivered is still on its way to us (a fetch that timed out, or a delivery lost while the
+        server restarted, is redelivered later).  False when the server could not be asked (then
+        ``caught_up`` is left as it was)."""
+        try:
+            info = await self._js.consumer_info(self.stream, ps.durable)
+        except Exception as exc:
+            self._trouble(f"state of p{ps.index}", exc)
+            return False
+        ps.caught_up = info.num_pending == 0 and info.num_ack_pending <= len(ps.unacked)
+        return True
 
     def _trouble(self, what: str, exc: BaseException) -> None:
         self.result.bus_errors += 1
