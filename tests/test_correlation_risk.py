@@ -169,3 +169,30 @@ def test_the_simulated_botnet_is_one_campaign_with_its_victims(simulated):
     for inc in members:
         assert inc.mitre and any(line.startswith(f"Part of campaign {campaign}") for line in inc.story)
         assert any("; records " in line for line in inc.story[1:])  # the raw records behind the steps
+
+
+def test_the_store_keeps_the_campaign_of_the_camera_and_its_victims(simulated, tmp_path):
+    """``analyze --db``'s path (a session recording to a real SQLite store): the campaign id the
+    correlator gave the mirai camera's attack incidents is stored on them and on its victims',
+    shown by the API's incident rows but not in the analyze --json contract nor the evidence."""
+    from fleetwarden.app.queries import incident_row
+    from fleetwarden.app.session import DetectionSession
+    from fleetwarden.control.inventory import context_from_rows
+    from fleetwarden.store import open_store
+
+    fleet, _ = simulated
+    store = open_store(f"sqlite:///{tmp_path / 'fw.db'}")
+    session = DetectionSession(ctx=context_from_rows(fleet.inventory), store=store, source="sim")
+    session.run(fleet.iter_batches(seconds=600))
+    session.record()
+    cam = set(next(sc for sc in fleet.scenarios if sc.name == "mirai-camera").device_ids)
+    rows = store.list_incidents()
+    attack = [r for r in rows if r.entity in cam and r.category in ATTACK_CATEGORIES]
+    (campaign,) = {r.campaign for r in attack}
+    assert campaign is not None and campaign.startswith("C-")
+    victims = [r for r in rows if r.campaign == campaign and r.entity not in cam]
+    assert victims and all(r.category not in ATTACK_CATEGORIES for r in victims)
+    assert incident_row(attack[0])["campaign"] == campaign
+    assert "campaign" not in attack[0].to_contract()
+    assert not any("campaign" in e for r in rows for e in r.evidence)
+    store.close()

@@ -98,3 +98,53 @@ def test_cli_audit_on_a_real_store(tmp_path, monkeypatch):
     assert r.exit_code == 0 and "OPERATOR_SERVICE_PRIVILEGED" in r.output
     r = runner.invoke(app, ["identity", "audit", "--broker-log", str(tmp_path / "missing.log")])
     assert r.exit_code == 2
+
+
+def test_audit_findings_map_each_device_check_to_one_finding():
+    from fleetwarden.app.identity_audit import audit_findings
+
+    certs = [_cert("d1", "same"), _cert("d2", "same"), _cert("d5", "e", key_type="rsa", size=1024)]
+    operators = [{"name": "svc-x", "role": "admin", "created_at": NOW}]
+    conns = [_login("admin", "10.0.0.9", "x", NOW - 5)]
+    checks = audit_identity(certs, [], operators, conns, now=NOW)
+    found = audit_findings(checks, [], [c["device_id"] for c in certs], now=NOW)
+    got = {(f.entity, f.detector): f for f in found}
+    assert set(got) == {
+        ("d1", "identity.audit.CERTIFICATE_SHARED"),
+        ("d2", "identity.audit.CERTIFICATE_SHARED"),
+        ("d5", "identity.audit.WEAK_KEY"),
+    }  # fmt: skip  (the operator and the default login "admin@10.0.0.9" name no device)
+    shared = got[("d1", "identity.audit.CERTIFICATE_SHARED")]
+    assert shared.category == "cloned-device" and shared.score == 0.95 and shared.device_id == "d1"
+    assert shared.evidence[0].startswith("one certificate") and "revoke" in shared.evidence[1]
+    weak = got[("d5", "identity.audit.WEAK_KEY")]
+    assert weak.category == "policy-violation" and weak.score == 0.8
+
+
+def test_cli_audit_record_opens_an_incident_per_device_once(tmp_path):
+    from fleetwarden.cli import app
+    from fleetwarden.store import open_store
+
+    db = f"sqlite:///{tmp_path / 'fw.db'}"
+    store = open_store(db)
+    # one credential (a client certificate and key copied between devices) on two devices
+    store.upsert_devices(
+        [{"device_id": d, "ip": ip, "attributes": {"credential_id": "cert-7f3a"}}
+         for d, ip in (("cam-1", "10.1.0.1"), ("cam-2", "10.1.0.2"))]
+        + [{"device_id": "plc-1", "ip": "10.1.0.3"}],
+        actor="test",
+    )  # fmt: skip
+    r = runner.invoke(app, ["identity", "audit", "--record", "--json", "--db", db])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["recorded"]["findings_added"] == 2
+    incidents = {i.entity: i for i in store.list_incidents()}
+    assert set(incidents) == {"cam-1", "cam-2"}
+    for inc in incidents.values():
+        assert inc.category == "credential-misuse" and inc.risk > 0 and inc.source == "identity-audit"
+        assert any("one credential configured on several devices" in e for e in inc.evidence)
+    before = (len(store.list_incidents()), len(store.list_findings()))
+    r = runner.invoke(app, ["identity", "audit", "--record", "--db", db])
+    assert r.exit_code == 0 and "Recorded 0 findings" in r.output, r.output
+    assert (len(store.list_incidents()), len(store.list_findings())) == before
+    assert {i.entity: i.risk for i in store.list_incidents()} == {e: i.risk for e, i in incidents.items()}
+    store.close()

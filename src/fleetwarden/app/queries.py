@@ -99,7 +99,7 @@ def set_lifecycle(store: Any, device_id: str, lifecycle: str, *, actor: str, rea
 
 
 def incident_row(rec: Any) -> dict[str, Any]:
-    return {**rec.to_contract(), "id": rec.id, "status": rec.status}
+    return {**rec.to_contract(), "id": rec.id, "status": rec.status, "campaign": rec.campaign}
 
 
 def incident_page(

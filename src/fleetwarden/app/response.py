@@ -335,7 +335,7 @@ def incident_view(store: Any, incident_id: int, *, policy: rp.Policy, now: float
         for f in sorted(store.list_findings(incident_id=incident_id), key=lambda f: f.first_seen)
     ]  # fmt: skip
     return {
-        "incident": {**inc.to_contract(), "id": inc.id, "status": inc.status},
+        "incident": {**inc.to_contract(), "id": inc.id, "status": inc.status, "campaign": inc.campaign},
         "device": device,
         "story": story,
         "policy_mode": policy.mode,

@@ -153,6 +153,9 @@ class WorkerResult:
     lag_max: int = 0  # most messages waiting at any measure
     buffered: int = 0  # events fetched, waiting for the watermark (last measure)
     bus_errors: int = 0  # fetches, acks or queries that failed (server restart, reconnect) and were retried
+    # events fetched behind what the engine had already been handed (event time before the released
+    # watermark): judged as they come, so their findings can differ from an in-order run's
+    late_events: int = 0
     stats: ReadStats = field(default_factory=ReadStats)
 
 
@@ -220,6 +223,7 @@ class Worker:
         self.fetch_batch = fetch_batch
         self.window = slice_seconds
         self.lateness = lateness
+        self._released = -math.inf  # event time up to which the engine has been handed events
         self.on_status = on_status
         self.max_bytes = max_bytes
         self.key = f"{stream}/{durable_prefix}-p{'.'.join(map(str, owned))}"
@@ -522,6 +526,7 @@ class Worker:
             for s, n in zip(*np.unique(seq, return_counts=True), strict=True):
                 ps.open[int(s)][0] += int(n)
             ps.mark = max(ps.mark, float(np.nanmax(batch.np("ts"))))
+            self.result.late_events += int((batch.np("ts") < self._released).sum())
             self._buffer.add(batch, ps.index, seq, line)
             self.result.stats.records += len(batch)
         ps.advance()
@@ -544,6 +549,7 @@ class Worker:
         ready, (part, seq, line) = self._buffer.take(until)
         if not ready:
             return
+        self._released = max(self._released, min(until, max(float(b.np("ts").max()) for b in ready.values())))
         for batch in time_windows(ready, self.window, origin=0.0):
             self._learn_peers((int(math.floor(float(batch.np("ts")[0]) / self.window)), KINDS.index(batch.kind)))
             self.result.findings += len(self.session.process(batch, self.engine))

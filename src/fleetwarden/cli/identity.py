@@ -22,6 +22,9 @@ def identity_audit(
         list[Path] | None,
         typer.Option("--broker-log", help="a Mosquitto log whose connections are audited too (repeat)"),
     ] = None,
+    record: Annotated[
+        bool, typer.Option("--record", help="record device checks as findings: they join incidents and risk")
+    ] = False,
 ) -> None:
     """Run the identity audit checks: shared, cloned, expiring, aged, weak or revoked-but-connecting
     certificates, conflicting client ids, default or shared credentials, over-privileged operators."""
@@ -34,12 +37,16 @@ def identity_audit(
 
     def work() -> dict:
         with store_at(db) as store:
-            return run_audit(store, broker_logs=logs)
+            return run_audit(store, broker_logs=logs, record=record)
 
     result = _run(work)
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
         return
+    if "recorded" in result:
+        r = result["recorded"]
+        out.print(f"Recorded {r['findings_added']} findings: {r['incidents_opened']} incidents opened, "
+                  f"{r['incidents_updated']} updated.")  # fmt: skip
     if not result["checks"]:
         out.print("No identity findings.")
         return

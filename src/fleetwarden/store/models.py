@@ -177,6 +177,9 @@ class IncidentRecord(Base):
     source: Mapped[str | None] = mapped_column(String(500))
     created_at: Mapped[float] = mapped_column(Double)
     updated_at: Mapped[float] = mapped_column(Double)
+    # the correlator's campaign id (Incident.campaign), linking incidents across devices; not in
+    # the analyze --json contract
+    campaign: Mapped[str | None] = mapped_column(String(64), index=True)
 
     def to_contract(self) -> dict[str, Any]:
         """The ``analyze --json`` incident shape (the command-line contract, docs/architecture.md)."""

@@ -912,6 +912,7 @@ def _save_incident(
             source=source,
             created_at=now,
             updated_at=now,
+            campaign=_campaign(inc),
         )
         s.add(row)
         s.flush()
@@ -926,6 +927,7 @@ def _save_incident(
             "mitre": mitre,
             "ip": inc.ip or row.ip,
             "mac": inc.mac or row.mac,
+            "campaign": _campaign(inc) or row.campaign,
         }
     else:
         merged = _merged_incident(row, inc, evidence, mitre)
@@ -949,7 +951,14 @@ def _merged_incident(row: IncidentRecord, inc: Incident, evidence: list[str], mi
         "mitre": list(dict.fromkeys([*(row.mitre or []), *mitre])),
         "ip": row.ip or inc.ip,
         "mac": row.mac or inc.mac,
+        "campaign": _campaign(inc) or row.campaign,
     }
+
+
+def _campaign(inc: Incident) -> str | None:
+    """The correlator's campaign id, bounded to its column; None when the incident has none."""
+    campaign = getattr(inc, "campaign", None)
+    return redact(str(campaign))[:64] if campaign else None
 
 
 def _severity_rank(sev: str) -> int:
