@@ -102,7 +102,7 @@ def _install_errors(app: FastAPI) -> None:
         return JSONResponse({"detail": text}, status_code=status)
 
 
-_NOT_FOUND = re.compile(r"\b(unknown|no such) (action|device|incident|rollout|enrolment|image|vendor|user)\b|not found")
+_NOT_FOUND = re.compile(r"\b(unknown|no such) (action|device|incident|rollout|enrolment|image|vendor|user|suppression)\b|not found")
 
 
 def _is_not_found(text: str) -> bool:

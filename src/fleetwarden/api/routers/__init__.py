@@ -15,6 +15,7 @@ from fleetwarden.api.routers import (
     onboarding,
     policies,
     session,
+    suppressions,
     vendors,
 )
 
@@ -34,6 +35,7 @@ ALL_ROUTERS = [
     onboarding.router,
     firmware.router,
     policies.router,
+    suppressions.router,
 ]
 
 __all__ = ["ALL_ROUTERS", "prometheus_router"]
