@@ -415,23 +415,10 @@ def show_incident(store: Any, incident_id: int, *, policy_file: Path | None = No
     return incident_view(store, incident_id, policy=load_policy(policy_file))
 
 
-def parse_since(text: str | None) -> float | None:
-    """``--since``: an ISO 8601 date or time (UTC without an offset) as epoch seconds."""
-    from datetime import UTC, datetime
-
-    if text is None:
-        return None
-    try:
-        dt = datetime.fromisoformat(text.strip()[:64])
-    except ValueError:
-        raise InputError(
-            f"--since {text[:64]!r}: expected an ISO 8601 time such as 2026-05-01T12:00Z"
-        ) from None
-    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
-
-
 def dry_run_policy(store: Any, *, policy_file: Path | None = None, since: str | None = None) -> dict:
     """``response dry-run``: the policy (file or packaged + home override) over the stored incidents."""
     policy = load_policy(policy_file)
+    from fleetwarden.app.export import parse_since  # the one --since reader of every command
+
     rows = dry_run(store, policy=policy, since=parse_since(since))
     return {"mode": policy.mode, "version": policy.version, "incidents": rows}
