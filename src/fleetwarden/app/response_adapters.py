@@ -26,8 +26,6 @@ its next publish; the webhook is at-most-once (no retry queue).
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import os
 import shutil
@@ -39,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fleetwarden.app.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign  # one signing scheme
 from fleetwarden.control import edge
 from fleetwarden.control import response as policy
 from fleetwarden.core.errors import InputError
@@ -47,12 +46,9 @@ __all__ = [
     "AdapterConfig",
     "AdapterError",
     "check_nft",
-    "sign_webhook",
     "webhook_post",
 ]
 
-SIGNATURE_HEADER = "X-FleetWarden-Signature"
-TIMESTAMP_HEADER = "X-FleetWarden-Timestamp"
 _MAX_SECRET = 4096
 
 
@@ -186,11 +182,6 @@ def write_nft(config: AdapterConfig, entries: list[policy.NftEntry]) -> dict[str
 # ---------------------------------------------------------------------------------- webhook
 
 
-def sign_webhook(secret: bytes, timestamp: str, body: bytes) -> str:
-    """``sha256=<hex>`` of HMAC-SHA256(secret, ``timestamp.body``): what the receiver recomputes."""
-    return "sha256=" + hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-
-
 def webhook_post(config: AdapterConfig, payload: dict[str, Any]) -> dict[str, Any]:
     """POST ``payload`` as signed JSON to the SOAR webhook; the answer's status (body not kept)."""
     if not config.webhook_url or not config.webhook_url.startswith(("http://", "https://")):
@@ -198,11 +189,11 @@ def webhook_post(config: AdapterConfig, payload: dict[str, Any]) -> dict[str, An
     if not config.webhook_secret:
         raise AdapterError("no webhook secret: FLEETWARDEN_WEBHOOK_SECRET or --webhook-secret-file")
     body = json.dumps(payload, sort_keys=True, default=str).encode()
-    stamp = str(int(time.time()))
+    stamp = int(time.time())
     request = urllib.request.Request(
         config.webhook_url, data=body, method="POST",
-        headers={"Content-Type": "application/json", TIMESTAMP_HEADER: stamp,
-                 SIGNATURE_HEADER: sign_webhook(config.webhook_secret, stamp, body)},
+        headers={"Content-Type": "application/json", TIMESTAMP_HEADER: str(stamp),
+                 SIGNATURE_HEADER: sign(body, config.webhook_secret, stamp)},
     )  # fmt: skip
     try:
         with urllib.request.urlopen(request, timeout=config.timeout) as answer:  # noqa: S310 (http(s) checked)
