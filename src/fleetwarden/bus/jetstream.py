@@ -213,12 +213,12 @@ def publish_batches_nats(
     Each batch is split by partition and each partition's events are packed ``per_message``
     JSON lines to a message, in the order given, so every partition receives its devices'
     events in that order (with ``rate``, a partition's last lines wait until it fills a message
-    or the input ends).  Up to
-    ``window`` publishes are in flight at once on one connection (the server stores them in
-    the order written); every one is acknowledged by JetStream before the call returns, so a
-    returned count is durably stored.  ``rate`` caps events per second.  A stream it creates
-    buffers at most ``max_bytes``; when the stream is full the publisher waits for the workers
-    (one message at a time, so a partition's order holds) instead of losing events.
+    or the input ends).  Each partition's messages are published one after another, each
+    acknowledged by JetStream before the next (:class:`_OrderedSender`), the partitions
+    concurrently, with up to ``window`` messages queued: so a partition's order holds through a
+    server restart, and a returned count is durably stored.  ``rate`` caps events per second.
+    A stream it creates buffers at most ``max_bytes``; when the stream is full the publisher
+    waits for the workers instead of losing events.
     """
     if per_message < 1:
         raise BusError("per_message must be at least 1")
@@ -233,39 +233,20 @@ async def _publish(batches, url, partitions, per_message, stream, prefix, rate, 
     nc = await connect(url)
     try:
         js = nc.jetstream()
-        info = await ensure_stream(js, stream, prefix, max_bytes=max_bytes)
-        room = _Room(js, stream, info)
+        await ensure_stream(js, stream, prefix, max_bytes=max_bytes)
+        out = _OrderedSender(js, stream, window)
         run = secrets.token_hex(6)
-        inflight: list = []
         pending: dict[int, list[bytes]] = {}  # partition -> lines not yet sent
         counts: dict[int, int] = {}  # partition -> messages sent
         sent = 0
         t0 = time.monotonic()
 
         async def send(p: int, lines: list[bytes]) -> None:
-            payload = b"\n".join(lines)
             counts[p] = counts.get(p, 0) + 1
             # a message id per message: a publish retried after a lost reply (a server restart)
             # is stored once (JetStream's duplicate window)
-            msg = (subject_for(p, prefix), payload, {"Nats-Msg-Id": f"{run}-{p}-{counts[p]}"})
-            if not inflight and not await room.enough(window, len(payload)):
-                # near the stream's limits: one message at a time, each waiting for room, so a
-                # refused message is never overtaken by a later one of its partition
-                await _publish_retrying(js, *msg, stream)
-                return
-            # publishes are written to the connection in call order: ensure_stream already set up
-            # the request multiplexer, so no task awaits before writing its message
-            inflight.append((msg, asyncio.ensure_future(js.publish(msg[0], msg[1], stream=stream, headers=msg[2]))))
-            if len(inflight) >= window:
-                await settle()
-
-        async def settle() -> None:
-            """Wait for the publishes in flight; send the failed ones again, in order."""
-            results = await asyncio.gather(*(f for _m, f in inflight), return_exceptions=True)
-            failed = [m for (m, _f), res in zip(inflight, results, strict=True) if isinstance(res, BaseException)]
-            inflight.clear()
-            for msg in failed:
-                await _publish_retrying(js, *msg, stream)
+            headers = {"Nats-Msg-Id": f"{run}-{p}-{counts[p]}"}
+            await out.put(p, (subject_for(p, prefix), b"\n".join(lines), headers))
 
         for batch in batches:
             if len(batch) == 0:
@@ -286,29 +267,58 @@ async def _publish(batches, url, partitions, per_message, stream, prefix, rate, 
         for p, buf in pending.items():
             if buf:
                 await send(p, buf)
-        if inflight:
-            await settle()
+        await out.close()
         return sent
     finally:
         await nc.close()
 
 
-class _Room:
-    """Whether a full window of publishes fits in the stream's limits (checked once per window)."""
+class _OrderedSender:
+    """Publishes each partition's messages strictly in the order given, the partitions concurrently.
 
-    def __init__(self, js, stream: str, info) -> None:
+    One task per partition publishes its messages one after another, each acknowledged by
+    JetStream (retried through a restart or a full stream, :func:`_publish_retrying`) before the
+    next is sent, so a message that fails is never overtaken by a later one of its partition: the
+    workers' event-time watermark relies on a partition arriving in the order it was published.
+    (A window of publishes in flight on one subject would store the ones written after a server
+    restart before the ones lost in it, which are then retried: minutes of event time late.)  At
+    most ``window`` messages are queued or in flight in all; the first failure that gives up stops
+    every partition and is raised by the next :meth:`put` or by :meth:`close`."""
+
+    def __init__(self, js, stream: str, window: int) -> None:
         self.js, self.stream = js, stream
-        self.max_bytes = int(info.config.max_bytes or -1)
-        self.max_msgs = int(info.config.max_msgs or -1)
+        self.room = asyncio.Semaphore(window)
+        self.queues: dict[int, asyncio.Queue] = {}
+        self.tasks: list[asyncio.Task] = []
+        self.failure: BaseException | None = None
 
-    async def enough(self, window: int, payload: int) -> bool:
-        if self.max_bytes < 0 and self.max_msgs < 0:
-            return True
-        state = (await self.js.stream_info(self.stream)).state
-        need_bytes = 2 * window * (payload + 200)  # subject and headers per message
-        ok_bytes = self.max_bytes < 0 or self.max_bytes - state.bytes > need_bytes
-        ok_msgs = self.max_msgs < 0 or self.max_msgs - state.messages > 2 * window
-        return ok_bytes and ok_msgs
+    async def put(self, partition: int, msg: tuple[str, bytes, dict]) -> None:
+        await self.room.acquire()
+        if self.failure is not None:
+            raise self.failure
+        q = self.queues.get(partition)
+        if q is None:
+            q = self.queues[partition] = asyncio.Queue()
+            self.tasks.append(asyncio.ensure_future(self._drain(q)))
+        q.put_nowait(msg)
+
+    async def _drain(self, q: asyncio.Queue) -> None:
+        while (msg := await q.get()) is not None:
+            try:
+                if self.failure is None:
+                    await _publish_retrying(self.js, *msg, self.stream)
+            except Exception as exc:  # raised to the caller by put / close
+                self.failure = self.failure or exc
+            finally:
+                self.room.release()
+
+    async def close(self) -> None:
+        """Wait until every message is stored (or the first failure, raised)."""
+        for q in self.queues.values():
+            q.put_nowait(None)
+        await asyncio.gather(*self.tasks)
+        if self.failure is not None:
+            raise self.failure
 
 
 async def _publish_retrying(js, subject: str, payload: bytes, headers: dict, stream: str) -> None:
