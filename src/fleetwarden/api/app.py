@@ -10,8 +10,14 @@ failures are 422 with pydantic's field list; authentication failures are 401 and
 each with a JSON reason (see :mod:`fleetwarden.api.auth`).  Anything else is a 500 whose body names
 no internals (the traceback goes to the server log, where secrets are never logged).
 
+Event ingestion (``POST /api/v1/events``) runs through one long-lived detection session per app
+(:class:`~fleetwarden.app.ingest.IngestSession`, ``app.state.ingestion``), so a device's state carries
+from one batch to the next; its state is saved to the store every ``ingest_checkpoint_s`` seconds
+and, with its pending findings flushed and recorded, at shutdown.
+
 Blind spot: the app holds one store (one engine and its pool) for its whole life; it is closed by the
-lifespan hook on shutdown, or by :func:`close_app` for apps built without a running server.
+lifespan hook on shutdown, or by :func:`close_app` for apps built without a running server (both
+close the ingestion session first).  Each server process holds its own ingestion session.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from fleetwarden.api.auth import SessionSigner
+from fleetwarden.app.ingest import CHECKPOINT_EVERY, CONTEXT_EVERY, IngestSession
 from fleetwarden.app.stores import store_at
 from fleetwarden.core.errors import InputError
 
@@ -42,6 +49,8 @@ class ApiSettings:
     ``max_batch``: the largest number of events one ``POST /api/v1/events`` may carry.
     ``allowed_origins``: origins accepted for cookie-authenticated unsafe requests besides the
     request's own host.  ``session_key``: the HMAC key of session cookies (keep it secret).
+    ``ingest_checkpoint_s``: wall seconds between saves of the ingestion session's engine state
+    (and at shutdown).  ``ingest_context_s``: wall seconds between its reads of the inventory.
     """
 
     secure_cookies: bool | None = None
@@ -49,6 +58,8 @@ class ApiSettings:
     max_batch: int = 5000
     allowed_origins: tuple[str, ...] = field(default_factory=tuple)
     session_key: bytes | None = None  # None: a random key per process (sessions end on restart)
+    ingest_checkpoint_s: float = CHECKPOINT_EVERY
+    ingest_context_s: float = CONTEXT_EVERY
 
 
 def create_app(db_url: str | None = None, *, settings: ApiSettings | None = None, **overrides: Any) -> FastAPI:
@@ -58,6 +69,10 @@ def create_app(db_url: str | None = None, *, settings: ApiSettings | None = None
     settings = _settings(settings, overrides)
     resources = ExitStack()
     store = resources.enter_context(store_at(db_url))
+    ingestion = IngestSession(
+        store, checkpoint_every=settings.ingest_checkpoint_s, context_every=settings.ingest_context_s
+    )
+    resources.callback(ingestion.close)  # before the store closes (last in, first out)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):  # pragma: no cover - exercised by the uvicorn tests
@@ -71,6 +86,7 @@ def create_app(db_url: str | None = None, *, settings: ApiSettings | None = None
         lifespan=lifespan,
     )
     app.state.store = store
+    app.state.ingestion = ingestion
     app.state.settings = settings
     app.state.resources = resources
     app.state.session_signer = SessionSigner(settings.session_key, settings.session_ttl_s)
@@ -80,7 +96,8 @@ def create_app(db_url: str | None = None, *, settings: ApiSettings | None = None
 
 
 def close_app(app: FastAPI) -> None:
-    """Close the store of an app that ran without a lifespan (tests, scripts)."""
+    """Close the ingestion session and the store of an app that ran without a lifespan (tests,
+    scripts)."""
     app.state.resources.close()
 
 

@@ -1,4 +1,4 @@
-"""Shared route helpers: the store of the app, pagination parameters, the actor name."""
+"""Shared route helpers: the store of the app, its ingestion session, pagination parameters, the actor name."""
 
 from __future__ import annotations
 
@@ -9,12 +9,17 @@ from fastapi import Query, Request
 
 from fleetwarden.app.queries import MAX_PAGE
 
-__all__ = ["Paging", "paging", "store_of"]
+__all__ = ["Paging", "ingestion_of", "paging", "store_of"]
 
 
 def store_of(request: Request) -> Any:
     """The app's open store (services take it as their first argument)."""
     return request.app.state.store
+
+
+def ingestion_of(request: Request) -> Any:
+    """The app's long-lived ingestion session (:class:`fleetwarden.app.ingest.IngestSession`)."""
+    return request.app.state.ingestion
 
 
 @dataclass(frozen=True)

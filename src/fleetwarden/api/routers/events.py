@@ -1,5 +1,7 @@
 """``POST /api/v1/events``: JSON batches of events from gateways (service role, bearer token) or from
-a device authenticated by its client certificate over mutual TLS (see :mod:`fleetwarden.api.tls`)."""
+a device authenticated by its client certificate over mutual TLS (see :mod:`fleetwarden.api.tls`).
+Every batch goes through the app's one long-lived ingestion session
+(:class:`fleetwarden.app.ingest.IngestSession`): per-device state carries across requests."""
 
 from __future__ import annotations
 
@@ -9,9 +11,8 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from fleetwarden.api.auth import Principal
-from fleetwarden.api.deps import store_of
+from fleetwarden.api.deps import ingestion_of
 from fleetwarden.api.tls import ingest_principal
-from fleetwarden.app import ingest
 
 router = APIRouter(tags=["events"])
 
@@ -29,12 +30,13 @@ class EventsIn(BaseModel):
 
 @router.post("/events")
 def post_events(
-    body: EventsIn, request: Request, store: Any = Depends(store_of),
+    body: EventsIn, request: Request, ingestion: Any = Depends(ingestion_of),
     p: Principal = Depends(ingest_principal),
 ) -> dict:  # fmt: skip
-    """Validate, detect on and record a batch; returns counts and the findings it completed."""
+    """Validate, detect on and record a batch; returns counts, the findings it completed and how
+    many incidents they make.  Per-device state carries across batches: a windowed finding (a
+    burst, a beacon, a scan) may complete on a later batch, or at shutdown."""
     device = p.name if p.via == "certificate" else None
-    return ingest.ingest_events(
-        store, body.events, source="api", actor=p.name, device_id=device,
-        max_events=request.app.state.settings.max_batch,
-    )  # fmt: skip
+    return ingestion.ingest(
+        body.events, actor=p.name, device_id=device, max_events=request.app.state.settings.max_batch
+    )
