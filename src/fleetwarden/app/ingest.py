@@ -40,7 +40,8 @@ Blind spots:
 * a crash (not a shutdown) loses what the state learnt since the last save (at most
   ``checkpoint_every`` seconds of events; the findings they completed were recorded by their
   requests); a request that fails after its events reached the engine (the store down while
-  recording) leaves them in the state and its findings unrecorded, and a resend counts them twice;
+  recording) leaves them in the state and its findings pending (the next request records them), so
+  a client resending that batch has its events counted twice;
 * a window open at shutdown is reported then, with what it held, and (the saved state still
   holding it) again when it closes after the restart: the same finding stored once when nothing
   came since, else an extended one stored beside it, on the same incident;

@@ -170,7 +170,8 @@ class DetectionSession:
         its device there (:func:`join_stories`), and the devices seen since the last call (passive
         discovery, :mod:`fleetwarden.control.discovery`) in the same transaction.  A finding that
         belongs to a planned rollout's change window is stored marked and joins no story
-        (:func:`mark_expected`).  Returns the store's summary (None without a store)."""
+        (:func:`mark_expected`).  Returns the store's summary (None without a store).  When the write
+        fails, its findings and sightings stay pending for the next call (and the error is raised)."""
         if self.store is None:
             return None
         if self.drift is not None:
@@ -179,10 +180,18 @@ class DetectionSession:
         devices = self._sighted_devices()
         if not found and not batches and not devices:
             return None
-        incidents = join_stories(self.store, mark_expected(self.store, found), self.ctx)
-        return self.store.record_results(
-            self.source, found, incidents, devices=devices, batches=batches, replace_stories=True
-        )
+        try:
+            incidents = join_stories(self.store, mark_expected(self.store, found), self.ctx)
+            return self.store.record_results(
+                self.source, found, incidents, devices=devices, batches=batches, replace_stories=True
+            )
+        except BaseException:
+            # nothing was written (one transaction): the next call records these findings and
+            # sightings with its own, so a failed write (the database restarting) loses nothing
+            self._unrecorded = found + self._unrecorded
+            if self.sightings is not None:
+                self.sightings.put_back()
+            raise
 
     def _sighted_devices(self) -> list[dict[str, Any]]:
         """Rows of the devices seen since the last record: registered ones (by MAC, else address, in
@@ -223,8 +232,9 @@ def mark_expected(store: Any, found: Sequence[Finding]) -> list[Finding]:
     for f in candidates:
         win = next((w for w in windows.get(f.device_id or f.entity, ()) if w.covers(f.first_seen)), None)
         if win is not None:
-            f.attributes["expected"] = win.label
-            f.evidence.append(f"expected change: inside the update window of {win.label}, no incident")
+            if "expected" not in f.attributes:  # once, also when a failed record() is retried
+                f.attributes["expected"] = win.label
+                f.evidence.append(f"expected change: inside the update window of {win.label}, no incident")
             expected.add(id(f))
     return [f for f in found if id(f) not in expected]
 

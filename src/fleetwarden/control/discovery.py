@@ -105,6 +105,7 @@ class Sightings:
         self.dropped = 0
         self._mac_of_ip: dict[str, str] = {}
         self._dirty: set[str] = set()
+        self._taken: set[str] = set()  # the keys the last take_rows returned
 
     # ---- reading traffic
     def observe_flows(self, table: pa.Table) -> None:
@@ -164,8 +165,14 @@ class Sightings:
         their device ids."""
         self._merge_address_keys()
         rows = [self._row(self.devices[k], k, known_macs, known_ips) for k in sorted(self._dirty) if k in self.devices]
-        self._dirty.clear()
+        self._taken, self._dirty = self._dirty, set()
         return rows
+
+    def put_back(self) -> None:
+        """The rows of the last :meth:`take_rows` were not written: take them again next time (the
+        rows carry totals, so nothing is counted twice)."""
+        self._dirty |= self._taken
+        self._taken = set()
 
     def _merge_address_keys(self) -> None:
         """An address first seen without a MAC and later with one: one device, keyed by the MAC."""
