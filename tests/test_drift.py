@@ -4,19 +4,25 @@ what it scores now, at ``score``, in every detection session, and in ``fleetward
 from __future__ import annotations
 
 import json
+import threading
+import time
+import uuid
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from conftest import need_data
-from fleetwarden.app.drift import valid_reference
-from fleetwarden.app.metrics import prometheus_text, security_metrics
-from fleetwarden.app.modeling import score, train
+from fleetwarden.app.drift import DRIFT_MODEL_NAME, MAX_BUCKETS, DriftMeter, valid_reference
+from fleetwarden.app.metrics import model_drift, prometheus_text, security_metrics
+from fleetwarden.app.modeling import flow_batches, score, train
 from fleetwarden.app.models import load_flow_model
 from fleetwarden.app.stores import store_at
 from fleetwarden.cli import app
 from fleetwarden.control.metrics import drift_level, psi_of_shares, quantile_edges, shares_of_counts
+from fleetwarden.sources import ReadStats
+from fleetwarden.store import open_store
 
 runner = CliRunner()
 
@@ -129,3 +135,147 @@ def test_psi_pieces_and_levels_fixed_a_priori():
     assert [drift_level(v) for v in (0.0, 0.099, 0.1, 0.249, 0.25, None)] == [
         "stable", "stable", "moderate", "moderate", "significant", None,
     ]  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- recent window, old rows, concurrent saves
+
+HOUR, DAY = 3600, 86400
+
+
+def _scored(model, path):
+    """(scores, feature bin codes) of every flow of ``path`` scored by ``model``."""
+    model.reset_stream()
+    out = [model.score_batch_arrow(b, full_reasons=False) for b in flow_batches(path, False, ReadStats())]
+    return np.concatenate([o[0] for o in out]), np.vstack([o[3] for o in out])
+
+
+@pytest.fixture(scope="module")
+def scored(honeypot_model):
+    """The honeypot model, and its scores of its own capture (benign) and of IoT-23 Mirai 34-1."""
+    model_dir, capture = honeypot_model
+    model = load_flow_model(model_dir)
+    mirai = need_data("iot23", "CTU-Malware-Capture-34-1-labeled.csv")
+    return model_dir, model, _scored(model, capture), _scored(model, mirai)
+
+
+def test_recent_window_sees_a_shift_that_the_all_time_figure_dilutes(scored, tmp_path):
+    """A week of hourly traffic like the training capture, then three hours of Mirai: the last day
+    is significant drift, the all-time figure (where Mirai is a tenth of the flows) much less."""
+    model_dir, model, (same_s, same_c), (mirai_s, mirai_c) = scored
+    now = time.time()
+    meter = DriftMeter(model, str(model_dir))
+    with open_store(f"sqlite:///{tmp_path / 'w.db'}") as store:
+        for hours_ago in range(7 * 24, 3, -1):
+            meter.add(same_s, same_c, at=now - hours_ago * HOUR)
+            if hours_ago % 24 == 0:  # a save per simulated day: each adds to the stored buckets
+                meter.save(store, force=True)
+        third = len(mirai_s) // 3 + 1
+        for i, hours_ago in enumerate((2.5, 1.5, 0.5)):
+            meter.add(mirai_s[i * third : (i + 1) * third], mirai_c[i * third : (i + 1) * third], at=now - hours_ago * HOUR)
+        meter.save(store, force=True)
+
+        (day,) = security_metrics(store, now=now)["drift"]["models"].values()
+        (last3,) = model_drift(store, 3 * HOUR, now=now).values()
+        (week,) = model_drift(store, 8 * DAY, now=now).values()
+        text = prometheus_text(security_metrics(store, now=now))
+        (row,) = [r for r in store.list_models() if r.name == DRIFT_MODEL_NAME]
+    n_same, n_mirai = len(same_s), len(mirai_s)
+    assert day["window_s"] == DAY and day["flows"] == 21 * n_same + n_mirai  # hours 24..4 ago (the hour
+    # holding "24 h ago" overlaps the window: it is counted, and ``since`` says so), and Mirai
+    assert day["since"] == (now - DAY) // HOUR * HOUR
+    assert day["all_time"]["flows"] == (7 * 24 - 3) * n_same + n_mirai == week["flows"]
+    assert day["level"] == "significant" and day["psi"] >= 0.25
+    assert day["all_time"]["psi"] < day["psi"] / 2 and day["all_time"]["level"] != "significant"
+    assert week["psi"] == day["all_time"]["psi"]  # a window over everything is the all-time figure
+    assert last3["flows"] == n_mirai and last3["psi"] > day["psi"] and last3["since"] == (now - 2.5 * HOUR) // HOUR * HOUR
+    print(f"\nPSI last 3 h {last3['psi']}, last day {day['psi']}, all time {day['all_time']['psi']}")
+    assert f'fleetwarden_flow_model_score_psi_all_time{{model="flow@{meter.version}"}}' in text
+    assert f'fleetwarden_flow_model_drift_flows{{model="flow@{meter.version}",span="window"}} {float(day["flows"])}' in text
+    # bounded: hours older than two days merged into UTC days; plain JSON
+    buckets = row.meta["buckets"]
+    assert len(buckets) <= MAX_BUCKETS and {b["span"] for b in buckets} == {HOUR, DAY}
+    assert all(b["start"] + b["span"] > now - 2 * DAY - DAY for b in buckets if b["span"] == HOUR)
+    assert sum(b["flows"] for b in buckets) == row.meta["flows"] == day["all_time"]["flows"]
+    assert len(json.dumps(row.meta)) < 1_000_000
+
+
+def test_row_saved_before_windows_is_read_then_merged(scored, tmp_path):
+    """A row in the old format (the all-time total and the report saved with it) still reads, as one
+    bucket at the hour of its last save; the next save keeps its counts in the all-time total."""
+    model_dir, model, (same_s, same_c), (mirai_s, mirai_c) = scored
+    old = DriftMeter(model, str(model_dir))
+    old.add(same_s, same_c)
+    legacy = {
+        "kind": "flow-model-drift",
+        "score_counts": np.round(old.score_counts, 3).tolist(),
+        "feature_counts": np.round(old.feature_counts, 3).tolist(),
+        "flows": old.flows,
+        "drift": old.report(),
+    }
+    with open_store(f"sqlite:///{tmp_path / 'old.db'}") as store:
+        store.record_model(DRIFT_MODEL_NAME, old.version, str(model_dir), legacy)
+        (now_d,) = model_drift(store).values()
+        (later,) = model_drift(store, now=time.time() + 3 * DAY).values()
+        new = DriftMeter(model, str(model_dir))
+        new.add(mirai_s, mirai_c)
+        new.save(store)
+        (merged,) = model_drift(store).values()
+    assert now_d["flows"] == now_d["all_time"]["flows"] == len(same_s) and now_d["level"] == "stable"
+    assert later["flows"] == 0 and later["level"] is None and later["all_time"]["level"] == "stable"
+    assert merged["all_time"]["flows"] == merged["flows"] == len(same_s) + len(mirai_s)
+    assert merged["all_time"]["psi"] > now_d["psi"] and merged["top_features"]
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store_url(request, tmp_path):
+    """(url, schema) of a fresh database: a SQLite file, or a scratch schema on PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'c.db'}", None
+        return
+    url = request.getfixturevalue("postgres_url")
+    schema = f"fw_test_drift_{uuid.uuid4().hex[:12]}"
+    open_store(url, schema=schema).close()
+    try:
+        yield url, schema
+    finally:
+        eng = sa.create_engine(url)
+        with eng.begin() as conn:
+            conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        eng.dispose()
+
+
+def test_concurrent_saves_lose_no_count(scored, store_url):
+    """Four sessions (each its own store connection pool) save at once, twelve times each: the
+    stored total is the sum of what they counted (a read, add, write in one transaction)."""
+    model_dir, model, (same_s, same_c), _ = scored
+    url, schema = store_url
+    sessions, saves = 4, 12
+    start = threading.Barrier(sessions)
+    errors: list[BaseException] = []
+
+    def session(k: int) -> None:
+        try:
+            with open_store(url, schema=schema) as store:
+                meter = DriftMeter(model, str(model_dir))
+                start.wait()
+                for i in range(saves):
+                    n = 100 + 37 * k + i  # every session and save a different number of flows
+                    meter.add(same_s[:n], same_c[:n])
+                    meter.save(store, force=True)
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=session, args=(k,)) for k in range(sessions)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    expected = sum(100 + 37 * k + i for k in range(sessions) for i in range(saves))
+    with open_store(url, schema=schema) as store:
+        (d,) = model_drift(store).values()
+        (row,) = [r for r in store.list_models() if r.name == DRIFT_MODEL_NAME]
+        audited = [e for e in store.audit_entries() if e.action == "model.record"]
+    assert d["all_time"]["flows"] == expected and d["flows"] == expected
+    assert sum(b["flows"] for b in row.meta["buckets"]) == expected
+    assert len(audited) == sessions * saves

@@ -112,18 +112,21 @@ def _drift(findings: Sequence[Mapping[str, Any]], window: float) -> dict[str, An
     return {"psi": value, "level": m.drift_level(value), "reference": len(ref), "recent": len(new)}
 
 
-def model_drift(store: Any) -> dict[str, dict[str, Any]]:
-    """Per flow model (``flow@<id>``) the drift its sessions saved (:mod:`fleetwarden.app.drift`):
-    PSI of its scores against its training reference, with level, the top features' PSI and the
-    flows counted."""
-    from fleetwarden.app.drift import DRIFT_MODEL_NAME
+def model_drift(
+    store: Any, window_s: float = DRIFT_WINDOW_S, *, now: float | None = None
+) -> dict[str, dict[str, Any]]:
+    """Per flow model (``flow@<id>``) the drift its sessions saved (:mod:`fleetwarden.app.drift`)
+    over the last ``window_s`` seconds before ``now``: PSI of its scores against its training
+    reference, with level, the top features' PSI, the flows counted and ``since`` (where the
+    oldest counted hour starts); the same over everything ever counted under ``all_time``."""
+    from fleetwarden.app.drift import DRIFT_MODEL_NAME, stored_drift
 
     out: dict[str, dict[str, Any]] = {}
     for rec in store.list_models():
         meta = rec.meta or {}
         if rec.name != DRIFT_MODEL_NAME or meta.get("kind") != "flow-model-drift":
             continue
-        drift = meta.get("drift") if isinstance(meta.get("drift"), dict) else {}
+        drift = stored_drift(meta, rec.created_at, window_s=window_s, now=now)
         out[f"{rec.name}@{rec.version}"] = {"path": rec.path, "updated_at": rec.created_at, **drift}
     return out
 
@@ -133,8 +136,9 @@ def security_metrics(
 ) -> dict[str, Any]:
     """Every metric: ``overall``, ``daily`` (UTC day of ``first_seen``), ``groups`` (with ``by`` =
     ``site`` or ``class``), ``drift`` (stored finding scores, the last ``drift_window_s`` against the
-    rest; and under ``models`` each flow model's score drift against its training reference, see
-    :func:`model_drift`) and the fleet ``posture``.  Plain JSON-ready values."""
+    rest; and under ``models`` each flow model's score drift against its training reference over
+    the same last ``drift_window_s`` before ``now`` and all time, see :func:`model_drift`) and the
+    fleet ``posture``.  Plain JSON-ready values."""
     if by is not None and by not in GROUP_BY:
         raise MetricsInputError(f"--by {by!r}? expected one of {', '.join(GROUP_BY)}")
     if not 0 < drift_window_s <= 366 * m.DAY:
@@ -146,7 +150,7 @@ def security_metrics(
         "generated_at": now if now is not None else time.time(),
         "overall": _incident_metrics(incidents, rows, verdicts),
         "daily": {day: _incident_metrics(inc, rows, verdicts) for day, inc in m.daily(incidents, "first_seen").items()},
-        "drift": {**_drift(rows["findings"], drift_window_s), "models": model_drift(store)},
+        "drift": {**_drift(rows["findings"], drift_window_s), "models": model_drift(store, drift_window_s, now=now)},
         "posture": fleet_posture(store, now=now),
     }
     if by is not None:
@@ -204,9 +208,17 @@ def _posture_gauges(gauge: Any, metrics: Mapping[str, Any]) -> None:
     for name, doc, value in scalars:
         if value is not None:  # an unlabelled gauge would export 0 at once
             gauge(name, doc).set(value)
-    psi = gauge("fleetwarden_flow_model_score_psi", "PSI of a flow model's scores against its training", ("model",))
+    psi = gauge("fleetwarden_flow_model_score_psi",
+                "PSI of a flow model's scores against its training, over the recent window", ("model",))
+    psi_all = gauge("fleetwarden_flow_model_score_psi_all_time",
+                    "PSI of a flow model's scores against its training, over every flow counted", ("model",))
+    flows = gauge("fleetwarden_flow_model_drift_flows",
+                  "flows a flow model's drift counts, over the recent window or all time", ("model", "span"))
     for name, d in metrics["drift"].get("models", {}).items():
         _set(psi.labels(name), d.get("psi"))
+        _set(psi_all.labels(name), d.get("all_time", {}).get("psi"))
+        _set(flows.labels(name, "window"), d.get("flows"))
+        _set(flows.labels(name, "all_time"), d.get("all_time", {}).get("flows"))
     ident = gauge("fleetwarden_identity_audit_checks", "failing identity-audit checks", ("severity",))
     for sev, n in posture["identity_posture"].items():
         ident.labels(sev).set(n)

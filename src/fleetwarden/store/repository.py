@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
@@ -625,6 +625,35 @@ class Store:
             m.path = str(path)
             m.created_at = time.time()
             m.meta = audit.normalize_details(metadata)
+            s.flush()
+            _audit(s, actor, "model.record", f"model:{name}@{version}", {"path": str(path)})
+            return m
+
+    def update_model(
+        self,
+        name: str,
+        version: str,
+        path: str,
+        update: Callable[[dict[str, Any] | None, float | None], Mapping[str, Any]],
+        *,
+        actor: str = "system",
+    ) -> ModelRecord:
+        """Replace the metadata of model ``name@version`` by ``update(stored metadata, stored
+        created_at)`` (both None when there is no row yet) in one transaction, audited as
+        ``model.record``: a read-modify-write that two processes cannot interleave (the row is read
+        ``FOR UPDATE`` on PostgreSQL, where writers are serialised anyway by the audit lock; SQLite's
+        ``BEGIN IMMEDIATE`` serialises them).  ``update`` must not write to the store itself."""
+        with self._write() as s:
+            q = select(ModelRecord).where(ModelRecord.name == name, ModelRecord.version == version)
+            m = s.scalar(q.with_for_update())
+            old = (dict(m.meta or {}), m.created_at) if m is not None else (None, None)
+            meta = update(*old)
+            if m is None:
+                m = ModelRecord(name=name, version=version)
+                s.add(m)
+            m.path = str(path)
+            m.created_at = time.time()
+            m.meta = audit.normalize_details(meta)
             s.flush()
             _audit(s, actor, "model.record", f"model:{name}@{version}", {"path": str(path)})
             return m
