@@ -73,3 +73,31 @@ def test_offline_enrichment_country_asn_domain():
         "example.co.uk",
         "amazonaws.com",
     ]
+
+
+def test_a_device_back_from_silence_is_young_again_in_every_batch_split():
+    # a real device's flows with every gap over QUIET_S known: its age restarts at each return and
+    # grows with event time in between, the same whether the stream comes in one batch or in many
+    from fleetwarden.detection.features import QUIET_S
+
+    b = _batch("CTU-Honeypot-Capture-5-1-labeled.csv").sort_by_time()
+    orig = b.np("id.orig_h").astype(str)
+    ts_all = b.np("ts")
+    quiet = [h for h in set(orig.tolist()) if (np.diff(ts_all[orig == h]) > QUIET_S).any()]
+    assert quiet, "the Echo's capture has a device with quiet spells longer than ten minutes"
+    dev = max(quiet, key=lambda h: int((orig == h).sum()))
+    fz = FlowFeaturizer()
+    fz.transform(b)
+    age, ts = fz.last_age[orig == dev], b.np("ts")[orig == dev]
+    gaps = np.diff(ts)
+    back = np.r_[True, gaps > QUIET_S]  # the first flow, and the first after each silence
+    starts = np.maximum.accumulate(np.where(back, np.arange(len(ts)), 0))
+    np.testing.assert_allclose(age, ts - ts[starts], atol=1e-6)
+    # batch split: the returns found across batch boundaries (state carried) give the same ages
+    fz = FlowFeaturizer()
+    ages = []
+    for k in range(0, len(b), 97):
+        part = b.slice(k, 97)
+        fz.transform(part)
+        ages.append(fz.last_age[part.np("id.orig_h").astype(str) == dev])
+    np.testing.assert_allclose(np.concatenate(ages), age, atol=1e-6)

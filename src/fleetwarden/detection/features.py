@@ -31,8 +31,13 @@ batches and a live stream give the same features.  The matrix is column-major (e
 feature one contiguous column, which is how it is written and binned), and the device
 keys of the last batch stay in ``last_keys`` (its timestamps in ``last_ts``, its (device, ts)
 order in ``last_order``, its (device, port) and (device, destination) keys in that order in
-``last_targets``, each flow's device age, the seconds since the device's first flow in the
-stream, in ``last_age``) for the scorer.
+``last_targets``, each flow's device age in ``last_age``) for the scorer.  A device's **age** is
+the seconds since it became active: its first flow in the stream, or its first flow after a
+silence longer than :data:`QUIET_S` (600 s, the longest context window).  After such a silence
+every window of its context is empty: the device is coming back (powered on, reset, set up again),
+and what its windows measure next is its return, not its behaviour, as for a new device.  Fixed a
+priori by the windows' definition, not fitted.  (Noticed on the IoT Sentinel captures merged into
+one stream, where each device is set up again and again with weeks between set-ups.)
 
 Blind spots: pair context forgets a pair after an hour without attempts (sparse beacons,
 e.g. Torii's 16 C&C flows a day, look new every time); UDP "no reply" is not counted as a
@@ -61,7 +66,10 @@ from fleetwarden.detection.state import (
     stable_hash_encoded,
 )
 
-__all__ = ["CATEGORIES", "FEATURES", "UNBOUNDED", "FlowFeaturizer", "device_keys"]
+__all__ = ["CATEGORIES", "FEATURES", "QUIET_S", "UNBOUNDED", "FlowFeaturizer", "device_keys"]
+
+# a device silent longer than its longest context window is new again (its age restarts)
+QUIET_S = max(SCALES + PAIR_SCALES)
 
 CONN_STATES = ("S0", "S1", "SF", "REJ", "S2", "S3", "RSTO", "RSTR", "RSTOS0", "RSTRH", "SH", "SHR", "OTH")
 # A FAILED flow is a TCP connection attempt that was never accepted: the originator's SYN got no
@@ -426,18 +434,16 @@ class FlowFeaturizer:
         new_dst = first_dst & ~self.state.seen_before(r_s, dst_h, "dst", **sk)
         new_port = first_port & ~self.state.seen_before(r_s, port_h, "port", **sk)
 
-        # device age: seconds since the device's first flow in the stream (the windows of its context
-        # cover its whole life until then)
-        first_t = np.fmin(np.where(known, prior["first_ts"], np.nan), t_s[grp_start])
-        age = np.empty(n)
-        age[order] = np.maximum(t_s - first_t[group], 0.0)
-        self.last_age = age
-
         iat = np.empty(n)
         iat[1:] = t_s[1:] - t_s[:-1]
         prev_t = np.where(known, prior["last_ts"], np.nan)[group]
         iat[grp_start] = (t_s - prev_t)[grp_start]
         has_iat = np.isfinite(iat)
+
+        active_since = self._active_since(t_s, iat, grp_start, group, np.where(known, prior["first_ts"], np.nan))
+        age = np.empty(n)
+        age[order] = t_s - active_since
+        self.last_age = age
         iat = np.where(has_iat, np.maximum(iat, 0.0), 0.0)
 
         # one contiguous row per statistic (the damped sums run along rows)
@@ -508,11 +514,28 @@ class FlowFeaturizer:
         st = self.state.data
         st["sums"][g_rows] = new_sums.astype(np.float32)
         st["last_ts"][g_rows] = np.fmax(prior["last_ts"], t_s[last_idx])
-        st["first_ts"][g_rows] = np.fmin(prior["first_ts"], t_s[first_idx])
+        st["first_ts"][g_rows] = active_since[last_idx]
         st["n"][g_rows] = prior["n"] + np.diff(np.r_[first_idx, n])
         self.state.add_to_sketches(r_s, dst_h, "dst", **sk)
         self.state.add_to_sketches(r_s, port_h, "port", **sk)
         return out
+
+    @staticmethod
+    def _active_since(
+        t: np.ndarray, iat: np.ndarray, grp_start: np.ndarray, group: np.ndarray, prior_since: np.ndarray
+    ) -> np.ndarray:
+        """For flows sorted by (device, ts): when each flow's device became active, its first flow in
+        the stream or its first flow after a silence longer than :data:`QUIET_S` (``iat`` the seconds
+        since the device's previous flow, NaN for its first; ``prior_since`` per device group, from
+        the state)."""
+        back = ~(iat <= QUIET_S)  # the first flow ever, or the first after a silence
+        since = np.where(back, t, np.nan)
+        carried = grp_start & ~back
+        since[carried] = np.where(np.isfinite(prior_since[group[carried]]), prior_since[group[carried]], t[carried])
+        # forward-fill within each device's run (every run starts with a value)
+        at = np.where(np.isfinite(since), np.arange(len(t)), 0)
+        np.maximum.accumulate(at, out=at)
+        return np.minimum(since[at], t)
 
     def _pair_context(self, pair: np.ndarray, t: np.ndarray, tcp_failed: np.ndarray) -> dict[str, np.ndarray]:
         """Per-(device, destination, port) context of flows sorted by (device, ts), in that order:
