@@ -51,6 +51,8 @@ class ApiSettings:
     request's own host.  ``session_key``: the HMAC key of session cookies (keep it secret).
     ``ingest_checkpoint_s``: wall seconds between saves of the ingestion session's engine state
     (and at shutdown).  ``ingest_context_s``: wall seconds between its reads of the inventory.
+    ``ingest_model``: a flow-model directory the ingestion session scores flows with (``serve
+    --model``; None: the analytics only).
     """
 
     secure_cookies: bool | None = None
@@ -60,6 +62,7 @@ class ApiSettings:
     session_key: bytes | None = None  # None: a random key per process (sessions end on restart)
     ingest_checkpoint_s: float = CHECKPOINT_EVERY
     ingest_context_s: float = CONTEXT_EVERY
+    ingest_model: str | None = None
 
 
 def create_app(db_url: str | None = None, *, settings: ApiSettings | None = None, **overrides: Any) -> FastAPI:
@@ -67,10 +70,16 @@ def create_app(db_url: str | None = None, *, settings: ApiSettings | None = None
     file in ``FLEETWARDEN_HOME``), migrated on open.  ``overrides`` are :class:`ApiSettings` fields
     (``create_app(url, max_batch=100)``)."""
     settings = _settings(settings, overrides)
+    model = None
+    if settings.ingest_model is not None:  # refused before anything is served, naming the directory
+        from fleetwarden.app.models import load_flow_model
+
+        model = load_flow_model(settings.ingest_model)
     resources = ExitStack()
     store = resources.enter_context(store_at(db_url))
     ingestion = IngestSession(
-        store, checkpoint_every=settings.ingest_checkpoint_s, context_every=settings.ingest_context_s
+        store, checkpoint_every=settings.ingest_checkpoint_s, context_every=settings.ingest_context_s,
+        model=model,
     )
     resources.callback(ingestion.close)  # before the store closes (last in, first out)
 

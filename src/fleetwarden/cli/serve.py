@@ -88,7 +88,8 @@ def serve(
     model: OptModel = None,
 ) -> None:
     """Serve the API (/api/v1, /openapi.json, /metrics) and the console (/console/) until
-    interrupted; with --mqtt or --bus, also detect on the live stream and record to the same store."""
+    interrupted; with --mqtt or --bus, also detect on the live stream and record to the same store.
+    --model: the flow model of the live pipeline and of events posted to /api/v1/events."""
     from fleetwarden.web.server import serve as run
 
     live = None
@@ -102,5 +103,5 @@ def serve(
         }  # fmt: skip
     _run(
         run, db, host=host, port=port, log_level="info", tls_cert=tls_cert, tls_key=tls_key, client_ca=client_ca,
-        live=live, say=lambda line: err.print(Text(line)),
+        live=live, say=lambda line: err.print(Text(line)), ingest_model=str(model) if model is not None else None,
     )  # fmt: skip
