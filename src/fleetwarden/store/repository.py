@@ -617,17 +617,7 @@ class Store:
         actor: str = "system",
     ) -> ModelRecord:
         """Register a trained model (replacing the row of the same name and version), audited."""
-        with self._write() as s:
-            m = s.scalar(select(ModelRecord).where(ModelRecord.name == name, ModelRecord.version == version))
-            if m is None:
-                m = ModelRecord(name=name, version=version)
-                s.add(m)
-            m.path = str(path)
-            m.created_at = time.time()
-            m.meta = audit.normalize_details(metadata)
-            s.flush()
-            _audit(s, actor, "model.record", f"model:{name}@{version}", {"path": str(path)})
-            return m
+        return self.update_model(name, version, path, lambda _meta, _created: metadata or {}, actor=actor)
 
     def update_model(
         self,
