@@ -3,28 +3,23 @@ maintenance windows and the correlator's expected_change (real SQLite store, rea
 
 from __future__ import annotations
 
-import hashlib
 import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
 from typer.testing import CliRunner
 
-from fleetwarden.app import firmware as fw
 from fleetwarden.app import rollout as ro
 from fleetwarden.cli import app
 from fleetwarden.control.firmware import FirmwareInputError
 from fleetwarden.control.rollout import next_window, parse_waves, parse_windows, plan_waves, regression
 from fleetwarden.core.findings import Finding
-from fleetwarden.core.manifest import firmware_manifest
 from fleetwarden.store import open_store
+from rollout_fleet import NEW, OLD, signed_x200_fleet
 
 runner = CliRunner()
 T0 = datetime(2024, 3, 5, 2, 0, tzinfo=UTC).timestamp()  # a Tuesday, 02:00 UTC
 HOUR = 3600.0
-OLD, NEW = (hashlib.sha256(f"x200-{v}".encode()).hexdigest() for v in ("1.0.0", "1.1.0"))
 
 
 @pytest.fixture
@@ -36,32 +31,10 @@ def url(tmp_path) -> str:
 def store(url, tmp_path):
     """Acme X200 1.0.0 and 1.1.0 signed in the registry; five devices on 1.0.0, d0 the least critical."""
     st = open_store(url)
-    priv = ed25519.Ed25519PrivateKey.generate()
-    pem = tmp_path / "acme.pem"
-    pem.write_bytes(
-        priv.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    fw.add_vendor_key(st, "Acme", "firmware", pem)
-    for version, sha in (("1.0.0", OLD), ("1.1.0", NEW)):
-        sig = priv.sign(firmware_manifest("Acme", "X200", version, sha)).hex()
-        fw.add_image(
-            st, {"vendor": "Acme", "model": "X200", "version": version, "sha256": sha, "signature": sig}
-        )
-    st.upsert_devices(
-        [
-            {
-                "device_id": f"d{i}",
-                "vendor": "Acme",
-                "model": "X200",
-                "firmware_version": "1.0.0",
-                "device_class": cls,
-            }
-            for i, cls in enumerate(["env-sensor", "ip-camera", "ip-camera", "plc", "infusion-pump"])
-        ]
-        + [{"device_id": "z9", "vendor": "Zeta", "model": "Q", "firmware_version": "1.0.0"}]
-    )
+    signed_x200_fleet(
+        st, tmp_path, ["env-sensor", "ip-camera", "ip-camera", "plc", "infusion-pump"], with_ip=False,
+        extra=[{"device_id": "z9", "vendor": "Zeta", "model": "Q", "firmware_version": "1.0.0"}],
+    )  # fmt: skip
     yield st
     st.close()
 

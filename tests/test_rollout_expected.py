@@ -4,27 +4,22 @@ canary, inside its update window and after it."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
 from typer.testing import CliRunner
 
-from fleetwarden.app import firmware as fw
 from fleetwarden.app import rollout as ro
 from fleetwarden.app.session import mark_expected
 from fleetwarden.cli import app
 from fleetwarden.core.findings import Finding
-from fleetwarden.core.manifest import firmware_manifest
 from fleetwarden.store import open_store
+from rollout_fleet import NEW, signed_x200_fleet
 
 runner = CliRunner()
 T0 = 1709604000.0  # 2024-03-05 02:00 UTC
 HOUR = 3600.0
-OLD, NEW = (hashlib.sha256(f"x200-{v}".encode()).hexdigest() for v in ("1.0.0", "1.1.0"))
 
 
 @pytest.fixture
@@ -35,33 +30,8 @@ def url(tmp_path) -> str:
 @pytest.fixture
 def rollout(url, tmp_path) -> int:
     """Acme X200 1.0.0 -> 1.1.0 on d0 (canary) and d1; d0 updated at T0+300, soak one hour."""
-    priv = ed25519.Ed25519PrivateKey.generate()
-    pem = tmp_path / "acme.pem"
-    pem.write_bytes(
-        priv.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
     with open_store(url) as st:
-        fw.add_vendor_key(st, "Acme", "firmware", pem)
-        for version, sha in (("1.0.0", OLD), ("1.1.0", NEW)):
-            sig = priv.sign(firmware_manifest("Acme", "X200", version, sha)).hex()
-            fw.add_image(
-                st, {"vendor": "Acme", "model": "X200", "version": version, "sha256": sha, "signature": sig}
-            )
-        st.upsert_devices(
-            [
-                {
-                    "device_id": f"d{i}",
-                    "vendor": "Acme",
-                    "model": "X200",
-                    "firmware_version": "1.0.0",
-                    "device_class": cls,
-                    "ip": f"10.0.0.1{i}",
-                }
-                for i, cls in enumerate(["env-sensor", "plc"])
-            ]
-        )
+        signed_x200_fleet(st, tmp_path, ["env-sensor", "plc"])
         rid = ro.plan_rollout(
             st, "x200 1.1.0", "Acme", "X200", "1.1.0", canary=1, waves="100%", soak_hours=1
         )["id"]

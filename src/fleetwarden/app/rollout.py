@@ -11,6 +11,13 @@ each ``advance`` checks the current wave: every device must have reported the ta
 (control.rollout's rule) halts the rollout (``halted``), which then only ``rollback`` moves on
 (``rolled-back``, a ``firmware-rollback`` action proposed per updated device).  When the current
 wave is clean the next one starts, inside a maintenance window only; after the last, ``completed``.
+
+Where reports come from: every detecting path (``analyze --db``, ``watch``, the JetStream worker,
+``serve --mqtt``, API ingestion) runs a :class:`~fleetwarden.app.session.DetectionSession`, which
+keeps, per device, the image its ``firmware_report`` events name last (as of the first report of
+it) and applies it here at each ``record()``: a running rollout follows its devices' own reports
+with no manual step.  :func:`record_report_files` (``rollout report FILE``) remains for reports
+collected offline.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from fleetwarden.control.rollout import (
     plan_waves,
     regression,
 )
+from fleetwarden.store import StoreError
 from fleetwarden.store import firmware as repo
 
 __all__ = [
@@ -173,12 +181,20 @@ def list_rollouts(store: Any) -> list[dict[str, Any]]:
 
 def record_reports(store: Any, reports: Iterable[tuple[str, str, float]], *, actor: str = "cli") -> int:
     """Record firmware reports ``(device_id, image_sha256, ts)`` against the running rollouts: an
-    updating device that reports the target hash becomes ``updated`` as of ``ts``.  Returns how
-    many devices moved."""
+    updating device that reports the target hash becomes ``updated`` as of ``ts`` (its latest
+    report counts; never earlier than the start of its wave), one reporting another hash stays
+    ``updating`` with ``reported_sha256`` set.  Returns how many devices moved.
+
+    Idempotent: a device that is not ``updating`` any more, or whose report changes nothing, is
+    not written (no audit entry), so the same reports applied twice, or every check-in of a stuck
+    device, change nothing.  Without a running rollout it costs one query (the rollouts table).
+    A rollout halted, rolled back or completed while the reports were being applied takes none."""
     latest: dict[str, tuple[str, float]] = {}
     for device_id, sha, ts in reports:
         if device_id and sha and (device_id not in latest or ts >= latest[device_id][1]):
-            latest[device_id] = (str(sha).lower(), float(ts))
+            latest[device_id] = (_digest(sha), float(ts))
+    if not latest:
+        return 0
     moved = 0
     for rollout in repo.list_rollouts(store):
         if rollout.status != "running":
@@ -187,18 +203,43 @@ def record_reports(store: Any, reports: Iterable[tuple[str, str, float]], *, act
         changes = {}
         for d in devices:
             seen = latest.get(d.device_id)
-            if d.status == "updating" and seen is not None:
-                changes[d.device_id] = {"reported_sha256": seen[0]}
-                if seen[0] == rollout.target_sha256:
-                    changes[d.device_id].update(status="updated", updated_at=seen[1])
-        if changes:
+            if d.status != "updating" or seen is None:
+                continue
+            sha, ts = seen
+            if sha == rollout.target_sha256:
+                at = ts if d.started_at is None else max(ts, d.started_at)
+                changes[d.device_id] = {"reported_sha256": sha, "status": "updated", "updated_at": at}
+            elif sha != d.reported_sha256:
+                changes[d.device_id] = {"reported_sha256": sha}
+        if changes and _apply_reports(store, rollout.id, changes, actor):
             moved += sum(1 for c in changes.values() if c.get("status") == "updated")
-            repo.update_rollout(store, rollout.id, actor=actor, action="report", devices=changes)
     return moved
 
 
+def _digest(sha: Any) -> str:
+    """A reported image hash as the registry writes it: lower-case hex, no ``sha256:`` prefix, at
+    most 64 characters (the column's size: a malformed report must not make every write fail)."""
+    return str(sha).strip().lower().removeprefix("sha256:")[:64]
+
+
+def _apply_reports(store: Any, rollout_id: int, changes: dict[str, Any], actor: str) -> bool:
+    """Write ``changes`` if the rollout is still running; False when it moved on meanwhile."""
+    try:
+        repo.update_rollout(
+            store, rollout_id, actor=actor, action="report", devices=changes, expect_status="running"
+        )
+    except StoreError:
+        row, _ = repo.get_rollout(store, rollout_id)
+        if row.status == "running":
+            raise
+        return False  # halted, rolled back or completed by another writer: nothing to report into
+    return True
+
+
 def record_report_files(store: Any, paths: Iterable[str | Path], *, actor: str = "cli") -> int:
-    """:func:`record_reports` from the ``firmware_report`` events of event files (JSONL, ...)."""
+    """:func:`record_reports` from the ``firmware_report`` events of event files (JSONL, ...): for
+    reports collected offline (live ones reach :func:`record_reports` through the detection
+    session)."""
     from fleetwarden.app.inputs import InputSet
 
     reports: list[tuple[str, str, float]] = []

@@ -12,7 +12,10 @@ coming API.  It owns
 * **correlation** into incidents, and **recording** to the store, where open incidents live: a
   later finding joins the stored story of its device (:meth:`DetectionSession.record`), so a
   scan, a C2 beacon and a flood raise each other's risk however many runs or checkpoints lie
-  between them.
+  between them;
+* **rollout progress**: the latest ``firmware_report`` of each device, applied to the running
+  staged rollouts at each record (:func:`fleetwarden.app.rollout.record_reports`), so a device
+  that reports the target image becomes ``updated`` whichever path brought its report.
 
 The engine itself (:class:`~fleetwarden.detection.engine.Engine`) stays pure: batches in,
 findings out (docs/architecture.md).
@@ -25,7 +28,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from fleetwarden.app.drift import metered
 from fleetwarden.app.models import resolve_model
@@ -34,11 +39,23 @@ from fleetwarden.control.discovery import Sightings, device_mac
 from fleetwarden.core.context import Context
 from fleetwarden.core.events import EventBatch
 from fleetwarden.core.findings import Finding, Incident
+from fleetwarden.core.text import redact
 from fleetwarden.detection.analytics.base import Analytic
 from fleetwarden.detection.correlation import correlate
 from fleetwarden.detection.engine import Engine
 
-__all__ = ["NEVER_EXPECTED", "DetectionSession", "SessionStats", "join_stories", "mark_expected"]
+__all__ = [
+    "MAX_REPORT_DEVICES",
+    "NEVER_EXPECTED",
+    "DetectionSession",
+    "SessionStats",
+    "join_stories",
+    "mark_expected",
+]
+
+# devices whose firmware reports a session holds between two record() calls; past it, the reports
+# of devices not yet held are dropped (counted in SessionStats.reports_dropped) until the next record
+MAX_REPORT_DEVICES = 100_000
 
 
 @dataclass
@@ -52,16 +69,21 @@ class SessionStats:
     # wall seconds from a batch's hand-over to the engine until its findings were out, per batch
     engine_latency: list[float] = field(default_factory=list)
     events_by_kind: dict[str, int] = field(default_factory=dict)
+    rollout_updates: int = 0  # rollout devices that became ``updated`` through this session's reports
+    reports_dropped: int = 0  # firmware reports not held: more than MAX_REPORT_DEVICES devices reported
 
 
 class DetectionSession:
     """One detection run: context, flow model, engine(s), findings, and where they are recorded.
 
     ``model`` is a model directory or a loaded model; ``store`` (optional) is where
-    :meth:`record` writes, under the name ``source``.  ``keep_findings`` (default True) keeps
-    every finding in :attr:`findings` for :meth:`incidents`; a long-running worker turns it off
-    and relies on the store.
+    :meth:`record` writes, under the name ``source`` (also the actor of the rollout progress its
+    firmware reports make).  ``keep_findings`` (default True) keeps every finding in
+    :attr:`findings` for :meth:`incidents`; a long-running worker turns it off and relies on the
+    store.
     """
+
+    max_report_devices = MAX_REPORT_DEVICES
 
     def __init__(
         self,
@@ -91,6 +113,9 @@ class DetectionSession:
         self._unrecorded: list[Finding] = []
         # passive discovery: the devices the traffic shows, written with each record() call
         self.sightings = Sightings() if store is not None else None
+        # rollout progress: device -> (image it reported last, first report of it, last report),
+        # since the last record() call
+        self._reports: dict[str, tuple[str, float, float]] | None = {} if store is not None else None
         self.engine = self.new_engine(analytics)
         if warm:
             warm_up()  # before the first event: its findings should not wait for data files to load
@@ -106,6 +131,8 @@ class DetectionSession:
             return []
         if self.sightings is not None and batch.kind in ("flow", "dns"):
             self.sightings.observe_flows(batch.table)
+        if self._reports is not None and batch.kind == "firmware_report":
+            self._hold_reports(batch.table)
         t = time.perf_counter()
         found = (engine or self.engine).process(batch)
         self.gc.settle()
@@ -170,28 +197,109 @@ class DetectionSession:
         its device there (:func:`join_stories`), and the devices seen since the last call (passive
         discovery, :mod:`fleetwarden.control.discovery`) in the same transaction.  A finding that
         belongs to a planned rollout's change window is stored marked and joins no story
-        (:func:`mark_expected`).  Returns the store's summary (None without a store).  When the write
-        fails, its findings and sightings stay pending for the next call (and the error is raised)."""
+        (:func:`mark_expected`).
+
+        First, the firmware reports seen since the last call are applied to the running staged
+        rollouts (:func:`fleetwarden.app.rollout.record_reports`, actor ``source``): per device, the
+        image it reported last, as of its first report of that image since the last call; a device
+        updating to the target hash becomes ``updated``.  That comes first so the findings of this
+        call are judged against the windows the reports just closed.  It costs nothing without
+        reports and one query without a running rollout.
+
+        Returns the store's summary (None without a store, or when there were no findings, devices
+        or batches to write).  When a write fails the error is raised and what it did not write
+        stays pending for the next call: the findings and sightings, and the reports unless they
+        were applied (in their own transaction; applying a report twice changes nothing)."""
         if self.store is None:
             return None
         if self.drift is not None:
             self.drift.save(self.store)
         found, self._unrecorded = self._unrecorded, []
+        reports = self._take_reports()
         devices = self._sighted_devices()
-        if not found and not batches and not devices:
+        if not found and not batches and not devices and not reports:
             return None
+        applied = False
         try:
+            self._apply_reports(reports)
+            applied = True
+            if not found and not batches and not devices:
+                return None
             incidents = join_stories(self.store, mark_expected(self.store, found), self.ctx)
             return self.store.record_results(
                 self.source, found, incidents, devices=devices, batches=batches, replace_stories=True
             )
         except BaseException:
-            # nothing was written (one transaction): the next call records these findings and
-            # sightings with its own, so a failed write (the database restarting) loses nothing
+            # the findings' transaction wrote nothing: the next call records these findings and
+            # sightings with its own, and the reports if they were not applied either, so a failed
+            # write (the database restarting) loses nothing
             self._unrecorded = found + self._unrecorded
             if self.sightings is not None:
                 self.sightings.put_back()
+            if not applied:
+                for device, held in reports.items():
+                    self._hold(device, *held)
             raise
+
+    # ---- firmware reports for the running rollouts ----------------------------------------------
+    def _hold_reports(self, table: pa.Table) -> None:
+        """Keep, per device of a ``firmware_report`` batch, the image it reported last and the times
+        of its first and last report of that image (columnar over the batch, then one dict step
+        per device).  Reports without a device or a hash say nothing about a rollout."""
+        dev, ts = table.column("device_id"), table.column("ts")
+        sha = pc.utf8_lower(table.column("image_sha256"))
+        keep = pc.and_(
+            pc.and_(pc.greater(pc.utf8_length(dev), 0), pc.greater(pc.utf8_length(sha), 0)), pc.is_valid(ts)
+        )
+        t = pa.table({"d": dev, "h": sha, "t": ts}).filter(keep)  # a null in `keep` drops the row
+        if not t.num_rows:
+            return
+        t = t.sort_by([("d", "ascending"), ("t", "ascending")])
+        d = np.asarray(t.column("d").to_numpy(zero_copy_only=False), dtype=object)
+        h = np.asarray(t.column("h").to_numpy(zero_copy_only=False), dtype=object)
+        when = t.column("t").to_numpy()
+        starts = np.flatnonzero(np.r_[True, d[1:] != d[:-1]])
+        ends = np.r_[starts[1:], len(d)] - 1
+        group = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(d)]))
+        rows = np.flatnonzero(h == h[ends][group])  # each device's reports of the image it reports last
+        first = rows[np.unique(group[rows], return_index=True)[1]]
+        for device, image, since, last in zip(
+            d[ends].tolist(), h[ends].tolist(), when[first].tolist(), when[ends].tolist(), strict=True
+        ):
+            self._hold(device, image, since, last)
+
+    def _hold(self, device: str, image: str, since: float, last: float) -> None:
+        reports = self._reports
+        if reports is None:  # no store: nothing to apply them to
+            return
+        held = reports.get(device)
+        if held is None:
+            if len(reports) >= self.max_report_devices:
+                self.stats.reports_dropped += 1  # the device's next report after a record() counts
+                return
+            reports[device] = (image, since, last)
+        elif held[0] == image:
+            reports[device] = (image, min(held[1], since), max(held[2], last))
+        elif last >= held[2]:  # a newer image; an older report of another image changes nothing
+            reports[device] = (image, since, last)
+
+    def _take_reports(self) -> dict[str, tuple[str, float, float]]:
+        if not self._reports:
+            return {}
+        reports, self._reports = self._reports, {}
+        return reports
+
+    def _apply_reports(self, reports: dict[str, tuple[str, float, float]]) -> None:
+        if not reports:
+            return
+        from fleetwarden.app.rollout import record_reports
+
+        moved = record_reports(
+            self.store,
+            [(device, image, since) for device, (image, since, _last) in reports.items()],
+            actor=redact(self.source or "engine")[:200],  # the audit's actor column holds 200
+        )
+        self.stats.rollout_updates += moved
 
     def _sighted_devices(self) -> list[dict[str, Any]]:
         """Rows of the devices seen since the last record: registered ones (by MAC, else address, in
