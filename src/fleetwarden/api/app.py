@@ -30,7 +30,6 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from fleetwarden.api.auth import SessionSigner
 from fleetwarden.app.ingest import CHECKPOINT_EVERY, CONTEXT_EVERY, IngestSession
 from fleetwarden.app.stores import store_at
 from fleetwarden.core.errors import InputError
@@ -45,10 +44,12 @@ class ApiSettings:
     """How the app behaves; everything has a safe default.
 
     ``secure_cookies``: None sets the session cookie's Secure flag when the request came over HTTPS;
-    True/False forces it.  ``session_ttl_s``: the lifetime of a dashboard session.
+    True/False forces it.  ``session_ttl_s``: the lifetime of a dashboard session (sessions live in
+    the store, :mod:`fleetwarden.app.operator_sessions`: they survive restarts, need no key, and are
+    shared by every process serving the same store).
     ``max_batch``: the largest number of events one ``POST /api/v1/events`` may carry.
     ``allowed_origins``: origins accepted for cookie-authenticated unsafe requests besides the
-    request's own host.  ``session_key``: the HMAC key of session cookies (keep it secret).
+    request's own host.
     ``ingest_checkpoint_s``: wall seconds between saves of the ingestion session's engine state
     (and at shutdown).  ``ingest_context_s``: wall seconds between its reads of the inventory.
     ``ingest_model``: a flow-model directory the ingestion session scores flows with (``serve
@@ -59,7 +60,6 @@ class ApiSettings:
     session_ttl_s: float = 8 * 3600.0
     max_batch: int = 5000
     allowed_origins: tuple[str, ...] = field(default_factory=tuple)
-    session_key: bytes | None = None  # None: a random key per process (sessions end on restart)
     ingest_checkpoint_s: float = CHECKPOINT_EVERY
     ingest_context_s: float = CONTEXT_EVERY
     ingest_model: str | None = None
@@ -98,7 +98,6 @@ def create_app(db_url: str | None = None, *, settings: ApiSettings | None = None
     app.state.ingestion = ingestion
     app.state.settings = settings
     app.state.resources = resources
-    app.state.session_signer = SessionSigner(settings.session_key, settings.session_ttl_s)
     _install_errors(app)
     _include_routers(app)
     return app

@@ -4,11 +4,12 @@ Credentials, in order:
 
 1. ``Authorization: Bearer TOKEN``: an operator token from ``fleetwarden users add NAME --role ROLE``
    (:func:`fleetwarden.app.identity.authenticate`: only its SHA-256 is stored).
-2. The session cookie ``fw_session`` set by ``POST /api/v1/session`` (a token exchanged once): the
-   value ``SID.OPERATOR_ID.EXPIRY.MAC`` with a random session id and an HMAC-SHA256 under a key held
-   by the app (random per process unless ``ApiSettings.session_key`` is set).  It carries no secret
-   of the operator; the operator is re-read on every request, so disabling a user ends its sessions.
-   The cookie is HttpOnly, SameSite=Strict and Secure when the request came over HTTPS.
+2. The session cookie ``fw_session`` set by ``POST /api/v1/session`` (a token exchanged once): a
+   random secret (32 bytes, URL-safe) whose SHA-256 the store keeps with the operator, expiry and
+   end (:mod:`fleetwarden.app.operator_sessions`, face ``api``).  It carries no secret of the
+   operator; the session and the operator are re-read on every request, so a sign-out, an admin's
+   ``users end-sessions`` or a disabled user ends it at once, in every server process and across
+   restarts.  The cookie is HttpOnly, SameSite=Strict and Secure when the request came over HTTPS.
    Unsafe methods (POST, PUT, PATCH, DELETE) authenticated by the cookie need the double-submit
    token: header ``X-CSRF-Token`` equal to the ``fw_csrf`` cookie (returned by ``POST /session``),
    and an ``Origin`` header, when present, equal to the request's own origin (or an allowed one).
@@ -18,24 +19,22 @@ manages devices; analyst records verdicts; viewer reads; service only ingests ev
 :func:`require` makes the route dependency.  No credentials or bad ones: 401; the wrong role: 403;
 both with a JSON ``detail``.
 
-Blind spots: sessions die with the process when no ``session_key`` is configured; a signed-out
-session id is remembered in memory only until it expires (a restart forgets it, and with a
-configured key such a cookie would be accepted again until its expiry).
+Blind spots: a cookie session costs one indexed store read per request (and a write at most once a
+minute); a stolen session cookie works, like a bearer token, until it expires or is ended
+(``fleetwarden users end-sessions NAME``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from fastapi import Depends, HTTPException, Request, Response
 
 from fleetwarden.app import identity as identity_svc
-from fleetwarden.app import queries
+from fleetwarden.app import operator_sessions as sessions_svc
 
 __all__ = [
     "CSRF_COOKIE",
@@ -56,6 +55,7 @@ ROLES = ("admin", "operator", "analyst", "viewer", "service")
 READERS = ("viewer", "analyst", "operator")  # admin is always allowed
 UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _BEARER = "bearer "
+FACE = "api"  # this cookie's face in the session store (the console's is "console")
 
 
 @dataclass(frozen=True)
@@ -76,69 +76,41 @@ def _unauthorized(reason: str) -> HTTPException:
 # ------------------------------------------------------------------------------------- sessions
 
 
-class SessionSigner:
-    """Makes and checks session cookie values (see the module docstring for the format)."""
-
-    def __init__(self, key: bytes | None, ttl_s: float) -> None:
-        self._key = key or secrets.token_bytes(32)
-        self.ttl_s = ttl_s
-        self._ended: dict[str, float] = {}  # session id -> expiry, for signed-out sessions
-
-    def _mac(self, payload: str) -> str:
-        return hmac.new(self._key, payload.encode(), hashlib.sha256).hexdigest()
-
-    def make(self, operator_id: int, now: float) -> tuple[str, float]:
-        expiry = int(now + self.ttl_s)
-        payload = f"{secrets.token_urlsafe(24)}.{operator_id}.{expiry}"
-        return f"{payload}.{self._mac(payload)}", expiry
-
-    def check(self, value: str, now: float) -> int | None:
-        """The operator id of a valid, unexpired, not signed-out cookie value, else None."""
-        parts = value.split(".") if len(value) <= 300 else []
-        if len(parts) != 4 or not parts[1].isdigit() or not parts[2].isdigit():
-            return None
-        sid, op, exp, mac = parts
-        if not hmac.compare_digest(mac, self._mac(f"{sid}.{op}.{exp}")):
-            return None
-        if int(exp) < now or sid in self._ended:
-            return None
-        return int(op)
-
-    def end(self, value: str, now: float) -> None:
-        parts = value.split(".")
-        if len(parts) == 4 and self.check(value, now) is not None:
-            self._ended[parts[0]] = float(parts[2])
-        self._ended = {k: v for k, v in self._ended.items() if v >= now}
-
-
-def signer_of(request: Request) -> SessionSigner:
-    return request.app.state.session_signer
-
-
 def _secure(request: Request) -> bool:
     forced = request.app.state.settings.secure_cookies
     return request.url.scheme == "https" if forced is None else bool(forced)
 
 
+def client_details(request: Request) -> dict[str, str | None]:
+    """What a session row remembers of the browser: its user agent and address (for the admin's
+    ``users sessions`` listing, never for authentication)."""
+    return {
+        "user_agent": request.headers.get("user-agent"),
+        "source": request.client.host if request.client is not None else None,
+    }
+
+
 def start_session(request: Request, response: Response, token: str) -> dict:
     """Exchange an operator token for a session cookie; returns the body (user, role, CSRF token)."""
-    op = identity_svc.authenticate(request.app.state.store, token)
-    if op is None:
+    ttl_s = request.app.state.settings.session_ttl_s
+    started = sessions_svc.sign_in(
+        request.app.state.store, token, face=FACE, ttl_s=ttl_s, **client_details(request)
+    )
+    if started is None:
         raise _unauthorized("unknown, malformed or disabled token")
-    value, expiry = signer_of(request).make(op.id, time.time())
     csrf = secrets.token_urlsafe(24)
-    secure, max_age = _secure(request), int(signer_of(request).ttl_s)
-    response.set_cookie(SESSION_COOKIE, value, max_age=max_age, httponly=True, samesite="strict",
+    secure, max_age = _secure(request), int(ttl_s)
+    response.set_cookie(SESSION_COOKIE, started.secret, max_age=max_age, httponly=True, samesite="strict",
                         secure=secure, path="/")  # fmt: skip
     response.set_cookie(CSRF_COOKIE, csrf, max_age=max_age, httponly=False, samesite="strict",
                         secure=secure, path="/")  # fmt: skip
-    return {"user": op.name, "role": op.role, "csrf_token": csrf, "expires_at": expiry}
+    op = started.operator
+    return {"user": op.name, "role": op.role, "csrf_token": csrf, "expires_at": int(started.expires_at)}
 
 
 def end_session(request: Request, response: Response) -> None:
-    value = request.cookies.get(SESSION_COOKIE)
-    if value:
-        signer_of(request).end(value, time.time())
+    """Sign-out: the session ends in the store (for every process, across restarts)."""
+    sessions_svc.sign_out(request.app.state.store, request.cookies.get(SESSION_COOKIE))
     response.delete_cookie(SESSION_COOKIE, path="/")
     response.delete_cookie(CSRF_COOKIE, path="/")
 
@@ -168,8 +140,7 @@ def _check_csrf(request: Request) -> None:
 
 
 def _from_cookie(request: Request, value: str) -> Principal:
-    op_id = signer_of(request).check(value, time.time())
-    op = queries.operator_by_id(request.app.state.store, op_id) if op_id is not None else None
+    op = sessions_svc.session_operator(request.app.state.store, value, face=FACE)
     if op is None:
         raise _unauthorized("session expired, signed out or invalid: sign in again")
     if request.method in UNSAFE:

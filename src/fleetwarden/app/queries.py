@@ -25,7 +25,6 @@ __all__ = [
     "finding_page",
     "get_device",
     "incident_page",
-    "operator_by_id",
     "page",
     "save_device",
     "set_lifecycle",
@@ -130,17 +129,6 @@ def finding_page(
         limit=limit + 1, offset=offset,
     )  # fmt: skip
     return _fetched_page([finding_row(r) for r in rows], limit=limit, offset=offset)
-
-
-# ---------------------------------------------------------------------------- operators
-
-
-def operator_by_id(store: Any, operator_id: int) -> identity_svc.Operator | None:
-    """The enabled operator with ``operator_id`` (a dashboard session re-checks it on every request)."""
-    for row in identity_svc.list_users(store):
-        if row["id"] == operator_id and not row.get("disabled"):
-            return identity_svc.Operator(row["id"], row["name"], row["role"])
-    return None
 
 
 def set_incident_status(store: Any, incident_id: int, status: str, *, actor: str, note: str = "") -> dict[str, Any]:

@@ -12,7 +12,10 @@ coming API.  It owns
 * **correlation** into incidents, and **recording** to the store, where open incidents live: a
   later finding joins the stored story of its device (:meth:`DetectionSession.record`), so a
   scan, a C2 beacon and a flood raise each other's risk however many runs or checkpoints lie
-  between them;
+  between them, and campaigns link across recordings: the new findings are correlated with the
+  stored open incidents campaign-related to them too (:func:`join_stories`), so a scanner
+  recorded in one checkpoint and its victims in a later one share one campaign id, kept as
+  members join;
 * **rollout progress**: the latest ``firmware_report`` of each device, applied to the running
   staged rollouts at each record (:func:`fleetwarden.app.rollout.record_reports`), so a device
   that reports the target image becomes ``updated`` whichever path brought its report.
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -37,11 +40,12 @@ from fleetwarden.app.models import resolve_model
 from fleetwarden.app.runtime import GcPolicy, warm_up
 from fleetwarden.control.discovery import Sightings, device_mac
 from fleetwarden.core.context import Context
+from fleetwarden.core.counterparts import counterparts, is_external, subjects
 from fleetwarden.core.events import EventBatch
 from fleetwarden.core.findings import Finding, Incident
 from fleetwarden.core.text import redact
 from fleetwarden.detection.analytics.base import Analytic
-from fleetwarden.detection.correlation import correlate
+from fleetwarden.detection.correlation import ATTACK_CATEGORIES, correlate
 from fleetwarden.detection.engine import Engine
 
 __all__ = [
@@ -51,11 +55,15 @@ __all__ = [
     "SessionStats",
     "join_stories",
     "mark_expected",
+    "related_stories",
 ]
 
 # devices whose firmware reports a session holds between two record() calls; past it, the reports
 # of devices not yet held are dropped (counted in SessionStats.reports_dropped) until the next record
 MAX_REPORT_DEVICES = 100_000
+# correlations one join_stories call makes at most: the first, then one per merge of stored
+# campaigns that pulled in the other members of the campaign whose id gave way
+MERGE_ROUNDS = 3
 
 
 @dataclass
@@ -190,9 +198,7 @@ class DetectionSession:
     def unrecorded(self) -> int:
         return len(self._unrecorded)
 
-    def record(
-        self, *, batches: Sequence[tuple[str, int, float | None, float | None]] | None = None
-    ) -> Any:
+    def record(self, *, batches: Sequence[tuple[str, int, float | None, float | None]] | None = None) -> Any:
         """Write the findings made since the last call to the store, each joined to the open story of
         its device there (:func:`join_stories`), and the devices seen since the last call (passive
         discovery, :mod:`fleetwarden.control.discovery`) in the same transaction.  A finding that
@@ -348,18 +354,133 @@ def mark_expected(store: Any, found: Sequence[Finding]) -> list[Finding]:
 
 
 def join_stories(store: Any, found: Sequence[Finding], ctx: Context) -> list[Incident]:
-    """Incidents for the entities of ``found``, correlated over those findings AND the findings of
-    the entities' open incidents in ``store``: the story an uninterrupted run over all the events
-    would tell (the correlator is a function of the whole set of an entity's findings).  Findings a
-    suppression rule in force explains (:func:`fleetwarden.app.suppression.drop_suppressed`: a
-    maintenance window, an approved exception) are marked and count towards no incident."""
+    """The incidents to record for ``found``: correlated over those findings, the findings of the
+    entities' open incidents in ``store`` AND those of the stored open incidents campaign-related to
+    them, so the stories and campaigns are what an uninterrupted run over all the events would tell
+    (the correlator is a function of the whole set of findings).  Findings a suppression rule in
+    force explains (:func:`fleetwarden.app.suppression.drop_suppressed`: a maintenance window, an
+    approved exception) are marked and count towards no incident.
+
+    *Campaigns across recordings.*  The related incidents (:func:`related_stories`) are found in
+    the store's campaign index (:mod:`fleetwarden.store.campaigns`): the open attack incidents that
+    name one of the new attack findings' external counterparts (one C2), the open attack incidents
+    about a device a new finding names as its counterpart (the scanner its victim answered), and
+    the open incidents naming a new attack finding's device (its victims).  Each brings its
+    device's whole open story, so its incidents correlate as when they were recorded.  Returned are
+    the incidents of ``found``'s entities and, of the related devices, only the incidents whose
+    campaign id changed, with their stored risk, severity and evidence (an incident's evidence is a
+    function of its own device's findings) and no findings to save: the store's
+    ``record_results(..., replace_stories=True)`` replaces what it is given.  A campaign keeps the
+    id its stored members already carry (the oldest when two merge: the members of the younger are
+    pulled in and renamed).
+
+    *Bound.*  The lookups return at most :data:`~fleetwarden.store.campaigns.MAX_RELATED`
+    incidents (the most recently seen), and a merge pulls in members of the campaign that gave way
+    only while the other devices' incidents loaded stay under it (at most :data:`MERGE_ROUNDS`
+    correlations).  What is left out is left out of this call only: its incidents keep their
+    campaign id, and link when a later recording finds them (a member left out of a merge keeps the
+    id that gave way until then)."""
     from fleetwarden.app.suppression import drop_suppressed
+    from fleetwarden.store import campaigns as store_campaigns
 
     if not found:
         return []
-    entities = sorted({f.entity for f in found})
-    prior = store.story_findings(entities)
-    return correlate(drop_suppressed(store, _unique(prior, found, store), ctx), ctx)
+    own = {f.entity for f in found}
+    stored, prior, known = related_stories(store, found)
+    incidents: list[Incident] = []
+    for _ in range(MERGE_ROUNDS):
+        incidents = correlate(drop_suppressed(store, _unique(prior, found, store), ctx), ctx, known=known)
+        budget = store_campaigns.MAX_RELATED - sum(1 for r in stored if r.entity not in own)
+        more = _renamed_members(store, incidents, stored, known, budget) if budget > 0 else set()
+        if not more:
+            break
+        stored, prior, known = _with_stories(store, stored, prior, more)
+    rows = {(r.entity, r.category): r for r in stored}  # the newest open incident of each pair wins
+    out: list[Incident] = []
+    for inc in incidents:
+        row = rows.get((inc.entity, inc.category))
+        if inc.entity in own:
+            out.append(inc)
+        elif row is not None and inc.campaign and inc.campaign != row.campaign:
+            out.append(_with_campaign(row, inc))
+    return out
+
+
+def related_stories(store: Any, found: Sequence[Finding]) -> tuple[list[Any], list[Finding], dict]:
+    """The open incidents and story findings of ``found``'s entities and of the devices whose open
+    incidents are campaign-related to ``found`` (:func:`join_stories`), and the campaign ids the
+    stored incidents carry, by (entity, category)."""
+    from fleetwarden.store import campaigns as store_campaigns
+
+    shared: set[str] = set()  # external counterparts of the new attack findings
+    named: set[str] = set()  # every counterpart a new finding names
+    attacking: set[str] = set()  # the devices of the new attack findings
+    for f in found:
+        cps = counterparts(f)
+        named.update(cps)
+        if f.category in ATTACK_CATEGORIES:
+            shared.update(cp for cp in cps if is_external(cp))
+            attacking.update(subjects(f))
+    related = store_campaigns.related_incidents(
+        store,
+        shared=shared,
+        subjects_of=named,
+        named=attacking,
+        categories=ATTACK_CATEGORIES,
+        limit=store_campaigns.MAX_RELATED,
+    )
+    entities = {f.entity for f in found} | {r.entity for r in related}
+    return _with_stories(store, [], [], entities)
+
+
+def _with_stories(
+    store: Any, stored: list[Any], prior: list[Finding], entities: set[str]
+) -> tuple[list[Any], list[Finding], dict]:
+    """``stored`` and ``prior`` plus the open incidents and story findings of ``entities``."""
+    from fleetwarden.store import campaigns as store_campaigns
+
+    ids = {r.id for r in stored}
+    new = sorted(entities - {r.entity for r in stored})
+    stored = stored + [r for r in store_campaigns.open_incidents(store, new) if r.id not in ids]
+    stored.sort(key=lambda r: r.id)
+    prior = prior + store.story_findings(new)
+    known = {(r.entity, r.category): r.campaign for r in stored if r.campaign}
+    return stored, prior, known
+
+
+def _renamed_members(
+    store: Any, incidents: Sequence[Incident], stored: Sequence[Any], known: dict, limit: int
+) -> set[str]:
+    """The devices not yet correlated whose open incidents (at most ``limit``) carry a campaign id
+    that gave way in ``incidents`` (a merge): they follow the kept id, so they are pulled in."""
+    gave_way = {
+        known[(i.entity, i.category)]
+        for i in incidents
+        if i.campaign and known.get((i.entity, i.category), i.campaign) != i.campaign
+    }
+    if not gave_way:
+        return set()
+    from fleetwarden.store import campaigns as store_campaigns
+
+    loaded = {r.entity for r in stored}
+    rows = store_campaigns.campaign_incidents(store, gave_way, limit=limit)
+    return {r.entity for r in rows} - loaded
+
+
+def _with_campaign(row: Any, inc: Incident) -> Incident:
+    """A related device's incident as stored, with the campaign id the correlation gave it."""
+    return replace(
+        inc,
+        risk=row.risk,
+        severity=row.severity,
+        evidence=list(row.evidence or []),
+        mitre=list(row.mitre or []),
+        first_seen=row.first_seen,
+        last_seen=row.last_seen,
+        ip=row.ip,
+        mac=row.mac,
+        findings=[],  # already stored: nothing to save again
+    )
 
 
 def _unique(prior: Sequence[Finding], found: Sequence[Finding], store: Any) -> list[Finding]:

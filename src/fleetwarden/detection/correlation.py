@@ -60,9 +60,21 @@ compromised device link here.  Across devices, :func:`find_campaigns` groups (un
 2. a finding whose counterpart is the subject of an attack incident (the victims of a scanner:
    the hosts that accepted its telnet sessions) with that incident's device,
 
-and gives every incident of a group with an attack incident the same ``campaign`` id
-(``C-`` + a hash of its attacking entities) and a line of its story naming the link (not of its
-evidence: the evidence of a stored incident is a function of its own device's findings).
+and gives every incident of a group with an attack incident the same ``campaign`` id and a line
+of its story naming the link (not of its evidence: the evidence of a stored incident is a function
+of its own device's findings).  A new group's id is ``C-`` + a hash of its attacking entities; a
+group holding incidents that already carry an id (``known``: the store's, when a recording
+correlates new findings with stored incidents) keeps the id its earliest such incident carries
+(the oldest campaign's), so a campaign's id never changes when victims or attackers join it
+later, and when two campaigns merge the younger one's id gives way.  An id goes to one group only.
+
+The links are between incidents, so they hold across recordings: a recording
+(:func:`fleetwarden.app.session.join_stories`) correlates the new findings with the stored open
+incidents they are campaign-related to (found through :mod:`fleetwarden.store.campaigns`, which
+indexes each stored incident's subjects and counterparts as :mod:`fleetwarden.core.counterparts`
+reads them, the definition this module links on), so a camera's scan recorded in one checkpoint
+and its victims' sessions recorded in a later one share a campaign, as do two devices that start
+beaconing to one C2 ten minutes apart.
 
 Severity follows from risk with the cut points of :func:`fleetwarden.core.findings.severity_for`.
 The incident's evidence is the strongest findings' sentences (then the links); its MITRE ids the
@@ -73,13 +85,13 @@ process class, ATT&CK for ICS); its ``story`` the plain-language account of :mod
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from fleetwarden.core.context import Context, DeviceInfo
+from fleetwarden.core.counterparts import counterparts, is_external, subjects
 from fleetwarden.core.findings import Finding, Incident, severity_for
 from fleetwarden.detection.attack import techniques
 from fleetwarden.detection.story import incident_story
@@ -94,7 +106,9 @@ __all__ = [
     "decayed",
     "device_risk",
     "find_campaigns",
+    "is_external",
     "risk_for",
+    "subjects",
     "weight_for",
 ]
 
@@ -138,10 +152,6 @@ CRITICALITY_WEIGHT = {"low": 0.9, "medium": 1.0, "high": 1.1, "critical": 1.2}
 DATA_CLASS_WEIGHT = {"public": 1.0, "internal": 1.0, "confidential": 1.05, "regulated": 1.1}
 CLASS_WEIGHT = 1.2  # no criticality in the inventory, a class in CRITICAL_CLASSES
 WEIGHT_RANGE = (0.85, 1.3)
-# attribute names under which detectors name a finding's counterpart (the other end)
-COUNTERPART_KEYS = ("peer", "destination", "target", "domain", "destinations")
-MAX_COUNTERPARTS = 16
-MAX_COUNTERPART_LEN = 253
 
 
 # ---------------------------------------------------------------------------- risk
@@ -230,11 +240,16 @@ def device_risk(findings: Iterable[Finding], weight: float = 1.0, now: float | N
 
 
 def correlate(
-    findings: Iterable[Finding], ctx: Context | None = None, now: float | None = None
+    findings: Iterable[Finding],
+    ctx: Context | None = None,
+    now: float | None = None,
+    *,
+    known: Mapping[tuple[str, str], str] | None = None,
 ) -> list[Incident]:
     """Group findings into incidents per (entity, category), link campaigns, tell each story;
     highest risk first.  ``now`` (epoch seconds) is the decay reference, default the newest
-    ``last_seen`` of each entity's findings."""
+    ``last_seen`` of each entity's findings; ``known`` the campaign ids (entity, category) already
+    carry, kept as :func:`find_campaigns` says."""
     ctx = ctx if ctx is not None else Context()
     groups: dict[tuple[str, str], list[Finding]] = defaultdict(list)
     for f in findings:
@@ -255,7 +270,7 @@ def correlate(
     dev_risk = {e: device_risk(fs, weight_for(_device(ctx, fs[0])), ref[e]) for e, fs in by_entity.items()}
     for inc in incidents:
         inc.device_risk = dev_risk[inc.entity]
-    campaigns = find_campaigns(incidents)
+    campaigns = find_campaigns(incidents, known)
     for inc in incidents:
         inc.story = incident_story(inc, ctx.devices.get(inc.findings[0].device_id or inc.entity), campaigns)
     incidents.sort(key=lambda i: (-i.risk, i.first_seen, i.entity, i.category))
@@ -324,26 +339,6 @@ class Campaign:
     links: dict[str, str] = field(default_factory=dict)  # entity -> why it belongs (a sentence)
 
 
-def counterparts(f: Finding) -> list[str]:
-    """The other ends a finding names (addresses or domains, ports stripped), bounded."""
-    out: list[str] = []
-    for key in COUNTERPART_KEYS:
-        value = f.attributes.get(key)
-        values = value if isinstance(value, list | tuple) else [value]
-        for v in values[:MAX_COUNTERPARTS]:
-            if isinstance(v, str) and v and len(v) <= MAX_COUNTERPART_LEN:
-                out.append(v.split(" ")[0].lower())
-    return list(dict.fromkeys(out))[:MAX_COUNTERPARTS]
-
-
-def _external(value: str) -> bool:
-    try:
-        addr = ipaddress.ip_address(value)
-    except ValueError:
-        return "." in value  # a domain name
-    return addr.is_global
-
-
 class _Union:
     def __init__(self) -> None:
         self.parent: dict[str, str] = {}
@@ -361,15 +356,18 @@ class _Union:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
-def find_campaigns(incidents: Sequence[Incident]) -> list[Campaign]:
+def find_campaigns(
+    incidents: Sequence[Incident], known: Mapping[tuple[str, str], str] | None = None
+) -> list[Campaign]:
     """Group incidents across devices into campaigns (module docstring) and set each member
     incident's ``campaign`` id; returns the campaigns, oldest first (``links``: why each device
-    belongs, for the story)."""
+    belongs, for the story).  ``known``: (entity, category) -> the campaign id that incident
+    already carries (a stored one); a group keeps the oldest of its members' ids."""
     uf = _Union()
     subject: dict[str, str] = {}  # address or entity of an attack incident -> its entity
     for inc in incidents:
         if inc.category in ATTACK_CATEGORIES:
-            for key in {inc.entity, inc.ip, *(f.ip for f in inc.findings)} - {None}:
+            for key in {inc.entity, inc.ip, *(k for f in inc.findings for k in subjects(f))} - {None}:
                 subject[str(key).lower()] = inc.entity
     shared: dict[str, set[str]] = defaultdict(set)  # external counterpart -> attacking entities
     why: dict[str, str] = {}
@@ -380,30 +378,38 @@ def find_campaigns(incidents: Sequence[Incident]) -> list[Campaign]:
                 if attacker is not None and attacker != inc.entity:
                     uf.join(inc.entity, attacker)  # a victim (or a peer) of an attacking device
                     why.setdefault(inc.entity, f"{cp} is the subject of attack incident(s) on {attacker}")
-                elif inc.category in ATTACK_CATEGORIES and _external(cp):
+                elif inc.category in ATTACK_CATEGORIES and is_external(cp):
                     shared[cp].add(inc.entity)
     for entities in shared.values():
         first, *rest = sorted(entities)
         for e in rest:
             uf.join(first, e)
-    return _campaigns_of(incidents, uf, shared, why)
+    return _campaigns_of(incidents, uf, shared, why, known or {})
 
 
 def _campaigns_of(
-    incidents: Sequence[Incident], uf: _Union, shared: dict[str, set[str]], why: dict[str, str]
+    incidents: Sequence[Incident],
+    uf: _Union,
+    shared: dict[str, set[str]],
+    why: dict[str, str],
+    known: Mapping[tuple[str, str], str],
 ) -> list[Campaign]:
     members: dict[str, list[Incident]] = defaultdict(list)
     for inc in incidents:
         members[uf.find(inc.entity)].append(inc)
+    groups = [g for g in members.values() if len({i.entity for i in g}) > 1]
+    groups = [g for g in groups if any(i.category in ATTACK_CATEGORIES for i in g)]
+    for group in groups:
+        group.sort(key=lambda i: (i.first_seen, i.entity, i.category))
+    groups.sort(key=lambda g: (g[0].first_seen, g[0].entity, g[0].category))
+    taken: set[str] = set()
     out: list[Campaign] = []
-    for group in members.values():
+    for group in groups:  # oldest first: an id two groups claim stays with the older
         entities = sorted({i.entity for i in group})
         attackers = sorted({i.entity for i in group if i.category in ATTACK_CATEGORIES})
-        if len(entities) < 2 or not attackers:
-            continue
-        cid = "C-" + hashlib.sha256("\n".join(attackers).encode()).hexdigest()[:10]
+        cid = _campaign_id(group, attackers, known, taken)
+        taken.add(cid)
         cps = sorted(cp for cp, es in shared.items() if len(es) > 1 and es <= set(entities))
-        group.sort(key=lambda i: (i.first_seen, i.entity, i.category))
         camp = Campaign(
             id=cid,
             attackers=attackers,
@@ -419,6 +425,22 @@ def _campaigns_of(
         out.append(camp)
     out.sort(key=lambda c: (c.first_seen, c.id))
     return out
+
+
+def _campaign_id(
+    group: list[Incident], attackers: list[str], known: Mapping[tuple[str, str], str], taken: set[str]
+) -> str:
+    """The id a group already carries (that of its earliest incident with one not taken by an
+    older group), else ``C-`` + a hash of its attackers."""
+    for inc in group:  # in time order: the first id met is the oldest campaign's
+        cid = known.get((inc.entity, inc.category))
+        if cid and cid not in taken:
+            return cid
+    cid = "C-" + hashlib.sha256("\n".join(attackers).encode()).hexdigest()[:10]
+    if cid in taken:  # a split campaign's other part already kept this id
+        members = "\n".join(sorted({i.entity for i in group}))
+        cid = "C-" + hashlib.sha256(f"{members}\n".encode()).hexdigest()[:10]
+    return cid
 
 
 def _campaign_line(inc: Incident, camp: Campaign, why: dict[str, str]) -> str:

@@ -2,7 +2,8 @@
 
 Functions taking a :class:`~fleetwarden.store.Store`, each one transaction; every change (issue,
 rotate, revoke, CRL publication, CA creation, operator added or disabled) appends an audit entry in
-the same transaction.  What is stored and audited is public: certificates (PEM), serials,
+the same transaction.  Disabling an operator also ends its sessions (:mod:`fleetwarden.store.sessions`)
+in that transaction.  What is stored and audited is public: certificates (PEM), serials,
 fingerprints, names and roles.  Private keys never reach this module, and an operator's token
 arrives only as its SHA-256 (``token_hash``), which is stored but never audited.
 
@@ -30,6 +31,7 @@ from fleetwarden.store.models import (
     OperatorRecord,
 )
 from fleetwarden.store.repository import Store, StoreError, _audit
+from fleetwarden.store.sessions import end_operator_sessions
 
 __all__ = [
     "CRL_ACTION",
@@ -228,15 +230,17 @@ def list_operators(store: Store) -> list[OperatorRecord]:
 
 
 def disable_operator(store: Store, name: str, *, actor: str) -> OperatorRecord:
-    """Disable ``name`` (its token stops working); :class:`StoreError` for an unknown name."""
+    """Disable ``name``: its token stops working and its open sessions end, in one transaction;
+    :class:`StoreError` for an unknown name."""
     with store._write() as s:
         row = s.scalar(select(OperatorRecord).where(OperatorRecord.name == name))
         if row is None:
             raise StoreError(f"no operator named {name!r}")
         was = row.disabled
         row.disabled = True
+        ended = end_operator_sessions(s, row.id, time.time())
         s.flush()
-        _audit(s, actor, "operator.disable", f"operator:{name}", {"already_disabled": was})
+        _audit(s, actor, "operator.disable", f"operator:{name}", {"already_disabled": was, "sessions_ended": ended})
         return row
 
 

@@ -417,6 +417,34 @@ class OperatorRecord(Base):
     last_used_at: Mapped[float | None] = mapped_column(Double)
 
 
+SESSION_FACES = ("api", "console")
+
+
+class ConsoleSessionRecord(Base):
+    """A browser sign-in (migration 0012): the API's ``fw_session`` cookie or the console's
+    ``fw_console`` cookie (``face``).  Only the SHA-256 of the cookie's random secret is kept, so a
+    stolen database signs nobody in.  ``ended_at`` is set by sign-out, by an admin
+    (``users end-sessions``) or when the operator is disabled; ``last_seen_at`` is refreshed at most
+    once a minute.  Rows are purged a week after they expire."""
+
+    __tablename__ = "console_sessions"
+    __table_args__ = (
+        CheckConstraint(_in("face", SESSION_FACES), name="face"),
+        Index("ix_console_sessions_expires_at", "expires_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    secret_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    operator_id: Mapped[int] = mapped_column(ForeignKey("operators.id", ondelete="CASCADE"), index=True)
+    face: Mapped[str] = mapped_column(String(10))
+    created_at: Mapped[float] = mapped_column(Double)
+    expires_at: Mapped[float] = mapped_column(Double)
+    ended_at: Mapped[float | None] = mapped_column(Double)
+    last_seen_at: Mapped[float | None] = mapped_column(Double)
+    user_agent: Mapped[str | None] = mapped_column(String(200))
+    source: Mapped[str | None] = mapped_column(String(64))
+
+
 KEY_PURPOSES = ("firmware", "attestation")
 KEY_ALGORITHMS = ("ed25519", "ecdsa-p256")
 ROLLOUT_STATUSES = ("planned", "running", "halted", "completed", "rolled-back")
@@ -610,4 +638,31 @@ TABLES = (
     "rollout_devices",
     "verdicts",
     "suppressions",
+    "console_sessions",
 )
+
+
+# ---------------------------------------------------------------------------- campaign index (0013)
+
+CAMPAIGN_KEY_KINDS = ("subject", "counterpart")
+
+
+class CampaignKey(Base):
+    """One key under which a stored incident is campaign-related to others (migration 0013,
+    :mod:`fleetwarden.store.campaigns`): ``kind`` "subject" (an address or entity an attack
+    incident is about) or "counterpart" (an other end its findings name, as
+    :func:`fleetwarden.detection.correlation.counterparts` reads them), lower case.  Written with
+    the incident (:meth:`~fleetwarden.store.repository.Store.record_results`); the primary key is
+    the lookup index."""
+
+    __tablename__ = "campaign_keys"
+    __table_args__ = (CheckConstraint(_in("kind", CAMPAIGN_KEY_KINDS), name="kind"),)
+
+    kind: Mapped[str] = mapped_column(String(12), primary_key=True)
+    key: Mapped[str] = mapped_column(String(253), primary_key=True)
+    incident_id: Mapped[int] = mapped_column(
+        ForeignKey("incidents.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+
+
+TABLES += ("campaign_keys",)

@@ -33,6 +33,7 @@ from fleetwarden.core.errors import InputError
 from fleetwarden.core.findings import CATEGORIES, SEVERITIES, Finding, Incident
 from fleetwarden.core.text import redact, redact_all
 from fleetwarden.store import audit
+from fleetwarden.store.campaigns import index_incidents
 from fleetwarden.store.models import (
     CRITICALITIES,
     DATA_CLASSES,
@@ -321,6 +322,8 @@ class Store:
                 summary.incident_ids.append(row.id)
                 for f in inc.findings:
                     incident_of[id(f)] = row.id
+            # the campaign index (fleetwarden.store.campaigns) goes with the incidents it points at
+            index_incidents(s, zip(summary.incident_ids, incidents, strict=True))
 
             fps = [_fingerprint(f) for f in all_findings]
             existing = _existing_fingerprints(s, fps)

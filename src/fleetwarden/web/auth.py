@@ -1,40 +1,40 @@
 """Console sessions: a token typed once on the login page becomes a session cookie.
 
-*Contract.* ``POST /console/login`` checks the token with :func:`fleetwarden.app.identity.authenticate`
-and opens a session: a random 256-bit id in an ``HttpOnly``, ``SameSite=Strict`` cookie (``Secure``
-over HTTPS) scoped to ``/console``; the token itself is never stored, logged or echoed.  Each
-session carries a CSRF token that every state-changing form must send back (``csrf``), and the
-operator's role, checked by the :func:`require_role` dependency on the route, never inside a
-handler.  Sessions expire after :data:`SESSION_TTL_S` and on logout.
+*Contract.* ``POST /console/login`` checks the token and opens a session in the store
+(:mod:`fleetwarden.app.operator_sessions`, face ``console``): a random 256-bit secret in an
+``HttpOnly``, ``SameSite=Strict`` cookie (``Secure`` over HTTPS) scoped to ``/console``, of which the
+store keeps only the SHA-256; the token itself is never stored, logged or echoed.  Each session
+carries a CSRF token derived from its secret that every state-changing form must send back
+(``csrf``), and the operator's role, re-read from the store on every request and checked by the
+:func:`require_role` dependency on the route, never inside a handler.  Sessions expire after the
+app's ``session_ttl_s`` and end at logout, by ``fleetwarden users end-sessions NAME`` or when the
+operator is disabled; they survive restarts and are shared by every server process of the store.
 
-*Blind spots.* Sessions live in the memory of one server process: a restart logs everybody out and
-several server processes do not share them.  A role changed or an operator disabled in the store
-takes effect at the next login (at most :data:`SESSION_TTL_S` later).
+*Blind spots.* Every console request costs one indexed store read; a stolen cookie works until it
+expires or is ended.
 """
 
 from __future__ import annotations
 
 import hmac
-import secrets
-import threading
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from fastapi import Depends, Request
+
+from fleetwarden.app import operator_sessions as sessions_svc
 
 __all__ = [
     "COOKIE",
     "ConsoleSession",
     "LoginRequired",
     "RoleRefused",
-    "SessionBook",
     "current_session",
     "require_role",
+    "session_of",
 ]
 
 COOKIE = "fw_console"
-SESSION_TTL_S = 8 * 3600.0
-MAX_SESSIONS = 10_000
+FACE = "console"  # this cookie's face in the session store (the API's is "api")
 DECIDERS = ("admin", "operator")  # who may approve, deny, execute and roll back actions
 
 
@@ -51,61 +51,24 @@ class ConsoleSession:
     name: str
     role: str
     csrf: str
-    expires: float
 
     @property
     def may_decide(self) -> bool:
         return self.role in DECIDERS
 
 
-@dataclass
-class SessionBook:
-    """The open sessions of one server process (thread-safe)."""
-
-    ttl_s: float = SESSION_TTL_S
-    _sessions: dict[str, ConsoleSession] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def open(self, name: str, role: str) -> tuple[str, ConsoleSession]:
-        sid = secrets.token_urlsafe(32)
-        session = ConsoleSession(name, role, secrets.token_urlsafe(24), time.time() + self.ttl_s)
-        with self._lock:
-            self._expire()
-            if len(self._sessions) >= MAX_SESSIONS:  # a flood of logins cannot grow memory unbounded
-                self._sessions.pop(next(iter(self._sessions)))
-            self._sessions[sid] = session
-        return sid, session
-
-    def get(self, sid: str | None) -> ConsoleSession | None:
-        if not sid or len(sid) > 100:
-            return None
-        with self._lock:
-            session = self._sessions.get(sid)
-            if session is not None and session.expires <= time.time():
-                self._sessions.pop(sid, None)
-                return None
-            return session
-
-    def close(self, sid: str | None) -> None:
-        with self._lock:
-            self._sessions.pop(sid or "", None)
-
-    def _expire(self) -> None:
-        now = time.time()
-        for sid in [k for k, v in self._sessions.items() if v.expires <= now]:
-            del self._sessions[sid]
-
-
-def book_of(request: Request) -> SessionBook:
-    state = request.app.state
-    if getattr(state, "console_sessions", None) is None:
-        state.console_sessions = SessionBook()
-    return state.console_sessions
+def session_of(request: Request) -> ConsoleSession | None:
+    """The request's live console session, else None."""
+    secret = request.cookies.get(COOKIE)
+    op = sessions_svc.session_operator(request.app.state.store, secret, face=FACE)
+    if op is None or secret is None:
+        return None
+    return ConsoleSession(op.name, op.role, sessions_svc.csrf_of(secret))
 
 
 def current_session(request: Request) -> ConsoleSession:
     """The request's session, else :class:`LoginRequired`."""
-    session = book_of(request).get(request.cookies.get(COOKIE))
+    session = session_of(request)
     if session is None:
         raise LoginRequired()
     return session

@@ -20,19 +20,21 @@ from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 
-from fleetwarden.app import console
+from fleetwarden.api.auth import client_details
+from fleetwarden.app import console, operator_sessions
 from fleetwarden.core.errors import InputError
 from fleetwarden.core.text import printable
 from fleetwarden.web.auth import (
     COOKIE,
     DECIDERS,
+    FACE,
     ConsoleSession,
     LoginRequired,
     RoleRefused,
-    book_of,
     check_csrf,
     current_session,
     require_role,
+    session_of,
 )
 
 __all__ = ["PREFIX", "mount", "router"]
@@ -109,16 +111,16 @@ def login_form(request: Request) -> Response:
 
 @router.post("/login")
 def login(request: Request, token: Annotated[str, Form(max_length=500)] = "") -> Response:
-    from fleetwarden.app.identity import authenticate
-
-    operator = authenticate(request.app.state.store, token.strip())
-    if operator is None:
+    ttl_s = request.app.state.settings.session_ttl_s
+    started = operator_sessions.sign_in(
+        request.app.state.store, token.strip(), face=FACE, ttl_s=ttl_s, **client_details(request)
+    )
+    if started is None:
         return _page(request, "login.html", None, code=401, message="Unknown or disabled token.")
-    sid, _session = book_of(request).open(operator.name, operator.role)
     response = RedirectResponse(f"{PREFIX}/", status_code=303)
     response.set_cookie(
-        COOKIE, sid, httponly=True, samesite="strict", path=PREFIX,
-        secure=request.url.scheme == "https", max_age=int(book_of(request).ttl_s),
+        COOKIE, started.secret, httponly=True, samesite="strict", path=PREFIX,
+        secure=request.url.scheme == "https", max_age=int(ttl_s),
     )  # fmt: skip
     return response
 
@@ -126,7 +128,7 @@ def login(request: Request, token: Annotated[str, Form(max_length=500)] = "") ->
 @router.post("/logout")
 def logout(request: Request, session: Session, csrf: Annotated[str, Form(max_length=200)] = "") -> Response:
     check_csrf(session, csrf)
-    book_of(request).close(request.cookies.get(COOKIE))
+    operator_sessions.sign_out(request.app.state.store, request.cookies.get(COOKIE))
     response = RedirectResponse(f"{PREFIX}/login", status_code=303)
     response.delete_cookie(COOKIE, path=PREFIX)
     return response
@@ -249,8 +251,7 @@ def _login_required(request: Request, _exc: Exception) -> Response:
 
 
 def _refused(request: Request, exc: Exception) -> Response:
-    session = book_of(request).get(request.cookies.get(COOKIE))
-    return _page(request, "error.html", session, code=403, message=str(exc)[:300])
+    return _page(request, "error.html", session_of(request), code=403, message=str(exc)[:300])
 
 
 def _security_headers(app: FastAPI) -> None:
