@@ -189,6 +189,10 @@ def test_upsert_devices_is_idempotent_and_merges(store: Store) -> None:
     assert store.upsert_devices([{"device_id": "rogue-9", "ip": "10.0.0.99", "discovered": True}]) == 1
     assert [d.device_id for d in store.list_devices(discovered=True)] == ["rogue-9"]
     assert [d.device_id for d in store.list_devices(site="plant-a")] == ["cam-1"]
+    # the whole-fleet reads without ORM objects give exactly what to_dict gives, JSON columns included
+    for filters in ({}, {"discovered": True}, {"discovered": False}, {"site": "plant-a"}):
+        assert store.device_rows(**filters) == [d.to_dict() for d in store.list_devices(**filters)]
+    assert store.device_rows(site="plant-a")[0]["attributes"] == {"rack": 3, "oui": "Acme"}
 
     with pytest.raises(StoreError, match="hostname"):
         store.upsert_devices([{"device_id": "x", "hostname": "cam"}])

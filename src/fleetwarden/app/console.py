@@ -8,7 +8,7 @@ bounded (``per_page`` at most :data:`MAX_PER_PAGE`; timelines at most :data:`TIM
 rows).
 
 *Blind spots.* The fleet posture reuses :func:`fleetwarden.app.metrics.fleet_posture`, which reads
-every device (several seconds on the benchmark's 10,000 devices): it is computed in a background
+every device (0.3 s on the benchmark's 10,000 devices, 3.4 s on 100,000): it is computed in a background
 thread and cached for :data:`SLOW_CACHE_S` seconds per store; a page waits at most :data:`WAIT_S`
 for it, else shows the previous figures or "computing" (None) and refreshes itself, so a posture
 change can take that long to show.  The metrics page computes MTTD, MTTR and the false-positive

@@ -111,7 +111,7 @@ def run_demo(
         incidents = correlate([*enrolment.findings, *session.findings], session.ctx)
         session.record()
         outcomes, unexplained = score_against_scenarios(fleet.scenarios, incidents)
-        _propose(outcomes, incidents, {d.device_id: d.to_dict() for d in db.list_devices()})
+        _propose(outcomes, incidents, {d["device_id"]: d for d in db.device_rows()})
         posture = fleet_posture(db)
     inv = Counter((r["device_class"], r["vendor"]) for r in fleet.inventory)
     by_class: dict[str, list[str]] = {}

@@ -232,16 +232,18 @@ def with_registry(ctx: Context, store: Any) -> Context:
 
 
 def _fleet(store: Any) -> list[dict[str, Any]]:
-    return [d.to_dict() for d in store.list_devices() if d.lifecycle != "retired"]
+    return [d for d in store.device_rows() if d["lifecycle"] != "retired"]
 
 
 def _verified(store: Any) -> list[dict[str, Any]]:
     return [img.to_dict() for img in repo.list_firmware_images(store, verified_only=True)]
 
 
-def compliance_report(store: Any, by: str = "class") -> list[dict[str, Any]]:
-    """Patch compliance of the (not retired) fleet per device class, site or vendor."""
-    return compliance(_fleet(store), _verified(store), by)
+def compliance_report(store: Any, by: str = "class", *, devices: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Patch compliance of the (not retired) fleet per device class, site or vendor (``devices``:
+    the store's device rows when the caller already read them)."""
+    fleet = _fleet(store) if devices is None else [d for d in devices if d["lifecycle"] != "retired"]
+    return compliance(fleet, _verified(store), by)
 
 
 def priority_report(store: Any) -> list[dict[str, Any]]:

@@ -44,17 +44,17 @@ def identity_audit(
     now: float | None = None,
     record: bool = False,
     actor: str = "cli",
+    devices: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Run every identity check; returns ``{"checks": [...], "counts": {...}, "skipped": N}``, and
     with ``record`` also ``"recorded"``: ``findings_added``, ``incidents_opened``, ``incidents_updated``
     (a re-run over an unchanged fleet adds nothing: findings already in the devices' open stories
-    are not made again)."""
+    are not made again).  ``devices``: the store's device rows when the caller already read them."""
     from fleetwarden.app.identity import list_certificates, list_users
-    from fleetwarden.app.inventory import list_devices
 
     now = now or time.time()
     certificates = list_certificates(store)
-    devices = list_devices(store)
+    devices = store.device_rows() if devices is None else devices
     operators = list_users(store)
     connections, skipped = _connections(broker_logs)
     checks = audit_identity(certificates, devices, operators, connections, now=now)

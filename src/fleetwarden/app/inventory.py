@@ -44,7 +44,7 @@ def context_from_store(store: Any) -> Context:
 
     The hook for the firmware registry: fill ``ctx.firmware_catalog`` here (``(vendor, model,
     version) -> {sha256}``) from the store's known-good images."""
-    return context_from_rows(d.to_dict() for d in store.list_devices(discovered=False))
+    return context_from_rows(store.device_rows(discovered=False))
 
 
 def import_inventory(path: str | Path, store: Any, *, actor: str = "cli") -> tuple[int, int]:
@@ -61,7 +61,7 @@ def export_inventory(store: Any, out: str | Path, fmt: str | None = None) -> int
     fmt = (fmt or ("json" if out.suffix.lower() == ".json" else "csv")).lower()
     if fmt not in EXPORT_FORMATS:
         raise InputError(f"unknown export format {fmt!r}; expected csv or json")
-    records = [export_record(d.to_dict()) for d in store.list_devices()]
+    records = [export_record(d) for d in store.device_rows()]
     text = json.dumps(records, indent=1, default=str) + "\n" if fmt == "json" else export_csv(records)
     out.write_text(text, encoding="utf-8")
     return len(records)
@@ -72,12 +72,15 @@ def list_devices(store: Any, *, today: date | None = None) -> list[dict[str, Any
     ``vendor_risk_reasons`` inherited from its vendor (:func:`fleetwarden.control.vendors.vendor_risk`)."""
     today = today or datetime.now(UTC).date()
     vendors = {v.name.lower(): v.to_dict() for v in store.list_vendors()}
+    risks: dict[str, Any] = {}  # one assessment per vendor, not per device
     out = []
-    for d in store.list_devices():
-        row = d.to_dict()
-        risk = vendor_risk(vendors.get(row["vendor"].lower()), today=today) if row.get("vendor") else None
+    for row in store.device_rows():
+        name = (row.get("vendor") or "").lower()
+        if name and name not in risks:
+            risks[name] = vendor_risk(vendors.get(name), today=today)
+        risk = risks.get(name)
         row["vendor_risk"] = risk.score if risk else None
-        row["vendor_risk_reasons"] = risk.reasons if risk else []
+        row["vendor_risk_reasons"] = list(risk.reasons) if risk else []
         out.append(row)
     return out
 
@@ -104,9 +107,10 @@ def unknown_devices(store: Any) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (-(r["last_seen"] or 0), r["device_id"]))
 
 
-def inventory_accuracy(store: Any) -> dict[str, Any]:
-    """Known vs seen (:func:`fleetwarden.control.discovery.inventory_accuracy`)."""
-    return accuracy_of(d.to_dict() for d in store.list_devices())
+def inventory_accuracy(store: Any, *, devices: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Known vs seen (:func:`fleetwarden.control.discovery.inventory_accuracy`; ``devices``: the
+    store's device rows when the caller already read them)."""
+    return accuracy_of(store.device_rows() if devices is None else devices)
 
 
 def import_vendors(path: str | Path, store: Any, *, actor: str = "cli") -> tuple[int, int]:

@@ -47,11 +47,12 @@ def fleet_posture(store: Any, now: float | None = None) -> dict[str, Any]:
     from fleetwarden.app.identity_audit import identity_audit
     from fleetwarden.app.inventory import inventory_accuracy
 
-    groups = compliance_report(store, "class")
+    devices = store.device_rows()  # read once for the three
+    groups = compliance_report(store, "class", devices=devices)
     covered = sum(g["covered"] for g in groups)
     compliant = sum(g["compliant"] for g in groups)
-    acc = inventory_accuracy(store)
-    checks = identity_audit(store, now=now)["checks"]
+    acc = inventory_accuracy(store, devices=devices)
+    checks = identity_audit(store, now=now, devices=devices)["checks"]
     return {
         "patch_compliance": {
             "devices": sum(g["devices"] for g in groups),
@@ -80,7 +81,7 @@ def _rows(store: Any) -> dict[str, list[dict[str, Any]]]:
         ],
         "actions": [a.to_dict() for a in store.list_actions()],
         "verdicts": [v.to_dict() for v in list_verdicts(store)],
-        "devices": [d.to_dict() for d in store.list_devices()],
+        "devices": store.device_rows(),
     }
 
 

@@ -143,7 +143,7 @@ def context_from_fleet(fleet: Any) -> Context:
 def context_from_store(store: Any) -> Context:
     """The registered devices of ``store`` (a :class:`~fleetwarden.store.Store`) as a context.
     Discovered devices are left out: traffic does not make a device known to the detectors."""
-    return context_from_rows(d.to_dict() for d in store.list_devices(discovered=False))
+    return context_from_rows(store.device_rows(discovered=False))
 
 
 def store_row(row: Mapping[str, Any]) -> dict[str, Any]:

@@ -200,17 +200,25 @@ class Store:
         device_class: str | None = None,
     ) -> list[Device]:
         """Devices ordered by ``device_id``, optionally filtered."""
-        q = select(Device).order_by(Device.device_id)
-        if lifecycle is not None:
-            q = q.where(Device.lifecycle == lifecycle)
-        if discovered is not None:
-            q = q.where(Device.discovered == discovered)
-        if site is not None:
-            q = q.where(Device.site == site)
-        if device_class is not None:
-            q = q.where(Device.device_class == device_class)
+        q = _device_filters(select(Device), lifecycle, discovered, site, device_class)
         with self._read() as s:
             return list(s.scalars(q))
+
+    def device_rows(
+        self,
+        *,
+        lifecycle: str | None = None,
+        discovered: bool | None = None,
+        site: str | None = None,
+        device_class: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """As :meth:`list_devices`, each device as the plain dict ``Device.to_dict`` gives (every
+        column by attribute name), read without building ORM objects: the whole-fleet reads
+        (detection context, posture, exports) cost a third of the time."""
+        cols = [attr.columns[0].label(attr.key) for attr in Device.__mapper__.column_attrs]
+        q = _device_filters(select(*cols), lifecycle, discovered, site, device_class)
+        with self._read() as s:
+            return [dict(r) for r in s.execute(q).mappings()]
 
     def set_device_lifecycle(self, device_id: str, lifecycle: str, *, actor: str, reason: str = "") -> Device:
         """Move a device to provisioning/active/quarantined/retired (audited)."""
@@ -810,6 +818,21 @@ def _known_devices(s: Session, candidates: Iterable[str | None]) -> set[str]:
         known.update(s.scalars(select(Device.device_id).where(Device.device_id.in_(chunk))))
     return known
 
+
+
+def _device_filters(q: Any, lifecycle: str | None, discovered: bool | None, site: str | None,
+                    device_class: str | None) -> Any:  # fmt: skip
+    """``q`` over the devices table, ordered by ``device_id``, with the given filters."""
+    q = q.order_by(Device.device_id)
+    if lifecycle is not None:
+        q = q.where(Device.lifecycle == lifecycle)
+    if discovered is not None:
+        q = q.where(Device.discovered == discovered)
+    if site is not None:
+        q = q.where(Device.site == site)
+    if device_class is not None:
+        q = q.where(Device.device_class == device_class)
+    return q
 
 def _unique_findings(findings: Sequence[Finding], incidents: Sequence[Incident]) -> list[Finding]:
     seen: set[int] = set()
