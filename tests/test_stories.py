@@ -46,7 +46,7 @@ def test_hakai_c2_retry_names_the_service_how_often_how_long_and_what_it_means()
     inc = _incident(analyze([_capture("8-1")]), "c2-beacon")
     assert inc.entity == "192.168.100.113" and inc.severity == "critical"
     assert inc.evidence[0] == (
-        "3347 unanswered connection attempts to 178.128.185.250 tcp/50 over 18.6 h, one every 20.0 s on "
+        "4112 unanswered connection attempts to 178.128.185.250 tcp/50 over 22.8 h, one every 20.0 s on "
         "average (latest gaps: median 8.6 s, 90th percentile 48 s); never answered: the device keeps calling "
         "one external service that does not answer, as a bot does when its command-and-control server is "
         "down or blocked (C2 retry)"
@@ -113,7 +113,8 @@ def test_set_up_keep_alive_and_hub_polling_say_why_they_stay_low():
     switch = analyze([need_data("iot-sentinel", "HueSwitch", "Setup-A-1-STA.pcap")])
     polling = _incident(switch, "brute-force")
     assert polling.severity == "low"
-    assert polling.evidence[0].startswith("66 short sessions to 10.10.10.6 tcp/80 (http) in 38 s")
+    # the incident's first line is its fullest finding: the whole minute of polling
+    assert polling.evidence[0].startswith("132 short sessions to 10.10.10.6 tcp/80 (http) in 60 s")
 
 
 def test_one_loaded_model_serves_many_runs_without_mixing_them(model_without):

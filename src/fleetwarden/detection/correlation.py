@@ -280,7 +280,9 @@ def correlate(
 def _incident(
     entity: str, category: str, group: list[Finding], others: list[str], ctx: Context, now: float
 ) -> Incident:
-    group.sort(key=lambda f: (-f.score, f.first_seen))
+    # strongest first; among equals the one that covers most (the whole episode rather than its
+    # first telling, a week of retries rather than one), so the first evidence line says how much
+    group.sort(key=lambda f: (-f.score, -(f.last_seen - f.first_seen), -len(f.record_ids), f.first_seen))
     linked = len(others) if category in ATTACK_CATEGORIES else 0
     infos = [_device(ctx, f) for f in group]
     weight = max(weight_for(i) for i in infos)
