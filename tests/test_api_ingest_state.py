@@ -258,3 +258,19 @@ def test_serve_model_scores_posted_flows_across_requests(tmp_path):
     # a model directory that cannot be read is refused when the app is made, naming it
     with pytest.raises(Exception, match="no-such-model"):
         create_app(f"sqlite:///{tmp_path / 'bad.db'}", ingest_model=str(tmp_path / "no-such-model"))
+
+
+def test_an_event_dated_far_ahead_refuses_its_batch(tmp_path):
+    """A sender's clock a day ahead (or a hostile one) would move the shared session's event time
+    and age every device's context out of its windows: its batch is refused, naming the event."""
+    app, auth = _app(str(tmp_path / "api.db"))
+    try:
+        client = TestClient(app)
+        now = time.time()
+        bad = [_failure(now - 10), _failure(now + 86_400), _failure(now + 60)]
+        r = client.post("/api/v1/events", json={"events": bad}, headers=auth)
+        assert r.status_code == 400 and "events [1]" in r.json()["detail"] and "clock" in r.json()["detail"]
+        assert app.state.ingestion.events == 0  # nothing of it reached the engine
+        assert _post(client, auth, [_failure(now - 10), _failure(now + 60)])["accepted"] == 2
+    finally:
+        close_app(app)

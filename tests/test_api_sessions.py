@@ -233,3 +233,21 @@ def test_end_sessions_of_counts_only_open_ones(apps):
     store = client.app.state.store
     assert stored.end_sessions_of(store, "ana", now=time.time(), actor="t") == 2
     assert stored.end_sessions_of(store, "ana", now=time.time(), actor="t") == 0
+
+
+def test_signing_in_in_a_loop_keeps_a_bounded_table(apps, monkeypatch):
+    """One token signing in again and again (a looping script, a gateway): the operator's newest
+    sessions stay open up to the cap, older ones end, and its rows stay bounded."""
+    from fleetwarden.store import sessions as store_sessions
+
+    monkeypatch.setattr(store_sessions, "MAX_OPEN_PER_OPERATOR", 3)
+    monkeypatch.setattr(store_sessions, "MAX_ROWS_PER_OPERATOR", 5)
+    client = apps()
+    token = _user(client)
+    other = _sign_in(client, _user(client, "bea", "viewer"))[0]
+    cookies = [_sign_in(client, token)[0] for _ in range(12)]
+    ana = next(u["id"] for u in identity.list_users(client.app.state.store) if u["name"] == "ana")
+    rows = [r for r in _rows(client.app.state.store) if r["operator_id"] == ana]
+    assert len(rows) == 5 and sum(r["ended_at"] is None for r in rows) == 3
+    assert [_whoami(client, c).status_code for c in cookies[-4:]] == [401, 200, 200, 200]
+    assert _whoami(client, other).status_code == 200  # another operator's session is untouched

@@ -217,3 +217,38 @@ def test_past_the_bound_the_least_recent_related_incidents_link_later(store, mon
     # ... until a finding of their own is recorded: it names the scanner and joins its campaign
     record(store, [f(victims[0], "policy-violation", 3000, score=0.3, peer="10.0.0.4")])
     assert ids(store)[victims[0]] == camp
+
+
+def test_a_campaign_link_never_overwrites_another_writers_newer_story(tmp_path):
+    """Two writers: P1 correlates B with A's stored incident (read before its write), P2 records
+    A's stronger findings meanwhile; P1's write gives A the campaign id and nothing else, so A keeps
+    P2's risk, evidence and times (and a link whose id changed since is not written at all)."""
+    c2 = "185.244.25.235"
+
+    def beacon(entity, t, score=0.7, to=c2):
+        return Finding(entity, "c2-beacon", "d", score, t, t + 60, [f"beacon at {t}"], [], ip=entity,
+                       record_ids=[f"uid-{entity}-{t}"], attributes={"destination": to})  # fmt: skip
+
+    def record(st, found):
+        return st.record_results("t", found, join_stories(st, found, Context()), replace_stories=True)
+
+    st = open_store(f"sqlite:///{tmp_path / 'fw.db'}")
+    record(st, [beacon("10.0.0.1", 0)])
+    found_b = [beacon("10.0.0.2", 100)]
+    p1 = join_stories(st, found_b, Context())  # reads A's row now
+    record(st, [beacon("10.0.0.1", 5000, 0.99), beacon("10.0.0.1", 9000, 0.99)])  # P2
+    a_p2 = next(r for r in st.list_incidents() if r.entity == "10.0.0.1")
+    st.record_results("t", found_b, p1, replace_stories=True)  # P1 writes
+    a = next(r for r in st.list_incidents() if r.entity == "10.0.0.1")
+    b = next(r for r in st.list_incidents() if r.entity == "10.0.0.2")
+    assert (a.risk, a.last_seen, a.evidence) == (a_p2.risk, a_p2.last_seen, a_p2.evidence)
+    assert a.campaign is not None and a.campaign == b.campaign
+    # a stale link (the row's id changed since it was read) is refused: compare and set
+    record(st, [beacon("10.0.1.1", 0, to="45.9.148.99")])
+    links = join_stories(st, [beacon("10.0.1.2", 100, to="45.9.148.99")], Context())
+    assert any(getattr(i, "was", "-") is None and i.entity == "10.0.1.1" for i in links)
+    with st._write() as s:
+        s.query(IncidentRecord).filter(IncidentRecord.entity == "10.0.1.1").update({"campaign": "C-other"})
+    st.record_results("t", [beacon("10.0.1.2", 100, to="45.9.148.99")], links, replace_stories=True)
+    assert next(r for r in st.list_incidents() if r.entity == "10.0.1.1").campaign == "C-other"
+    st.close()

@@ -92,6 +92,29 @@ def test_counts_accumulate_across_runs_in_one_store(honeypot_model, tmp_path):
     assert "fleetwarden_flow_model_score_psi" in text
 
 
+def test_the_last_record_of_a_run_saves_every_count(honeypot_model, tmp_path):
+    """Saves are at most once a minute, but the last record of a run (``final``: analyze, watch,
+    the worker's and the API's shutdown) saves what was counted since: nothing is left in memory."""
+    from fleetwarden.app.drift import stored_counts
+    from fleetwarden.app.session import DetectionSession
+
+    model_dir, capture = honeypot_model
+    with store_at(f"sqlite:///{tmp_path / 'tail.db'}") as store:
+        session = DetectionSession(model=str(model_dir), store=store, source="t")
+        batches = [b.slice(i, 200) for b in flow_batches(capture, False, ReadStats()) for i in range(0, len(b), 200)]
+        half = len(batches) // 2
+        assert half > 0
+        session.run(batches[:half], flush=False)
+        session.record()  # the first save
+        session.run(batches[half:])
+        session.record()  # within the minute: kept for later
+        kept = session.drift.flows
+        assert kept > 0
+        session.record(final=True)
+        assert session.drift.flows == 0
+        assert stored_counts(store, session.drift.version)["flows"] == 1374
+
+
 def test_older_model_dir_without_reference_still_loads_and_reports_features(honeypot_model, tmp_path):
     model_dir, capture = honeypot_model
     old = tmp_path / "old"

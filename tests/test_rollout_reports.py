@@ -256,3 +256,24 @@ def test_the_reports_held_between_records_are_bounded(store):
     session.record()
     assert devices(store, rid)["d0"] == ("updated", NEW, T0 + 400)
     assert devices(store, rid)["d1"] == ("updated", NEW, T0 + 300)
+
+
+def test_held_reports_do_not_depend_on_batching(tmp_path):
+    """A device reporting images A, B, A (a rollback, then the update again) is held as of its
+    second A whether the reports come in one batch or one by one: the update window starts there."""
+    import pyarrow as pa
+
+    def table(rows):
+        return pa.table({"device_id": [r[0] for r in rows], "image_sha256": [r[1] for r in rows],
+                         "ts": pa.array([r[2] for r in rows], pa.float64())})  # fmt: skip
+
+    reports = [("d0", NEW, T0 + 1), ("d1", OLD, T0 + 1), ("d0", OLD, T0 + 2), ("d0", NEW, T0 + 3),
+               ("d1", OLD, T0 + 4)]  # fmt: skip
+    st = open_store(f"sqlite:///{tmp_path / 'aba.db'}")
+    one, many = DetectionSession(store=st), DetectionSession(store=st)
+    one._hold_reports(table(reports))
+    for r in reports:
+        many._hold_reports(table([r]))
+    assert one._reports == many._reports
+    assert one._reports["d0"][:2] == (NEW, T0 + 3) and one._reports["d1"][:2] == (OLD, T0 + 1)
+    st.close()

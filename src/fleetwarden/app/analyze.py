@@ -62,7 +62,7 @@ def analyze(
     for table in inputs.arp_tables():
         session.process_arp(table)
     session.flush()
-    recorded = session.record() if store is not None else None  # first: it marks expected findings
+    recorded = session.record(final=True) if store is not None else None  # first: it marks expected findings
     incidents = session.incidents()
     stats = {
         "files": {str(f.path): f.figures() for f in inputs.files},

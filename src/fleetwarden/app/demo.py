@@ -109,7 +109,7 @@ def run_demo(
         session.flush()
         # the refusals of onboarding (a clone's enrolment) and the stream's findings tell one story
         incidents = correlate([*enrolment.findings, *session.findings], session.ctx)
-        session.record()
+        session.record(final=True)
         outcomes, unexplained = score_against_scenarios(fleet.scenarios, incidents)
         _propose(outcomes, incidents, {d["device_id"]: d for d in db.device_rows()})
         posture = fleet_posture(db)

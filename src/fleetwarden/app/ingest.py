@@ -66,6 +66,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 from cryptography import x509
 
 from fleetwarden.app import identity
@@ -87,6 +88,10 @@ __all__ = [
 
 MAX_BATCH = 5000
 MAX_SHOWN = 5
+# how far ahead of the server's clock an event may be dated (clock skew of a device or gateway): one
+# event dated far ahead would move the long-lived session's event time and age every device's
+# context out of its windows at once
+MAX_AHEAD_S = 300.0
 CHECKPOINT_KEY = "api-ingest"  # the engine_checkpoints row of the API's session (workers use STREAM/...)
 CHECKPOINT_EVERY = 30.0  # wall seconds between saves of the engine state (and at shutdown)
 CONTEXT_EVERY = 60.0  # wall seconds between reads of the inventory
@@ -186,6 +191,7 @@ class IngestSession:
         if len(events) > max_events:
             raise IngestRefused(f"{len(events)} events in one batch: at most {max_events}")
         groups = _decode(_bind(events, device_id))  # outside the lock: pure and the slow part of a refusal
+        _check_clock(groups, time.time())
         ordered = sorted(groups.items(), key=lambda kv: _first_ts(kv[1][0]))
         with self._lock:
             session = self._current()
@@ -266,20 +272,36 @@ class IngestSession:
             log.warning("API ingestion: checkpoint %r not saved, trying again later: %s", self.key, exc)
 
     def close(self) -> list[Any]:
-        """At shutdown: save the engine state, then flush it and record the findings still pending;
-        returns those findings.  A later request starts again from the saved state."""
+        """At shutdown: record what an earlier failed write left pending, save the engine state,
+        then flush it and record the findings still open (and the drift counts); returns those
+        findings.  A later request starts again from the saved state."""
         with self._lock:
             session, found = self._session, []
             if session is None:
                 return []
             try:
+                session.source = "api"
+                session.record()  # before the state moves past them in the saved checkpoint
                 self._save_quietly()
                 found = session.flush()
-                session.source = "api"
-                session.record()
+                session.record(final=True)
             finally:
                 self._session = None
             return found
+
+
+def _check_clock(groups: dict[str, Any], now: float) -> None:
+    """Refuse the batch when an event is dated more than :data:`MAX_AHEAD_S` ahead of ``now``."""
+    ahead: list[int] = []
+    for batch, lines in groups.values():
+        late = np.flatnonzero(batch.np("ts") > now + MAX_AHEAD_S)
+        ahead += [int(lines[i]) for i in late]
+    if ahead:
+        ahead.sort()
+        raise IngestRefused(
+            f"{len(ahead)} event(s) dated more than {MAX_AHEAD_S:.0f} s ahead of the server's clock, batch "
+            f"refused: events {ahead[:MAX_SHOWN]} (check the sender's clock)"
+        )
 
 
 def _first_ts(batch: Any) -> float:

@@ -204,15 +204,15 @@ class LivePipeline:
                     last = time.monotonic()
             self._process(session, source.drain())
         self.findings += len(session.flush())
-        self._record(session)
+        self._record(session, final=True)
 
     def _process(self, session: Any, batches: list) -> None:
         for batch in batches:
             self.findings += len(session.process(batch))
             self.events += len(batch)
 
-    def _record(self, session: Any) -> None:
-        if session.record() is not None:
+    def _record(self, session: Any, final: bool = False) -> None:
+        if session.record(final=final) is not None:
             self.records += 1
 
     # ---- the bus --------------------------------------------------------------------------------

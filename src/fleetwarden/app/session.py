@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -42,7 +42,7 @@ from fleetwarden.control.discovery import Sightings, device_mac
 from fleetwarden.core.context import Context
 from fleetwarden.core.counterparts import counterparts, is_external, subjects
 from fleetwarden.core.events import EventBatch
-from fleetwarden.core.findings import Finding, Incident
+from fleetwarden.core.findings import CampaignLink, Finding, Incident
 from fleetwarden.core.text import redact
 from fleetwarden.detection.analytics.base import Analytic
 from fleetwarden.detection.correlation import ATTACK_CATEGORIES, correlate
@@ -198,7 +198,9 @@ class DetectionSession:
     def unrecorded(self) -> int:
         return len(self._unrecorded)
 
-    def record(self, *, batches: Sequence[tuple[str, int, float | None, float | None]] | None = None) -> Any:
+    def record(
+        self, *, batches: Sequence[tuple[str, int, float | None, float | None]] | None = None, final: bool = False
+    ) -> Any:
         """Write the findings made since the last call to the store, each joined to the open story of
         its device there (:func:`join_stories`), and the devices seen since the last call (passive
         discovery, :mod:`fleetwarden.control.discovery`) in the same transaction.  A finding that
@@ -219,7 +221,7 @@ class DetectionSession:
         if self.store is None:
             return None
         if self.drift is not None:
-            self.drift.save(self.store)
+            self.drift.save(self.store, force=final)  # the last record of a run saves them all
         found, self._unrecorded = self._unrecorded, []
         reports = self._take_reports()
         devices = self._sighted_devices()
@@ -250,8 +252,8 @@ class DetectionSession:
     # ---- firmware reports for the running rollouts ----------------------------------------------
     def _hold_reports(self, table: pa.Table) -> None:
         """Keep, per device of a ``firmware_report`` batch, the image it reported last and the times
-        of its first and last report of that image (columnar over the batch, then one dict step
-        per device).  Reports without a device or a hash say nothing about a rollout."""
+        of the first report of its last unbroken run of that image and of its last report (columnar
+        over the batch, then one dict step per device).  Reports without a device or a hash say nothing about a rollout."""
         dev, ts = table.column("device_id"), table.column("ts")
         sha = pc.utf8_lower(table.column("image_sha256"))
         keep = pc.and_(
@@ -267,8 +269,11 @@ class DetectionSession:
         starts = np.flatnonzero(np.r_[True, d[1:] != d[:-1]])
         ends = np.r_[starts[1:], len(d)] - 1
         group = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(d)]))
-        rows = np.flatnonzero(h == h[ends][group])  # each device's reports of the image it reports last
-        first = rows[np.unique(group[rows], return_index=True)[1]]
+        # each device's last unbroken run of the image it reports last (A, B, A: since the second A,
+        # as three batches would say): the row after its last report of another image
+        other = np.where(h != h[ends][group], np.arange(len(d)), -1)
+        last_other = np.maximum.reduceat(other, starts)
+        first = np.where(last_other >= starts, last_other + 1, starts)
         for device, image, since, last in zip(
             d[ends].tolist(), h[ends].tolist(), when[first].tolist(), when[ends].tolist(), strict=True
         ):
@@ -467,10 +472,12 @@ def _renamed_members(
     return {r.entity for r in rows} - loaded
 
 
-def _with_campaign(row: Any, inc: Incident) -> Incident:
-    """A related device's incident as stored, with the campaign id the correlation gave it."""
-    return replace(
-        inc,
+def _with_campaign(row: Any, inc: Incident) -> CampaignLink:
+    """A related device's stored incident (``row``, as read), with the campaign id the correlation
+    gave it: the store writes that id alone, and only if the row still holds the id read here
+    (:class:`~fleetwarden.core.findings.CampaignLink`), never the rest of this possibly stale copy."""
+    fields = {k: getattr(inc, k) for k in Incident.__dataclass_fields__}
+    fields.update(
         risk=row.risk,
         severity=row.severity,
         evidence=list(row.evidence or []),
@@ -481,6 +488,7 @@ def _with_campaign(row: Any, inc: Incident) -> Incident:
         mac=row.mac,
         findings=[],  # already stored: nothing to save again
     )
+    return CampaignLink(**fields, incident_id=int(row.id), was=row.campaign)
 
 
 def _unique(prior: Sequence[Finding], found: Sequence[Finding], store: Any) -> list[Finding]:

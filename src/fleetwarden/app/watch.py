@@ -57,7 +57,7 @@ def watch(
         batches=session.stats.batches,
         engine_latency=session.stats.engine_latency,
     )
-    result.recorded = session.record()
+    result.recorded = session.record(final=True)
     result.seconds = time.perf_counter() - t0
     return result
 

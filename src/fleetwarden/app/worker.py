@@ -343,10 +343,10 @@ class Worker:
             await self._await_peers_done()
             self._release(math.inf)
             self._learn_peers((2**62, len(KINDS)))
-        await self.checkpoint()
+        await self.checkpoint(final=True)
         if drain:
             self.result.findings += len(self.session.flush(self.engine))
-            self.session.record()
+            self.session.record(final=True)
         if self._nc is not None:
             await self._nc.flush()  # the acks are out before the connection goes
             await self._nc.close()
@@ -578,11 +578,11 @@ class Worker:
             if prevalence is not None:
                 prevalence.learn(obs, self.ctx)
 
-    async def checkpoint(self, *, ack: bool = True) -> bool:
+    async def checkpoint(self, *, ack: bool = True, final: bool = False) -> bool:
         """Record findings, save the engine and every partition's position, then acknowledge;
         returns whether anything was saved.  ``ack=False`` leaves the acks out (a test's crash
-        between checkpoint and ack)."""
-        self.session.record()
+        between checkpoint and ack); ``final`` (at shutdown) also saves every drift count."""
+        self.session.record(final=final)
         await self._measure_lag()
         progress = sum(ps.done for ps in self.parts)
         if self._saved == (progress, int(self.engine.events)):

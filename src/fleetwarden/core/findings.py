@@ -121,6 +121,17 @@ class Incident:
         return incident_json(self)
 
 
+@dataclass
+class CampaignLink(Incident):
+    """A stored incident of another device, given only the campaign id a correlation assigned it
+    (:func:`fleetwarden.app.session.join_stories`): the store writes its ``campaign`` alone, and
+    only while the row still holds ``was``, the id the correlation read (compare and set), so
+    another writer's newer risk, evidence or times on that incident are never overwritten."""
+
+    incident_id: int = 0
+    was: str | None = None
+
+
 def incident_json(incident: Any) -> dict[str, Any]:
     """The ``analyze --json`` incident shape (the command-line contract, docs/architecture.md).
 

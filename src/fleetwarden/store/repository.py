@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from sqlalchemy import Engine, func, insert, select, text
+from sqlalchemy import Engine, func, insert, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from fleetwarden.core.errors import InputError
-from fleetwarden.core.findings import CATEGORIES, SEVERITIES, Finding, Incident
+from fleetwarden.core.findings import CATEGORIES, SEVERITIES, CampaignLink, Finding, Incident
 from fleetwarden.core.text import redact, redact_all
 from fleetwarden.store import audit
 from fleetwarden.store.campaigns import index_incidents
@@ -322,6 +322,11 @@ class Store:
             )
             incident_of: dict[int, int] = {}  # id(Finding) -> incidents.id
             for inc in incidents:
+                if isinstance(inc, CampaignLink):  # another device's stored incident: its campaign id only
+                    if _link_campaign(s, inc, now):
+                        summary.incidents_updated += 1
+                    summary.incident_ids.append(inc.incident_id)
+                    continue
                 row, opened = _save_incident(s, inc, source, known, now, replace=replace_stories)
                 if opened:
                     summary.incidents_opened += 1
@@ -984,6 +989,19 @@ def _save_incident(
     row.updated_at = now
     s.flush()
     return row, False
+
+
+def _link_campaign(s: Session, link: CampaignLink, now: float) -> bool:
+    """Set the campaign id of a stored incident, only while it is still open and still holds
+    ``link.was`` (compare and set: a writer that changed it since keeps its own); True when set."""
+    held = IncidentRecord.campaign.is_(None) if link.was is None else IncidentRecord.campaign == link.was
+    res = s.execute(
+        update(IncidentRecord)
+        .where(IncidentRecord.id == link.incident_id, held, IncidentRecord.status.in_(("open", "acknowledged")))
+        .values(campaign=_campaign(link), updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(res.rowcount)
 
 
 def _merged_incident(row: IncidentRecord, inc: Incident, evidence: list[str], mitre: list[str]) -> dict:

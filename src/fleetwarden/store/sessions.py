@@ -24,6 +24,8 @@ from fleetwarden.store.repository import Store, StoreError, _audit
 
 __all__ = [
     "KEEP_AFTER_EXPIRY_S",
+    "MAX_OPEN_PER_OPERATOR",
+    "MAX_ROWS_PER_OPERATOR",
     "TOUCH_EVERY_S",
     "LiveSession",
     "end_operator_sessions",
@@ -35,6 +37,8 @@ __all__ = [
 ]
 
 KEEP_AFTER_EXPIRY_S = 7 * 86400.0  # expired or ended rows are purged this long after
+MAX_OPEN_PER_OPERATOR = 20  # a sign-in beyond it ends the operator's oldest open session
+MAX_ROWS_PER_OPERATOR = 100  # open or ended, kept per operator (the newest)
 TOUCH_EVERY_S = 60.0  # last_seen_at is refreshed at most this often
 MAX_USER_AGENT = 200
 MAX_SOURCE = 64
@@ -63,8 +67,10 @@ def open_session(
     user_agent: str | None = None,
     source: str | None = None,
 ) -> ConsoleSessionRecord:
-    """Record a new session of ``operator_id`` lasting ``ttl_s``; purges rows expired or ended more
-    than :data:`KEEP_AFTER_EXPIRY_S` ago in the same transaction."""
+    """Record a new session of ``operator_id`` lasting ``ttl_s``; in the same transaction, ends the
+    operator's oldest open sessions beyond :data:`MAX_OPEN_PER_OPERATOR`, deletes its oldest rows
+    beyond :data:`MAX_ROWS_PER_OPERATOR` and purges rows expired or ended more than
+    :data:`KEEP_AFTER_EXPIRY_S` ago: a client signing in in a loop keeps a bounded table."""
     if face not in SESSION_FACES:
         raise StoreError(f"unknown session face {face!r}: one of {', '.join(SESSION_FACES)}")
     if len(secret_sha256) != 64:
@@ -80,7 +86,28 @@ def open_session(
         )  # fmt: skip
         s.add(row)
         s.flush()
+        _bound(s, operator_id, now)
         return row
+
+
+def _bound(s: Session, operator_id: int, now: float) -> None:
+    """The operator's open sessions beyond the newest MAX_OPEN_PER_OPERATOR end now, and its rows
+    beyond the newest MAX_ROWS_PER_OPERATOR go."""
+    newest_first = (ConsoleSessionRecord.created_at.desc(), ConsoleSessionRecord.id.desc())
+    mine = ConsoleSessionRecord.operator_id == operator_id
+    open_ids = s.scalars(
+        select(ConsoleSessionRecord.id)
+        .where(mine, ConsoleSessionRecord.ended_at.is_(None), ConsoleSessionRecord.expires_at > now)
+        .order_by(*newest_first)
+        .offset(MAX_OPEN_PER_OPERATOR)
+    ).all()
+    if open_ids:
+        s.execute(update(ConsoleSessionRecord).where(ConsoleSessionRecord.id.in_(open_ids)).values(ended_at=now))
+    old_ids = s.scalars(
+        select(ConsoleSessionRecord.id).where(mine).order_by(*newest_first).offset(MAX_ROWS_PER_OPERATOR)
+    ).all()
+    if old_ids:
+        s.execute(delete(ConsoleSessionRecord).where(ConsoleSessionRecord.id.in_(old_ids)))
 
 
 def _clip(text: str | None, limit: int) -> str | None:
