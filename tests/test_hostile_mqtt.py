@@ -226,3 +226,17 @@ def test_hostile_payloads_over_the_broker(mqtt_broker, tmp_path: Path) -> None:
         watch(batches, store=store, source=f"mqtt:{root}")
     finally:
         store.close()
+
+
+def test_an_event_dated_far_ahead_is_refused_and_named() -> None:
+    """A device whose clock runs a day ahead (or a hostile one) would move the live session's event
+    time and age every device's context out of its windows: its event is skipped like a malformed
+    record, named by topic and record; the rest of the message is kept."""
+    now = time.time()
+    events = [{"kind": "telemetry", "ts": t, "metric": "temp", "value": 21.0} for t in (now - 5, now + 86_400, now + 30)]
+    stats = ReadStats()
+    src = MqttEventSource("mqtt://127.0.0.1:1883", "site/#", stats=stats, device_level="site/{device}/#")
+    (batch,) = src._decode([("site/cam-1/telemetry", json.dumps(events).encode(), now)])
+    assert batch.np("ts").tolist() == [now - 5, now + 30]
+    assert stats.records == 2 and stats.skipped == 1
+    assert "record 2" in stats.problems[0] and "ahead of this clock" in stats.problems[0]

@@ -73,6 +73,7 @@ from fleetwarden.app import identity
 from fleetwarden.app.session import DetectionSession
 from fleetwarden.control import ca as x509ca
 from fleetwarden.core.errors import InputError
+from fleetwarden.core.events import MAX_AHEAD_S
 from fleetwarden.detection.correlation import correlate
 from fleetwarden.sources.jsonl import decode_events
 from fleetwarden.store import identity as ids
@@ -88,10 +89,6 @@ __all__ = [
 
 MAX_BATCH = 5000
 MAX_SHOWN = 5
-# how far ahead of the server's clock an event may be dated (clock skew of a device or gateway): one
-# event dated far ahead would move the long-lived session's event time and age every device's
-# context out of its windows at once
-MAX_AHEAD_S = 300.0
 CHECKPOINT_KEY = "api-ingest"  # the engine_checkpoints row of the API's session (workers use STREAM/...)
 CHECKPOINT_EVERY = 30.0  # wall seconds between saves of the engine state (and at shutdown)
 CONTEXT_EVERY = 60.0  # wall seconds between reads of the inventory

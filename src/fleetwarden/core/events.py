@@ -51,6 +51,10 @@ def _f(
 
 
 # Length limits, in characters (why each is what it is):
+# how far ahead of the receiving clock a LIVE event may be dated (a device's or gateway's clock skew):
+# one event dated far ahead would move a long-lived session's event time and age every device's
+# context out of its windows at once (live sources refuse it; files carry their own time)
+MAX_AHEAD_S = 300.0
 _ID = 128  # identifiers: inventory device ids, Zeek uids (18 chars), UUIDs (36), serials
 _IP = 64  # an IPv6 address with a zone index: 39 + "%" + an interface name (IFNAMSIZ 16)
 _MAC = 32  # a MAC (17 chars) or an EUI-64 (23 chars), any separator

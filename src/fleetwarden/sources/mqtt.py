@@ -36,7 +36,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from fleetwarden.core.errors import InputError
-from fleetwarden.core.events import EventBatch
+from fleetwarden.core.events import MAX_AHEAD_S, EventBatch
 from fleetwarden.core.text import redact_url
 from fleetwarden.sources import ReadStats, SourceError
 
@@ -257,9 +257,18 @@ class MqttEventSource:
             k = int(np.searchsorted(starts_arr, bad_line, side="right") - 1)
             self.stats.skip(SourceError(f"mqtt:{topics[k]}", f"record {bad_line - starts[k] + 1}", problem))
         out = []
-        for batch, _lines in groups.values():
-            self.stats.records += len(batch)
-            out.append(batch)
+        ahead_of = time.time() + MAX_AHEAD_S
+        for batch, lines in groups.values():
+            ahead = batch.np("ts") > ahead_of
+            for bad_line in lines[ahead].tolist():  # refused, named like a malformed record
+                k = int(np.searchsorted(starts_arr, bad_line, side="right") - 1)
+                where = f"record {bad_line - starts[k] + 1}"
+                self.stats.skip(SourceError(f"mqtt:{topics[k]}", where, f"dated more than {MAX_AHEAD_S:.0f} s ahead of this clock"))
+            if ahead.any():
+                batch = batch.filter(~ahead)
+            if len(batch):
+                self.stats.records += len(batch)
+                out.append(batch)
         return out
 
     def _array_to_lines(self, topic: str, payload: bytes) -> bytes | None:
