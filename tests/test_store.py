@@ -265,6 +265,17 @@ def test_record_results_links_and_is_idempotent(store: Store) -> None:
     assert actions.count("results.record") == 4 and "incident.status" in actions
 
 
+def test_story_findings_reads_each_incidents_newest_when_bounded(store: Store) -> None:
+    """The bounded read of other devices' stories: each open incident's newest N findings, in the
+    order they were stored (a window function on SQLite and PostgreSQL alike)."""
+    cam, plc = [_finding("cam-1", i) for i in range(6)], [_finding("plc-2", i) for i in range(2)]
+    store.record_results("run", [*cam, *plc], [_incident("cam-1", cam), _incident("plc-2", plc)])
+    everything = store.story_findings(["cam-1", "plc-2"])
+    assert [f.record_ids[0] for f in everything] == [f.record_ids[0] for f in [*cam, *plc]]
+    bounded = store.story_findings(["cam-1", "plc-2"], per_incident=3)
+    assert [f.record_ids[0] for f in bounded] == [f.record_ids[0] for f in [*cam[-3:], *plc]]
+
+
 def test_crash_in_database_leaves_nothing(store: Store) -> None:
     store.upsert_devices(DEVICES[:1])
     store.record_results("ok.pcap", [_finding("cam-1", 1)], [])

@@ -64,6 +64,9 @@ MAX_REPORT_DEVICES = 100_000
 # correlations one join_stories call makes at most: the first, then one per merge of stored
 # campaigns that pulled in the other members of the campaign whose id gave way
 MERGE_ROUNDS = 3
+# findings read of each related (other) device's open incident: a flood or a beacon that went on for
+# days holds thousands, and every record (every API request) would read them all
+RELATED_STORY_FINDINGS = 200
 
 
 @dataclass
@@ -399,7 +402,7 @@ def join_stories(store: Any, found: Sequence[Finding], ctx: Context) -> list[Inc
         more = _renamed_members(store, incidents, stored, known, budget) if budget > 0 else set()
         if not more:
             break
-        stored, prior, known = _with_stories(store, stored, prior, more)
+        stored, prior, known = _with_stories(store, stored, prior, more, own)
     rows = {(r.entity, r.category): r for r in stored}  # the newest open incident of each pair wins
     out: list[Incident] = []
     for inc in incidents:
@@ -434,21 +437,28 @@ def related_stories(store: Any, found: Sequence[Finding]) -> tuple[list[Any], li
         categories=ATTACK_CATEGORIES,
         limit=store_campaigns.MAX_RELATED,
     )
-    entities = {f.entity for f in found} | {r.entity for r in related}
-    return _with_stories(store, [], [], entities)
+    own = {f.entity for f in found}
+    return _with_stories(store, [], [], own | {r.entity for r in related}, own)
 
 
 def _with_stories(
-    store: Any, stored: list[Any], prior: list[Finding], entities: set[str]
+    store: Any, stored: list[Any], prior: list[Finding], entities: set[str], own: set[str]
 ) -> tuple[list[Any], list[Finding], dict]:
-    """``stored`` and ``prior`` plus the open incidents and story findings of ``entities``."""
+    """``stored`` and ``prior`` plus the open incidents and story findings of ``entities``: the
+    whole stories of ``own`` (the devices being recorded), the newest
+    :data:`RELATED_STORY_FINDINGS` findings of each other incident (only their campaign id is
+    written, and their links come from what they recently did)."""
     from fleetwarden.store import campaigns as store_campaigns
 
     ids = {r.id for r in stored}
     new = sorted(entities - {r.entity for r in stored})
     stored = stored + [r for r in store_campaigns.open_incidents(store, new) if r.id not in ids]
     stored.sort(key=lambda r: r.id)
-    prior = prior + store.story_findings(new)
+    prior = (
+        prior
+        + store.story_findings([e for e in new if e in own])
+        + store.story_findings([e for e in new if e not in own], per_incident=RELATED_STORY_FINDINGS)
+    )
     known = {(r.entity, r.category): r.campaign for r in stored if r.campaign}
     return stored, prior, known
 

@@ -454,24 +454,36 @@ class Store:
         with self._read() as s:
             return list(s.scalars(q))
 
-    def story_findings(self, entities: Sequence[str]) -> list[Finding]:
+    def story_findings(self, entities: Sequence[str], *, per_incident: int | None = None) -> list[Finding]:
         """The findings of the open (or acknowledged) incidents of ``entities``, as
         :class:`~fleetwarden.core.findings.Finding` objects in the order they were stored: what a
         later finding about the same device is correlated with (one story per device, however
-        many runs, workers or checkpoints it took to see it)."""
+        many runs, workers or checkpoints it took to see it).  ``per_incident``: only each
+        incident's newest that many (a bounded read of other devices' stories)."""
         out: list[Finding] = []
         with self._read() as s:
             for chunk in _chunks(list(entities)):
-                q = (
-                    select(FindingRecord)
-                    .join(IncidentRecord, FindingRecord.incident_id == IncidentRecord.id)
-                    .where(
-                        IncidentRecord.entity.in_(chunk),
-                        IncidentRecord.status.in_(("open", "acknowledged")),
-                    )
-                    .order_by(FindingRecord.id)
+                open_of = (
+                    IncidentRecord.entity.in_(chunk),
+                    IncidentRecord.status.in_(("open", "acknowledged")),
                 )
-                out += [_finding_of(r) for r in s.scalars(q)]
+                q = select(FindingRecord).join(IncidentRecord, FindingRecord.incident_id == IncidentRecord.id)
+                if per_incident is not None:
+                    newest = func.row_number().over(
+                        partition_by=FindingRecord.incident_id, order_by=FindingRecord.id.desc()
+                    )
+                    ranked = (
+                        select(FindingRecord.id, newest.label("n"))
+                        .join(IncidentRecord, FindingRecord.incident_id == IncidentRecord.id)
+                        .where(*open_of)
+                        .subquery()
+                    )
+                    q = select(FindingRecord).join(ranked, FindingRecord.id == ranked.c.id).where(
+                        ranked.c.n <= per_incident
+                    )
+                else:
+                    q = q.where(*open_of)
+                out += [_finding_of(r) for r in s.scalars(q.order_by(FindingRecord.id))]
         return out
 
     @staticmethod
