@@ -50,6 +50,7 @@ __all__ = [
     "Operator",
     "add_user",
     "authenticate",
+    "certificate_record",
     "ca_dir",
     "ca_export",
     "ca_init",
@@ -345,7 +346,7 @@ def _issue(
         cert, key = x509ca.issue_from_csr(authority, device_id, csr_pem, now=now, days=days), None
     else:
         cert, key = x509ca.issue_with_key(authority, device_id, now=now, days=days, key_type=key_type)
-    recorded = ids.record_certificate(store, _row_of(device_id, cert, now), actor=actor, supersede=rotate)
+    recorded = ids.record_certificate(store, certificate_record(device_id, cert, _utc(now)), actor=actor, supersede=rotate)
     cert_path, key_path = _write_issued(folder, device_id, cert, key)
     row = recorded.row
     return IssueResult(
@@ -361,7 +362,9 @@ def _issue(
     )
 
 
-def _row_of(device_id: str, cert: Any, now: datetime) -> dict[str, Any]:
+def certificate_record(device_id: str, cert: Any, issued_at: float) -> dict[str, Any]:
+    """The store's row of an issued certificate (:data:`fleetwarden.store.identity.CERTIFICATE_FIELDS`):
+    its identity, key, validity and PEM (never a private key), issued at ``issued_at``."""
     key_type, key_size = x509ca.describe_key(cert.public_key())
     return {
         "serial": x509ca.serial_hex(cert.serial_number),
@@ -370,7 +373,7 @@ def _row_of(device_id: str, cert: Any, now: datetime) -> dict[str, Any]:
         "key_type": key_type,
         "key_size": key_size,
         "subject": cert.subject.rfc4514_string(),
-        "issued_at": _utc(now),
+        "issued_at": issued_at,
         "not_before": _utc(cert.not_valid_before_utc),
         "not_after": _utc(cert.not_valid_after_utc),
         "pem": x509ca.certificate_pem(cert).decode("ascii"),

@@ -43,6 +43,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 
 from fleetwarden.app.audit import advance_anchor
+from fleetwarden.app.identity import certificate_record, load_authority
 from fleetwarden.config import home
 from fleetwarden.control import ca as x509ca
 from fleetwarden.control import onboarding as ob
@@ -200,8 +201,6 @@ def enrol_file(
 ) -> EnrolmentResult:
     """``onboard request FILE``: parse, load the CA (before any nonce is spent), enrol, and on
     success write ``out_dir/DEVICE_ID.crt``."""
-    from fleetwarden.app.identity import load_authority
-
     path = Path(path)
     if path.stat().st_size > MAX_FILE_BYTES:
         raise ob.RequestError(f"{path}: larger than {MAX_FILE_BYTES // 1024} KiB; not a provisioning request")
@@ -387,7 +386,7 @@ def _issue_and_activate(
     activations = []
     for result, req, shipment, now in accepted:
         cert = _certificate(authority, result.device_id, req, now, days)
-        recorded = ids.record_certificate(store, _certificate_row(result.device_id, cert, now), actor=actor)
+        recorded = ids.record_certificate(store, certificate_record(result.device_id, cert, now), actor=actor)
         baseline = ob.baseline_for(baselines, shipment.device_class if shipment else None)
         result.baseline = baseline.to_dict() if baseline else None
         result.certificate_serial = recorded.row.serial
@@ -404,22 +403,6 @@ def _certificate(
         return x509ca.issue_from_csr(authority, device_id, req.csr_pem.encode(), now=when, days=days)
     key = serialization.load_pem_public_key(req.public_key_pem.encode())
     return x509ca.issue_certificate(authority, device_id, key, now=when, days=days)
-
-
-def _certificate_row(device_id: str, cert: Any, now: float) -> dict[str, Any]:
-    key_type, key_size = x509ca.describe_key(cert.public_key())
-    return {
-        "serial": x509ca.serial_hex(cert.serial_number),
-        "device_id": device_id,
-        "fingerprint": x509ca.fingerprint(cert),
-        "key_type": key_type,
-        "key_size": key_size,
-        "subject": cert.subject.rfc4514_string(),
-        "issued_at": now,
-        "not_before": cert.not_valid_before_utc.timestamp(),
-        "not_after": cert.not_valid_after_utc.timestamp(),
-        "pem": x509ca.certificate_pem(cert).decode("ascii"),
-    }
 
 
 # ---------------------------------------------------------------------------- refusals as findings
