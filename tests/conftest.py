@@ -84,6 +84,17 @@ def nats_url() -> str:
     return "nats://127.0.0.1:4222"
 
 
+@pytest.fixture
+def api(tmp_path):
+    """The REST API on a real SQLite store, a bearer token per role (:mod:`api_client`)."""
+    from api_client import make_api
+    from fleetwarden.api import close_app
+
+    client = make_api(tmp_path)
+    yield client
+    close_app(client.app)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path_factory, monkeypatch):
     """Keep every test's FleetWarden state (SQLite file, CA, models) out of the real home."""

@@ -5,41 +5,11 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from fastapi.testclient import TestClient
 
+from api_client import T0, auth, seed_incident
 from fleetwarden.api import close_app, create_app
 from fleetwarden.app import identity
-from fleetwarden.core.findings import Finding, Incident
-
-T0 = 1_780_000_000.0
-ROLES = ("admin", "operator", "analyst", "viewer", "service")
-
-
-@pytest.fixture
-def api(tmp_path):
-    app = create_app(f"sqlite:///{tmp_path / 'api.db'}", max_batch=50)
-    store = app.state.store
-    tokens = {role: identity.add_user(store, f"{role}-user", role)[1] for role in ROLES}
-    client = TestClient(app)
-    client.tokens = tokens
-    client.store = store
-    yield client
-    close_app(app)
-
-
-def _auth(client, role: str) -> dict:
-    return {"Authorization": f"Bearer {client.tokens[role]}"}
-
-
-def _seed_incident(store, device_id: str = "cam-1", risk: int = 92) -> int:
-    """A device with one finding and incident (what a detection run records)."""
-    store.upsert_devices([{"device_id": device_id, "criticality": "low", "device_class": "camera",
-                           "ip": "10.9.0.5", "ips": ["10.9.0.5"]}])  # fmt: skip
-    f = Finding(device_id, "c2-beacon", "beacon", 0.97, T0, T0 + 600, ["beacon every 60 s"], device_id=device_id)
-    inc = Incident(device_id, "c2-beacon", "critical", risk, T0, T0 + 600, ["beacon"], findings=[f])
-    store.record_results("test", [f], [inc])
-    return next(i.id for i in store.list_incidents(entity=device_id))
 
 
 # ---------------------------------------------------------------------------------- authentication
@@ -57,51 +27,51 @@ def test_unauthenticated_and_bad_tokens_are_401_with_a_reason(api):
 
 def test_disabled_user_is_refused(api):
     identity.disable_user(api.store, "viewer-user")
-    r = api.get("/api/v1/devices", headers=_auth(api, "viewer"))
+    r = api.get("/api/v1/devices", headers=auth(api, "viewer"))
     assert r.status_code == 401 and "disabled" in r.json()["detail"]
 
 
 def test_roles_matrix(api):
-    inc = _seed_incident(api.store)
-    act = api.post(f"/api/v1/incidents/{inc}/actions", headers=_auth(api, "operator")).json()
+    inc = seed_incident(api.store)
+    act = api.post(f"/api/v1/incidents/{inc}/actions", headers=auth(api, "operator")).json()
     assert act, "the policy proposes at least one action for a critical beacon"
     aid = act[0]["id"]
     reads = ["/api/v1/devices", "/api/v1/incidents", f"/api/v1/incidents/{inc}", "/api/v1/findings",
              "/api/v1/actions", "/api/v1/audit", "/api/v1/audit/verify", "/api/v1/metrics", "/metrics"]  # fmt: skip
     for role in ("admin", "operator", "analyst", "viewer"):
         for path in reads:
-            assert api.get(path, headers=_auth(api, role)).status_code == 200, (role, path)
+            assert api.get(path, headers=auth(api, role)).status_code == 200, (role, path)
     for path in reads:  # service: ingestion only
-        r = api.get(path, headers=_auth(api, "service"))
+        r = api.get(path, headers=auth(api, "service"))
         assert r.status_code == 403 and "service" in r.json()["detail"], path
     for role in ("viewer", "analyst", "service"):
-        r = api.post(f"/api/v1/actions/{aid}/approve", headers=_auth(api, role))
+        r = api.post(f"/api/v1/actions/{aid}/approve", headers=auth(api, role))
         assert r.status_code == 403 and role in r.json()["detail"]
-        r = api.put("/api/v1/devices/x-1", json={"device_id": "x-1"}, headers=_auth(api, role))
+        r = api.put("/api/v1/devices/x-1", json={"device_id": "x-1"}, headers=auth(api, role))
         assert r.status_code == 403
     for role in ("viewer", "operator", "service"):
         r = api.post(f"/api/v1/incidents/{inc}/verdict", json={"verdict": "true-positive", "reason": "seen"},
-                     headers=_auth(api, role))  # fmt: skip
+                     headers=auth(api, role))  # fmt: skip
         assert r.status_code == 403, role
     for role in ("viewer", "analyst", "operator"):
-        r = api.post("/api/v1/events", json={"events": []}, headers=_auth(api, role))
+        r = api.post("/api/v1/events", json={"events": []}, headers=auth(api, role))
         assert r.status_code == 403, role
-    assert api.post("/api/v1/events", json={"events": []}, headers=_auth(api, "service")).status_code == 200
+    assert api.post("/api/v1/events", json={"events": []}, headers=auth(api, "service")).status_code == 200
 
 
 # ---------------------------------------------------------------------------------- devices
 
 
 def test_device_create_update_filter_page_and_lifecycle_are_audited(api):
-    op = _auth(api, "operator")
+    op = auth(api, "operator")
     for i in range(7):
         site = "north" if i % 2 else "south"
         r = api.put(f"/api/v1/devices/dev-{i}", json={"device_id": f"dev-{i}", "site": site, "ip": f"10.0.0.{i + 1}"},
                     headers=op)  # fmt: skip
         assert r.status_code == 200 and r.json()["site"] == site
-    r = api.get("/api/v1/devices", params={"site": "north", "limit": 2}, headers=_auth(api, "viewer")).json()
+    r = api.get("/api/v1/devices", params={"site": "north", "limit": 2}, headers=auth(api, "viewer")).json()
     assert [d["device_id"] for d in r["items"]] == ["dev-1", "dev-3"] and r["total"] == 3 and r["next_offset"] == 2
-    r = api.get("/api/v1/devices", params={"site": "north", "limit": 2, "offset": 2}, headers=_auth(api, "viewer"))
+    r = api.get("/api/v1/devices", params={"site": "north", "limit": 2, "offset": 2}, headers=auth(api, "viewer"))
     assert [d["device_id"] for d in r.json()["items"]] == ["dev-5"] and r.json()["next_offset"] is None
     r = api.post("/api/v1/devices/dev-1/lifecycle", json={"lifecycle": "retired", "reason": "replaced"}, headers=op)
     assert r.status_code == 200 and r.json()["lifecycle"] == "retired"
@@ -113,7 +83,7 @@ def test_device_create_update_filter_page_and_lifecycle_are_audited(api):
 
 
 def test_validation_errors_are_clear_4xx(api):
-    op = _auth(api, "operator")
+    op = auth(api, "operator")
     r = api.get("/api/v1/devices", params={"limit": 501}, headers=op)
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "limit"]
     r = api.put("/api/v1/devices/d1", json={"device_id": "d1", "ip": "not-an-ip"}, headers=op)
@@ -134,9 +104,9 @@ def test_validation_errors_are_clear_4xx(api):
 
 
 def test_incident_list_view_verdict_and_status(api):
-    a = _seed_incident(api.store, "cam-1", risk=92)
-    b = _seed_incident(api.store, "cam-2", risk=40)
-    v = _auth(api, "viewer")
+    a = seed_incident(api.store, "cam-1", risk=92)
+    b = seed_incident(api.store, "cam-2", risk=40)
+    v = auth(api, "viewer")
     r = api.get("/api/v1/incidents", params={"limit": 1}, headers=v).json()
     assert [i["id"] for i in r["items"]] == [a] and r["next_offset"] == 1
     r = api.get("/api/v1/incidents", params={"min_risk": 50}, headers=v).json()
@@ -145,32 +115,32 @@ def test_incident_list_view_verdict_and_status(api):
     assert view["incident"]["id"] == b and view["story"][0]["detector"] == "beacon"
     assert view["playbook"] and view["device"]["device_id"] == "cam-2"
     r = api.post(f"/api/v1/incidents/{a}/verdict", json={"verdict": "false-positive", "reason": "lab test"},
-                 headers=_auth(api, "analyst"))  # fmt: skip
+                 headers=auth(api, "analyst"))  # fmt: skip
     assert r.status_code == 200 and r.json()["analyst"] == "analyst-user"
-    r = api.post(f"/api/v1/incidents/{a}/verdict", json={"verdict": "maybe", "reason": "x"}, headers=_auth(api, "analyst"))
+    r = api.post(f"/api/v1/incidents/{a}/verdict", json={"verdict": "maybe", "reason": "x"}, headers=auth(api, "analyst"))
     assert r.status_code == 422
-    r = api.post(f"/api/v1/incidents/{a}/status", json={"status": "closed"}, headers=_auth(api, "analyst"))
+    r = api.post(f"/api/v1/incidents/{a}/status", json={"status": "closed"}, headers=auth(api, "analyst"))
     assert r.status_code == 200 and r.json()["status"] == "closed"
     findings = api.get("/api/v1/findings", params={"incident_id": b}, headers=v).json()["items"]
     assert [f["entity"] for f in findings] == ["cam-2"]
 
 
 def test_action_workflow_approve_deny_execute_rollback(api):
-    inc = _seed_incident(api.store)
-    rows = api.post(f"/api/v1/incidents/{inc}/actions", headers=_auth(api, "admin")).json()
+    inc = seed_incident(api.store)
+    rows = api.post(f"/api/v1/incidents/{inc}/actions", headers=auth(api, "admin")).json()
     ids = [r["id"] for r in rows]
-    listed = api.get("/api/v1/actions", params={"status": "proposed"}, headers=_auth(api, "viewer")).json()
+    listed = api.get("/api/v1/actions", params={"status": "proposed"}, headers=auth(api, "viewer")).json()
     assert sorted(a["id"] for a in listed["items"]) == sorted(ids)
-    r = api.post(f"/api/v1/actions/{ids[0]}/approve", headers=_auth(api, "operator"))
+    r = api.post(f"/api/v1/actions/{ids[0]}/approve", headers=auth(api, "operator"))
     assert r.status_code == 200 and r.json()["approved_by"] == "operator-user"
     if len(ids) > 1:
-        r = api.post(f"/api/v1/actions/{ids[1]}/deny", json={"note": "not now"}, headers=_auth(api, "operator"))
+        r = api.post(f"/api/v1/actions/{ids[1]}/deny", json={"note": "not now"}, headers=auth(api, "operator"))
         assert r.status_code == 200 and r.json()["status"] == "rejected"
-    r = api.post(f"/api/v1/actions/{ids[0]}/rollback", headers=_auth(api, "operator"))
+    r = api.post(f"/api/v1/actions/{ids[0]}/rollback", headers=auth(api, "operator"))
     assert r.status_code == 400 and "only executed actions roll back" in r.json()["detail"]
-    r = api.post("/api/v1/actions/999/approve", headers=_auth(api, "operator"))
+    r = api.post("/api/v1/actions/999/approve", headers=auth(api, "operator"))
     assert r.status_code == 404 and "unknown action" in r.json()["detail"]
-    audit = api.get("/api/v1/audit", params={"limit": 500}, headers=_auth(api, "admin")).json()["items"]
+    audit = api.get("/api/v1/audit", params={"limit": 500}, headers=auth(api, "admin")).json()["items"]
     assert any(e["actor"] == "operator-user" and "approve" in e["action"] for e in audit)
 
 
@@ -218,13 +188,13 @@ def test_session_cookie_is_secure_over_https(tmp_path):
 
 
 def test_no_response_or_log_leaks_a_secret(api, caplog):
-    _seed_incident(api.store)
+    seed_incident(api.store)
     secrets = list(api.tokens.values())
     caplog.set_level("DEBUG")
     bodies = []
     for path in ("/api/v1/devices", "/api/v1/incidents", "/api/v1/audit", "/api/v1/findings", "/api/v1/actions",
                  "/api/v1/metrics", "/metrics", "/openapi.json"):  # fmt: skip
-        bodies.append(api.get(path, headers=_auth(api, "admin")).text)
+        bodies.append(api.get(path, headers=auth(api, "admin")).text)
     bodies.append(api.post("/api/v1/session", json={"token": api.tokens["viewer"]}).text)
     text = "\n".join(bodies) + caplog.text
     for token in secrets:
@@ -252,7 +222,7 @@ def _telemetry(n: int, device: str = "gw-dev") -> list[dict]:
 
 
 def test_ingest_counts_records_and_validates(api):
-    svc = _auth(api, "service")
+    svc = auth(api, "service")
     flows = [{"kind": "flow", "ts": T0 + i, "id.orig_h": "10.9.0.5", "id.resp_h": "198.51.100.9",
               "id.orig_p": 40000 + i, "id.resp_p": 443, "proto": "tcp", "duration": 0.2, "orig_bytes": 300, "resp_bytes": 200,
               "orig_pkts": 3, "resp_pkts": 2} for i in range(0, 1200, 60)]  # fmt: skip
@@ -281,10 +251,10 @@ def test_ingest_counts_records_and_validates(api):
 
 
 def test_other_routers_read_and_certificate_revocation(api, tmp_path):
-    _seed_incident(api.store)
+    seed_incident(api.store)
     identity.ca_init(api.store)
     identity.issue(api.store, "cam-1", out_dir=tmp_path / "certs")
-    v = _auth(api, "viewer")
+    v = auth(api, "viewer")
     for path in ("/api/v1/vendors", "/api/v1/certificates", "/api/v1/onboarding/enrolments", "/api/v1/firmware/images",
                  "/api/v1/firmware/compliance", "/api/v1/firmware/priority", "/api/v1/rollouts",
                  "/api/v1/policies/response", "/api/v1/policies/response/dry-run", "/api/v1/playbooks"):  # fmt: skip
@@ -296,14 +266,14 @@ def test_other_routers_read_and_certificate_revocation(api, tmp_path):
     assert api.get("/api/v1/policies/response", headers=v).json()["rules"]
     assert api.get("/api/v1/rollouts/5", headers=v).status_code in (400, 404)
     assert api.post("/api/v1/certificates/cam-1/revoke", headers=v).status_code == 403
-    r = api.post("/api/v1/certificates/cam-1/revoke", json={"reason": "key-compromise"}, headers=_auth(api, "operator"))
+    r = api.post("/api/v1/certificates/cam-1/revoke", json={"reason": "key-compromise"}, headers=auth(api, "operator"))
     assert r.status_code == 200 and r.json()["revoked"] == [certs[0]["serial"]]
     assert api.get("/api/v1/certificates", params={"status": "revoked"}, headers=v).json()["total"] == 1
-    r = api.post("/api/v1/certificates/cam-1/revoke", headers=_auth(api, "operator"))
+    r = api.post("/api/v1/certificates/cam-1/revoke", headers=auth(api, "operator"))
     assert r.status_code == 400 and "no active certificate" in r.json()["detail"]
-    r = api.post("/api/v1/onboarding/nonce", headers=_auth(api, "service"))
+    r = api.post("/api/v1/onboarding/nonce", headers=auth(api, "service"))
     assert r.status_code == 200 and len(r.json()["nonce"]) >= 16
-    r = api.post("/api/v1/onboarding/requests", json={"device_id": "x"}, headers=_auth(api, "service"))
+    r = api.post("/api/v1/onboarding/requests", json={"device_id": "x"}, headers=auth(api, "service"))
     assert 400 <= r.status_code < 500
     text = api.get("/api/v1/certificates", headers=v).text + api.get("/api/v1/audit", headers=v).text
     assert "PRIVATE KEY" not in text and "passphrase" not in text.lower().replace("ca-passphrase", "")

@@ -5,54 +5,24 @@ from __future__ import annotations
 
 import time
 
-import pytest
-from fastapi.testclient import TestClient
+from api_client import auth, seed_incident
 
-from fleetwarden.api import close_app, create_app
-from fleetwarden.app import identity
-from fleetwarden.core.findings import Finding, Incident
-
-ROLES = ("admin", "operator", "analyst", "viewer", "service")
 URL = "/api/v1/suppressions"
 
 
-@pytest.fixture
-def api(tmp_path):
-    app = create_app(f"sqlite:///{tmp_path / 'api.db'}", max_batch=50)
-    store = app.state.store
-    tokens = {role: identity.add_user(store, f"{role}-user", role)[1] for role in ROLES}
-    client = TestClient(app)
-    client.tokens = tokens
-    client.store = store
-    yield client
-    close_app(app)
-
-
-def _auth(client, role: str) -> dict:
-    return {"Authorization": f"Bearer {client.tokens[role]}"}
-
-
 def _seed_incident(store, device_id: str = "cam-1") -> int:
-    t0 = time.time() - 3600
-    store.upsert_devices([{"device_id": device_id, "criticality": "low", "device_class": "camera",
-                           "ip": "10.9.0.5", "ips": ["10.9.0.5"]}])  # fmt: skip
-    f = Finding(
-        device_id, "c2-beacon", "beacon", 0.97, t0, t0 + 600, ["beacon every 60 s"], device_id=device_id
-    )
-    inc = Incident(device_id, "c2-beacon", "critical", 92, t0, t0 + 600, ["beacon"], findings=[f])
-    store.record_results("test", [f], [inc])
-    return next(i.id for i in store.list_incidents(entity=device_id))
+    return seed_incident(store, device_id, t0=time.time() - 3600)
 
 
 def _status(client, incident_id: int) -> str:
-    return client.get(f"/api/v1/incidents/{incident_id}", headers=_auth(client, "viewer")).json()["incident"][
+    return client.get(f"/api/v1/incidents/{incident_id}", headers=auth(client, "viewer")).json()["incident"][
         "status"
     ]
 
 
 def test_analyst_adds_lists_and_removes_and_incidents_follow(api):
     inc = _seed_incident(api.store)
-    an = _auth(api, "analyst")
+    an = auth(api, "analyst")
     body = {"kind": "exception", "reason": "vendor cloud, approved", "expires": "+2h", "device_id": "cam-1"}
     r = api.post(URL, json=body, headers=an)
     assert r.status_code == 200, r.text
@@ -60,7 +30,7 @@ def test_analyst_adds_lists_and_removes_and_incidents_follow(api):
     rid = out["suppression"]["id"]
     assert out["incidents"]["closed"] == [inc] and out["suppression"]["created_by"] == "analyst-user"
     assert _status(api, inc) == "closed"
-    rows = api.get(URL, headers=_auth(api, "viewer")).json()
+    rows = api.get(URL, headers=auth(api, "viewer")).json()
     assert [(x["id"], x["state"]) for x in rows] == [(rid, "in force")]
     r = api.delete(f"{URL}/{rid}", headers=an)
     assert r.status_code == 200, r.text
@@ -73,7 +43,7 @@ def test_analyst_adds_lists_and_removes_and_incidents_follow(api):
     assert [x["state"] for x in removed] == ["removed"]
     r = api.delete(f"{URL}/{rid}", headers=an)
     assert r.status_code == 400 and "already removed" in r.json()["detail"]
-    audit = api.get("/api/v1/audit", params={"limit": 500}, headers=_auth(api, "admin")).json()["items"]
+    audit = api.get("/api/v1/audit", params={"limit": 500}, headers=auth(api, "admin")).json()["items"]
     assert {e["action"] for e in audit if e["actor"] == "analyst-user"} >= {
         "suppression.add",
         "suppression.remove",
@@ -83,12 +53,12 @@ def test_analyst_adds_lists_and_removes_and_incidents_follow(api):
 def test_roles(api):
     body = {"kind": "exception", "reason": "r", "expires": "+2h", "site": "north"}
     for role in ("viewer", "operator", "service"):
-        assert api.post(URL, json=body, headers=_auth(api, role)).status_code == 403, role
-        assert api.delete(f"{URL}/1", headers=_auth(api, role)).status_code == 403, role
-    assert api.get(URL, headers=_auth(api, "service")).status_code == 403
+        assert api.post(URL, json=body, headers=auth(api, role)).status_code == 403, role
+        assert api.delete(f"{URL}/1", headers=auth(api, role)).status_code == 403, role
+    assert api.get(URL, headers=auth(api, "service")).status_code == 403
     for role in ("admin", "operator", "analyst", "viewer"):
-        assert api.get(URL, headers=_auth(api, role)).status_code == 200, role
-    assert api.post(URL, json=body, headers=_auth(api, "admin")).status_code == 200
+        assert api.get(URL, headers=auth(api, role)).status_code == 200, role
+    assert api.post(URL, json=body, headers=auth(api, "admin")).status_code == 200
 
 
 def test_unauthenticated_is_401(api):
@@ -97,7 +67,7 @@ def test_unauthenticated_is_401(api):
 
 
 def test_bad_bodies_are_422_or_400(api):
-    an = _auth(api, "analyst")
+    an = auth(api, "analyst")
     ok = {"kind": "exception", "reason": "r", "expires": "+2h", "device_id": "cam-1"}
     for bad in ({**ok, "kind": "forever"}, {**ok, "reason": ""}, {**ok, "site": "x" * 201}, {**ok, "extra": 1},
                 {k: v for k, v in ok.items() if k != "expires"}):  # fmt: skip
