@@ -8,6 +8,7 @@ because there the service must be running.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 from pathlib import Path
 
@@ -37,6 +38,28 @@ def _reachable(host: str, port: int, timeout: float = 1.0) -> bool:
             return True
     except OSError:
         return False
+
+
+def need(found: bool, what: str) -> None:
+    """Skip (laptop) or fail (CI) when ``found`` is false, saying ``what`` is missing."""
+    if found:
+        return
+    if IN_CI:
+        pytest.fail(f"{what} (CI=true: these tests must run)")
+    pytest.skip(what)
+
+
+def program(name: str) -> str | None:
+    """Path of a program on PATH or in /usr/sbin (Debian puts servers there, off a user's PATH)."""
+    sbin = f"/usr/sbin/{name}"
+    return shutil.which(name) or (sbin if os.path.exists(sbin) else None)
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now (for a server a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def need_service(name: str, host: str, port: int) -> None:

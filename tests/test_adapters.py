@@ -19,7 +19,7 @@ import time
 
 import paho.mqtt.client as mqtt
 import pytest
-from tests.conftest import IN_CI
+from tests.conftest import free_port, need, program
 from typer.testing import CliRunner
 
 from fleetwarden.app import response as svc
@@ -33,20 +33,6 @@ ADMIN, ADMIN_PW = "fw-admin", "broker-admin-pw-4567"
 PASS = "response adapters passphrase"
 PREFIX = "fleetwarden/events"
 runner = CliRunner()
-
-
-def _need(found: bool, what: str) -> None:
-    if found:
-        return
-    if IN_CI:
-        pytest.fail(f"{what} (CI=true: the adapter tests must run)")
-    pytest.skip(what)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_port(proc: subprocess.Popen, port: int) -> None:
@@ -63,12 +49,10 @@ def _wait_port(proc: subprocess.Popen, port: int) -> None:
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
-    exe = shutil.which("mosquitto") or (
-        "/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None
-    )
-    _need(exe is not None, "mosquitto is not installed (Debian package mosquitto)")
-    _need(os.path.exists(DYNSEC_PLUGIN), f"the dynamic-security plugin is missing ({DYNSEC_PLUGIN})")
-    _need(shutil.which("openssl") is not None, "openssl is not installed")
+    exe = program("mosquitto")
+    need(exe is not None, "mosquitto is not installed (Debian package mosquitto)")
+    need(os.path.exists(DYNSEC_PLUGIN), f"the dynamic-security plugin is missing ({DYNSEC_PLUGIN})")
+    need(shutil.which("openssl") is not None, "openssl is not installed")
     home = tmp_path_factory.mktemp("adapterhome")
     env = {"FLEETWARDEN_HOME": str(home), "FLEETWARDEN_CA_PASSPHRASE": PASS}
     mp = pytest.MonkeyPatch()
@@ -80,7 +64,7 @@ def broker(tmp_path_factory):
     for args in (["ca", "init"], *(["ca", "issue", d, "--out-dir", str(certs)] for d in ("dev-q", "dev-d"))):
         result = runner.invoke(app, args, env=env)
         assert result.exit_code == 0, result.output
-    tls_port, admin_port = _free_port(), _free_port()
+    tls_port, admin_port = free_port(), free_port()
     with store_at(None) as store:
         files = broker_files(
             store, home / "broker", tls_port=tls_port, admin_port=admin_port, admin_user=ADMIN,
@@ -186,8 +170,8 @@ def _seed(store, device_id: str) -> int:
 
 
 def test_quarantine_refuses_publish_and_rollback_restores(broker, listener, tmp_path):
-    nft = shutil.which("nft") or ("/usr/sbin/nft" if os.path.exists("/usr/sbin/nft") else None)
-    _need(nft is not None, "nft is not installed (Debian package nftables)")
+    nft = program("nft")
+    need(nft is not None, "nft is not installed (Debian package nftables)")
     events, status = f"{PREFIX}/dev-q", f"{PREFIX}/dev-q/status"
     assert _delivered(broker, listener, "dev-q", events)  # before: the device publishes
     policy = rp.parse_policy(

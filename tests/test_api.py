@@ -11,7 +11,6 @@ from api_client import T0, auth, seed_incident
 from fleetwarden.api import close_app, create_app
 from fleetwarden.app import identity
 
-
 # ---------------------------------------------------------------------------------- authentication
 
 

@@ -4,12 +4,11 @@ real bugs still shown as bugs."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 
 import pytest
-from tests.conftest import need_data
+from tests.conftest import free_port, need_data
 
 BASE = [sys.executable, "-m", "fleetwarden"]
 
@@ -27,12 +26,6 @@ def _one_line_exit_2(res: subprocess.CompletedProcess, *needles: str) -> str:
     return lines[0]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def capture():
     return str(need_data("stratosphere", "arp-scan.test8-malicious.pcap"))
@@ -45,13 +38,13 @@ def test_a_bare_word_is_not_silently_made_a_database(tmp_path, capture, monkeypa
 
 
 def test_an_unreachable_postgres_is_one_line_with_the_password_masked(capture):
-    url = f"postgresql+psycopg://fw:hunter2@127.0.0.1:{_free_port()}/fleet"
+    url = f"postgresql+psycopg://fw:hunter2@127.0.0.1:{free_port()}/fleet"
     line = _one_line_exit_2(_fw("analyze", capture, "--db", url), "cannot open the database")
     assert "hunter2" not in line and "***" in line
 
 
 def test_the_psycopg2_spelling_uses_the_driver_we_ship(capture):
-    res = _fw("analyze", capture, "--db", f"postgresql+psycopg2://fw@127.0.0.1:{_free_port()}/fleet")
+    res = _fw("analyze", capture, "--db", f"postgresql+psycopg2://fw@127.0.0.1:{free_port()}/fleet")
     line = _one_line_exit_2(res, "cannot open the database")
     assert "ModuleNotFoundError" not in line and "psycopg2" not in line
 
@@ -101,7 +94,7 @@ def test_a_damaged_model_directory_says_what_is_wrong(tmp_path, capture, damage,
 
 
 def test_a_bus_that_is_not_there_is_one_line_quickly():
-    res = _fw("worker", "--bus", f"nats://u:pw@127.0.0.1:{_free_port()}", "--duration", "1", timeout=30)
+    res = _fw("worker", "--bus", f"nats://u:pw@127.0.0.1:{free_port()}", "--duration", "1", timeout=30)
     line = _one_line_exit_2(res, "cannot connect to NATS")
     assert "pw" not in line
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from tests.conftest import IN_CI
+from tests.conftest import free_port, need, program
 from typer.testing import CliRunner
 
 from fleetwarden.app.edge import DYNSEC_PLUGIN, broker_files, fleet_device_ids, provision_broker
@@ -35,26 +35,12 @@ runner = CliRunner()
 _ENV: dict[str, str] = {}  # the edge's FleetWarden home and CA passphrase, for every CLI call
 
 
-def _need(found: bool, what: str) -> None:
-    if found:
-        return
-    if IN_CI:
-        pytest.fail(f"{what} (CI=true: the mTLS tests must run)")
-    pytest.skip(what)
-
-
 def _mosquitto() -> str:
-    path = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
-    _need(path is not None, "mosquitto is not installed (Debian package mosquitto)")
-    _need(os.path.exists(DYNSEC_PLUGIN), f"the dynamic-security plugin is missing ({DYNSEC_PLUGIN})")
-    _need(shutil.which("openssl") is not None, "openssl is not installed")
+    path = program("mosquitto")
+    need(path is not None, "mosquitto is not installed (Debian package mosquitto)")
+    need(os.path.exists(DYNSEC_PLUGIN), f"the dynamic-security plugin is missing ({DYNSEC_PLUGIN})")
+    need(shutil.which("openssl") is not None, "openssl is not installed")
     return path  # type: ignore[return-value]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _cli(*args: str) -> str:
@@ -106,7 +92,7 @@ def edge(tmp_path_factory):
     _cli("ca", "init")
     for device in ("dev-1", "dev-2", "dev-3", "gw-1"):
         _cli("ca", "issue", device, "--out-dir", str(certs))
-    tls_port, admin_port = _free_port(), _free_port()
+    tls_port, admin_port = free_port(), free_port()
     with store_at(None) as store:
         files = broker_files(
             store, home / "broker", tls_port=tls_port, admin_port=admin_port, admin_user=ADMIN,

@@ -9,8 +9,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
-import shutil
 import threading
 import uuid
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -18,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from tests.conftest import IN_CI
+from tests.conftest import need, program
 from typer.testing import CliRunner
 
 from fleetwarden.app import response as svc
@@ -38,13 +36,8 @@ def _policy(extra: str = "") -> rp.Policy:
 
 
 def _need_nft() -> str:
-    nft = shutil.which("nft") or ("/usr/sbin/nft" if os.path.exists("/usr/sbin/nft") else None)
-    if nft is None:
-        if IN_CI:
-            pytest.fail(
-                "nft is not installed (Debian package nftables; CI=true: the nftables checks must run)"
-            )
-        pytest.skip("nft is not installed (Debian package nftables)")
+    nft = program("nft")
+    need(nft is not None, "nft is not installed (Debian package nftables)")
     return nft
 
 

@@ -6,18 +6,12 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
 
 import httpx
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.conftest import free_port
 
 
 def _wait_for_console(proc: subprocess.Popen, timeout: float) -> list[str]:
@@ -45,7 +39,7 @@ def _up(base: str, timeout: float = 20) -> None:
 
 
 def test_demo_serve_fills_the_store_and_serves_the_console(tmp_path):
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "fleetwarden", "demo", "--serve", "--port", str(port),
            "--devices", "24", "--hours", "2", "--db", f"sqlite:///{tmp_path}/demo.db"]  # fmt: skip
     env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}

@@ -11,13 +11,12 @@ without a reload (htmx polling)."""
 from __future__ import annotations
 
 import shutil
-import socket
 import threading
 import time
 from urllib.parse import quote
 
 import pytest
-from tests.conftest import IN_CI
+from tests.conftest import IN_CI, free_port
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -38,12 +37,6 @@ from fleetwarden.app import console  # noqa: E402
 from fleetwarden.app.stores import store_at  # noqa: E402
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def server(tmp_path, _isolated_home):
     import uvicorn
@@ -56,7 +49,7 @@ def server(tmp_path, _isolated_home):
     with store_at(url) as store:
         seeded = seed_console_fleet(store)
     app = create_console_app(url)
-    port = _free_port()
+    port = free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
