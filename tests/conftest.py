@@ -7,9 +7,11 @@ because there the service must be running.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -60,6 +62,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def sqlite_held(path: Path):
+    """Another process holding the SQLite database at ``path`` (an exclusive transaction) for the
+    ``with`` block: a write by the code under test fails with a real "database is locked" once the
+    store's busy timeout passes (tests shorten ``fleetwarden.store.SQLITE_BUSY_TIMEOUT_S``)."""
+    holder = sqlite3.connect(path, timeout=0)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        yield
+    finally:
+        holder.rollback()
+        holder.close()
 
 
 def need_service(name: str, host: str, port: int) -> None:

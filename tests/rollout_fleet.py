@@ -37,3 +37,16 @@ def signed_x200_fleet(
             row["ip"] = f"10.0.0.1{i}"
         rows.append(row)
     store.upsert_devices(rows + list(extra or ()))
+
+
+def scan_flows(ip: str, start: float) -> list[dict[str, Any]]:
+    """40 unanswered telnet probes from ``ip`` in 20 s (JSON-lines flow events): a scan finding of
+    its device."""
+    return [
+        {
+            "kind": "flow", "ts": start + i * 0.5, "uid": f"C{int(start)}{i}", "id.orig_h": ip, "id.orig_p": 40000 + i,
+            "id.resp_h": f"10.0.9.{i + 1}", "id.resp_p": 23, "proto": "tcp", "conn_state": "S0", "orig_bytes": 0,
+            "resp_bytes": 0, "orig_pkts": 1, "resp_pkts": 0,
+        }  # fmt: skip
+        for i in range(40)
+    ]

@@ -15,7 +15,7 @@ from fleetwarden.app.session import mark_expected
 from fleetwarden.cli import app
 from fleetwarden.core.findings import Finding
 from fleetwarden.store import open_store
-from rollout_fleet import NEW, signed_x200_fleet
+from rollout_fleet import NEW, scan_flows, signed_x200_fleet
 
 runner = CliRunner()
 T0 = 1709604000.0  # 2024-03-05 02:00 UTC
@@ -42,24 +42,7 @@ def rollout(url, tmp_path) -> int:
 
 def _scan(path: Path, ip: str, start: float) -> Path:
     """40 unanswered telnet probes from ``ip`` in 20 s: a scan finding of its device."""
-    with path.open("w") as fh:
-        for i in range(40):
-            row = {
-                "kind": "flow",
-                "ts": start + i * 0.5,
-                "uid": f"C{int(start)}{i}",
-                "id.orig_h": ip,
-                "id.orig_p": 40000 + i,
-                "id.resp_h": f"10.0.9.{i + 1}",
-                "id.resp_p": 23,
-                "proto": "tcp",
-                "conn_state": "S0",
-                "orig_bytes": 0,
-                "resp_bytes": 0,
-                "orig_pkts": 1,
-                "resp_pkts": 0,
-            }
-            fh.write(json.dumps(row) + "\n")
+    path.write_text("".join(json.dumps(row) + "\n" for row in scan_flows(ip, start)))
     return path
 
 

@@ -5,19 +5,19 @@ DetectionSession, whose record() applies the firmware_report events it saw to th
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
 import pytest
 from sqlalchemy import event
 from typer.testing import CliRunner
 
+from conftest import sqlite_held
 from fleetwarden.app import rollout as ro
 from fleetwarden.app.session import DetectionSession
 from fleetwarden.cli import app
 from fleetwarden.core.events import EventBatch
 from fleetwarden.store import open_store
-from rollout_fleet import NEW, OLD, signed_x200_fleet
+from rollout_fleet import NEW, OLD, scan_flows, signed_x200_fleet
 
 runner = CliRunner()
 T0 = 1709604000.0  # 2024-03-05 02:00 UTC, a Tuesday
@@ -142,24 +142,7 @@ def test_analyze_db_applies_the_reports_before_judging_the_findings(url, store, 
         }
     ]
     start = T0 + 300 + HOUR + 60
-    rows += [
-        {
-            "kind": "flow",
-            "ts": start + i * 0.5,
-            "uid": f"C{i}",
-            "id.orig_h": "10.0.0.10",
-            "id.orig_p": 40000 + i,
-            "id.resp_h": f"10.0.9.{i + 1}",
-            "id.resp_p": 23,
-            "proto": "tcp",
-            "conn_state": "S0",
-            "orig_bytes": 0,
-            "resp_bytes": 0,
-            "orig_pkts": 1,
-            "resp_pkts": 0,
-        }
-        for i in range(40)
-    ]
+    rows += scan_flows("10.0.0.10", start)
     events.write_text("".join(json.dumps(r) + "\n" for r in rows))
     res = runner.invoke(app, ["analyze", str(events), "--db", url, "--json"])
     assert res.exit_code == 0, res.output
@@ -221,14 +204,8 @@ def test_a_failed_record_keeps_the_reports_for_the_next(store, url, monkeypatch)
         session = DetectionSession(store=busy, source="worker")
         session.process(reports((T0 + 300, "d0", NEW), (T0 + 300, "d1", OLD)))
 
-        holder = sqlite3.connect(path, timeout=0)  # another process holds the database
-        holder.execute("BEGIN EXCLUSIVE")
-        try:
-            with pytest.raises(Exception, match="locked"):
-                session.record()
-        finally:
-            holder.rollback()
-            holder.close()
+        with sqlite_held(path), pytest.raises(Exception, match="locked"):  # another process holds the database
+            session.record()
         assert devices(store, rid)["d0"] == ("updating", None, None)
         assert report_entries(store) == []
 

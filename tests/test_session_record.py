@@ -3,10 +3,9 @@ the next record() stores them once (the database was busy, restarting, briefly u
 
 from __future__ import annotations
 
-import sqlite3
-
 import pytest
 
+from conftest import sqlite_held
 from fleetwarden.app.session import DetectionSession
 from fleetwarden.control.inventory import context_from_rows
 from fleetwarden.simulate import simulate_fleet
@@ -49,14 +48,8 @@ def test_a_record_that_fails_keeps_its_findings_and_sightings_for_the_next(fleet
     assert pending == len(expected[0])
 
     # another process holds the database: the write fails, a real "database is locked"
-    holder = sqlite3.connect(path, timeout=0)
-    holder.execute("BEGIN EXCLUSIVE")
-    try:
-        with pytest.raises(Exception, match="locked"):
-            session.record()
-    finally:
-        holder.rollback()
-        holder.close()
+    with sqlite_held(path), pytest.raises(Exception, match="locked"):
+        session.record()
     assert len(session._unrecorded) == pending  # nothing lost
     assert _rows(store) == ([], [], [])
 
