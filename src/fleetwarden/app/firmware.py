@@ -231,8 +231,9 @@ def with_registry(ctx: Context, store: Any) -> Context:
 # ---------------------------------------------------------------------------- compliance
 
 
-def _fleet(store: Any) -> list[dict[str, Any]]:
-    return [d for d in store.device_rows() if d["lifecycle"] != "retired"]
+def _fleet(store: Any, devices: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """The devices not retired, of ``devices`` when the caller already read the store's rows."""
+    return [d for d in (store.device_rows() if devices is None else devices) if d["lifecycle"] != "retired"]
 
 
 def _verified(store: Any) -> list[dict[str, Any]]:
@@ -242,8 +243,7 @@ def _verified(store: Any) -> list[dict[str, Any]]:
 def compliance_report(store: Any, by: str = "class", *, devices: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Patch compliance of the (not retired) fleet per device class, site or vendor (``devices``:
     the store's device rows when the caller already read them)."""
-    fleet = _fleet(store) if devices is None else [d for d in devices if d["lifecycle"] != "retired"]
-    return compliance(fleet, _verified(store), by)
+    return compliance(_fleet(store, devices), _verified(store), by)
 
 
 def priority_report(store: Any) -> list[dict[str, Any]]:
