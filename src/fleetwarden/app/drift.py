@@ -270,10 +270,28 @@ class DriftMeter:
 
     def _reset(self) -> None:
         n_bins = len(self.reference["shares"]) if self.reference else 0
-        self.score_counts = np.zeros(n_bins, dtype=np.float64)
-        self.feature_counts = np.zeros_like(np.asarray(self.model.train_fractions_, dtype=np.float64))
-        self.flows = 0
+        self._empty = _zero(n_bins, np.asarray(self.model.train_fractions_).shape)
         self._hours: dict[int, _Counts] = {}  # UTC hour counted -> counts since the last save
+
+    @property
+    def counted(self) -> _Counts:
+        """What was counted since the last save: the sum of its hours."""
+        total = self._empty
+        for c in self._hours.values():
+            total = total + c
+        return total
+
+    @property
+    def score_counts(self) -> np.ndarray:
+        return self.counted.score
+
+    @property
+    def feature_counts(self) -> np.ndarray:
+        return self.counted.features
+
+    @property
+    def flows(self) -> int:
+        return sum(c.flows for c in self._hours.values())
 
     def add(self, scores: np.ndarray, codes: np.ndarray, *, at: float | None = None) -> None:
         """Count one scored batch: its scores (every one) and its feature bin codes (a sample), in
@@ -281,21 +299,19 @@ class DriftMeter:
         n = len(scores)
         if not n:
             return
-        score = np.zeros_like(self.score_counts)
+        score = np.zeros_like(self._empty.score)
         if self.reference:
             score = _bin_counts(np.asarray(scores, dtype=np.float64), self.reference["edges"]).astype(np.float64)
         step = max(1, len(codes) // SAMPLE_PER_BATCH)
         features = self.model.binner_.fractions(codes[::step]) * n
-        self.score_counts += score
-        self.feature_counts += features
-        self.flows += n
         hour = _hour(self.clock() if at is None else at)
         c = _Counts(score, features, n)
         self._hours[hour] = self._hours[hour] + c if hour in self._hours else c
 
     def report(self) -> dict[str, Any]:
         """The drift of what was counted since the last save (see :func:`drift_report`)."""
-        return drift_report(self.model, self.reference, self.score_counts, self.feature_counts, self.flows)
+        counted = self.counted
+        return drift_report(self.model, self.reference, counted.score, counted.features, counted.flows)
 
     # ---- the store -----------------------------------------------------------------------------
     def save(self, store: Any, *, force: bool = False) -> None:
@@ -312,7 +328,7 @@ class DriftMeter:
     def _merged(self, old: Mapping[str, Any] | None, saved_at: float | None) -> dict[str, Any]:
         """The row to store: ``old`` (the stored metadata, read in the same transaction) plus the
         counts since the last save.  Counts in another shape (another reference) are replaced."""
-        n_bins, shape = len(self.score_counts), self.feature_counts.shape
+        n_bins, shape = len(self._empty.score), self._empty.features.shape
         history = _history_of(old, saved_at, n_bins, shape) if old and old.get("kind") == KIND else None
         total, buckets = history or (_zero(n_bins, shape), {})
         for hour, c in self._hours.items():
