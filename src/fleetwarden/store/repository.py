@@ -463,26 +463,20 @@ class Store:
         out: list[Finding] = []
         with self._read() as s:
             for chunk in _chunks(list(entities)):
-                open_of = (
-                    IncidentRecord.entity.in_(chunk),
-                    IncidentRecord.status.in_(("open", "acknowledged")),
-                )
-                q = select(FindingRecord).join(IncidentRecord, FindingRecord.incident_id == IncidentRecord.id)
-                if per_incident is not None:
+                joined = FindingRecord.incident_id == IncidentRecord.id
+                of_open = (IncidentRecord.entity.in_(chunk), IncidentRecord.status.in_(("open", "acknowledged")))
+                if per_incident is None:
+                    q = select(FindingRecord).join(IncidentRecord, joined).where(*of_open)
+                else:  # each incident's newest, by a window over the same rows
                     newest = func.row_number().over(
                         partition_by=FindingRecord.incident_id, order_by=FindingRecord.id.desc()
                     )
                     ranked = (
-                        select(FindingRecord.id, newest.label("n"))
-                        .join(IncidentRecord, FindingRecord.incident_id == IncidentRecord.id)
-                        .where(*open_of)
-                        .subquery()
-                    )
+                        select(FindingRecord.id, newest.label("n")).join(IncidentRecord, joined).where(*of_open)
+                    ).subquery()
                     q = select(FindingRecord).join(ranked, FindingRecord.id == ranked.c.id).where(
                         ranked.c.n <= per_incident
                     )
-                else:
-                    q = q.where(*open_of)
                 out += [_finding_of(r) for r in s.scalars(q.order_by(FindingRecord.id))]
         return out
 
