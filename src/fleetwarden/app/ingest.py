@@ -190,19 +190,20 @@ class IngestSession:
         groups = _decode(_bind(events, device_id))  # outside the lock: pure and the slow part of a refusal
         _check_clock(groups, time.time())
         ordered = sorted(groups.items(), key=lambda kv: _first_ts(kv[1][0]))
+        by_kind = {kind: len(b) for kind, (b, _) in groups.items()}
         with self._lock:
             session = self._current()
             found = [f for _kind, (batch, _lines) in ordered for f in session.process(batch)]
             session.source = f"api:{actor}"[:200]
             session.record(batches=[(kind, len(b), *_span(b)) for kind, (b, _lines) in ordered])
             self.requests += 1
-            self.events += sum(len(b) for b, _ in groups.values())
+            self.events += sum(by_kind.values())
             if time.monotonic() - self._saved_at >= self.checkpoint_every:
                 self._save_quietly()
             ctx = session.ctx
         return {
-            "accepted": sum(len(b) for b, _ in groups.values()),
-            "by_kind": {kind: len(b) for kind, (b, _) in groups.items()},
+            "accepted": sum(by_kind.values()),
+            "by_kind": by_kind,
             "findings": [f.to_dict() for f in found],
             "incidents": len(correlate([f for f in found if not f.attributes.get("expected")], ctx)),
         }
